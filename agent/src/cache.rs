@@ -1,0 +1,426 @@
+//! The model cache: which models are in memory. A model loads on first use, once
+//! however many requests ask for it at the same moment, off the serving path; it is
+//! unloaded when idle for its TTL and nobody holds it.
+//!
+//! Every request holds a `Lease` from before the load until its answer. Leases are
+//! taken under the same lock that unloading takes, so an idle model is never
+//! unloaded under a request that has just arrived.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::error::AgentError;
+use crate::memory;
+use crate::repository::{ModelFiles, Repository};
+use crate::runner::{BatchPolicy, Runner};
+use crate::session::Loader;
+use crate::settings::Ttl;
+use crate::stats::ModelStats;
+use crate::tensor::ModelSpec;
+
+/// A model in memory.
+pub struct Loaded {
+    pub spec: ModelSpec,
+    pub runner: Runner,
+    /// Resident memory the load added.
+    pub memory_bytes: u64,
+    /// The batch size the model really takes: 1 when it cannot batch.
+    pub max_batch_size: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Activity {
+    in_flight: usize,
+    idle_since: Instant,
+}
+
+struct Slot {
+    files: ModelFiles,
+    stats: Arc<ModelStats>,
+    loaded: Mutex<Option<Arc<Loaded>>>,
+    /// Held while loading: the one load that concurrent first requests share.
+    load_lock: tokio::sync::Mutex<()>,
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<AgentError>>,
+    activity: watch::Sender<Activity>,
+}
+
+impl Slot {
+    fn loaded(&self) -> Option<Arc<Loaded>> {
+        lock(&self.loaded).clone()
+    }
+}
+
+/// Where a model stands, for status and the repository index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Available,
+    Loading,
+    Ready,
+    Unloading,
+    Failed,
+}
+
+/// A model as the cache sees it, for status reports.
+pub struct ModelView {
+    pub name: String,
+    pub version: Option<u64>,
+    pub state: State,
+    pub stats: Option<Arc<ModelStats>>,
+    pub in_flight: usize,
+    pub queue_len: usize,
+    pub memory_bytes: u64,
+    pub file_bytes: u64,
+    pub ttl: Option<Ttl>,
+    pub idle: Option<std::time::Duration>,
+}
+
+struct Inner {
+    repo: Repository,
+    loader: Arc<dyn Loader>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    stats: Mutex<HashMap<String, Arc<ModelStats>>>,
+    unloading: Mutex<HashSet<String>>,
+    loads: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct ModelCache {
+    inner: Arc<Inner>,
+}
+
+/// A request's hold on a model: while any lease is alive, the model stays loaded.
+pub struct Lease {
+    slot: Arc<Slot>,
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ModelCache {
+    pub fn new(repo: Repository, loader: Arc<dyn Loader>) -> ModelCache {
+        ModelCache {
+            inner: Arc::new(Inner {
+                repo,
+                loader,
+                slots: Mutex::new(HashMap::new()),
+                stats: Mutex::new(HashMap::new()),
+                unloading: Mutex::new(HashSet::new()),
+                loads: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.inner.repo
+    }
+
+    /// Model loads started since the agent began (successful or not).
+    pub fn loads_started(&self) -> u64 {
+        self.inner.loads.load(Ordering::Relaxed)
+    }
+
+    /// Takes a hold on a model, finding it in the repository if it is not in memory.
+    pub fn lease(&self, name: &str) -> Result<Lease, AgentError> {
+        let mut slots = lock(&self.inner.slots);
+        let slot = match slots.get(name) {
+            Some(slot) => slot.clone(),
+            None => {
+                let files = self.inner.repo.find(name)?;
+                let stats = lock(&self.inner.stats)
+                    .entry(name.to_string())
+                    .or_default()
+                    .clone();
+                let slot = Arc::new(Slot {
+                    files,
+                    stats,
+                    loaded: Mutex::new(None),
+                    load_lock: tokio::sync::Mutex::new(()),
+                    attempts: AtomicU64::new(0),
+                    last_failure: Mutex::new(None),
+                    activity: watch::Sender::new(Activity {
+                        in_flight: 0,
+                        idle_since: Instant::now(),
+                    }),
+                });
+                slots.insert(name.to_string(), slot.clone());
+                slot
+            }
+        };
+        slot.activity.send_modify(|a| a.in_flight += 1);
+        Ok(Lease {
+            slot,
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Loads a model now (RepositoryModelLoad); its TTL starts counting at once.
+    pub async fn load(&self, name: &str) -> Result<Arc<Loaded>, AgentError> {
+        self.lease(name)?.ready().await
+    }
+
+    /// Unloads a model now. Requests already queued for it still finish; new ones
+    /// load it again. Returns once its memory is freed, or false if it was not loaded.
+    pub async fn unload(&self, name: &str) -> Result<bool, AgentError> {
+        let slot = lock(&self.inner.slots).remove(name);
+        match slot {
+            Some(slot) => {
+                let loaded = lock(&slot.loaded).take();
+                Ok(match loaded {
+                    Some(loaded) => {
+                        self.inner.finish_unload(name, loaded, "requested").await;
+                        true
+                    }
+                    None => false,
+                })
+            }
+            None => {
+                self.inner.repo.find(name)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Every model in the repository or in memory, with its state.
+    pub fn views(&self) -> Vec<ModelView> {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.inner.slots)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let unloading = lock(&self.inner.unloading).clone();
+        let stats = lock(&self.inner.stats).clone();
+        let mut names: Vec<String> = self.inner.repo.names();
+        names.extend(slots.iter().map(|(n, _)| n.clone()));
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let slot = slots.iter().find(|(n, _)| *n == name).map(|(_, s)| s);
+                let mut view = ModelView {
+                    state: if unloading.contains(&name) {
+                        State::Unloading
+                    } else {
+                        State::Available
+                    },
+                    stats: stats.get(&name).cloned(),
+                    version: None,
+                    in_flight: 0,
+                    queue_len: 0,
+                    memory_bytes: 0,
+                    file_bytes: 0,
+                    ttl: None,
+                    idle: None,
+                    name,
+                };
+                if let Some(slot) = slot {
+                    let activity = *slot.activity.borrow();
+                    view.version = Some(slot.files.version);
+                    view.file_bytes = slot.files.file_bytes;
+                    view.ttl = Some(slot.files.settings.ttl);
+                    view.in_flight = activity.in_flight;
+                    if activity.in_flight == 0 {
+                        view.idle = Some(activity.idle_since.elapsed());
+                    }
+                    view.state = match slot.loaded() {
+                        Some(loaded) => {
+                            view.queue_len = loaded.runner.queue_len();
+                            view.memory_bytes = loaded.memory_bytes;
+                            State::Ready
+                        }
+                        None if slot.load_lock.try_lock().is_err() => State::Loading,
+                        None if lock(&slot.last_failure).is_some() => State::Failed,
+                        None => view.state,
+                    };
+                }
+                view
+            })
+            .collect()
+    }
+
+    pub fn stats(&self, name: &str) -> Option<Arc<ModelStats>> {
+        lock(&self.inner.stats).get(name).cloned()
+    }
+
+    pub fn is_loaded(&self, name: &str) -> bool {
+        lock(&self.inner.slots)
+            .get(name)
+            .is_some_and(|s| s.loaded().is_some())
+    }
+}
+
+impl Lease {
+    pub fn files(&self) -> &ModelFiles {
+        &self.slot.files
+    }
+
+    /// The loaded model, loading it first if needed. Concurrent callers share one load.
+    pub async fn ready(&self) -> Result<Arc<Loaded>, AgentError> {
+        let slot = &self.slot;
+        if let Some(loaded) = slot.loaded() {
+            return Ok(loaded);
+        }
+        let attempt = slot.attempts.load(Ordering::Acquire);
+        let _loading = slot.load_lock.lock().await;
+        if let Some(loaded) = slot.loaded() {
+            return Ok(loaded);
+        }
+        if slot.attempts.load(Ordering::Acquire) != attempt {
+            // The load this caller waited for failed; share its answer.
+            if let Some(e) = lock(&slot.last_failure).clone() {
+                return Err(e);
+            }
+        }
+        slot.attempts.fetch_add(1, Ordering::AcqRel);
+        self.inner.loads.fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.load(slot).await;
+        match result {
+            Ok(loaded) => {
+                *lock(&slot.last_failure) = None;
+                *lock(&slot.loaded) = Some(loaded.clone());
+                if let Ttl::After(ttl) = slot.files.settings.ttl {
+                    tokio::spawn(watch_idle(Arc::downgrade(&self.inner), slot.clone(), ttl));
+                }
+                Ok(loaded)
+            }
+            Err(e) => {
+                slot.stats.lock().last_error = Some(e.to_string());
+                *lock(&slot.last_failure) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot.activity.send_modify(|a| {
+            a.in_flight -= 1;
+            if a.in_flight == 0 {
+                a.idle_since = Instant::now();
+            }
+        });
+    }
+}
+
+impl Inner {
+    async fn load(&self, slot: &Slot) -> Result<Arc<Loaded>, AgentError> {
+        let files = slot.files.clone();
+        let name = files.name.clone();
+        info!(model = %name, version = files.version, path = %files.path.display(), "loading model");
+        let started = Instant::now();
+        let before = memory::rss_bytes();
+        let loader = self.loader.clone();
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&files))
+            .await
+            .unwrap_or_else(|e| Err(format!("the loader stopped: {e}")));
+        let (spec, session) = loaded.map_err(|reason| {
+            warn!(model = %name, error = %reason, "model failed to load");
+            AgentError::LoadFailed {
+                model: name.clone(),
+                reason,
+            }
+        })?;
+        let memory_bytes = memory::rss_bytes().saturating_sub(before);
+        let settings = &slot.files.settings;
+        let max_batch_size = if spec.batchable() {
+            settings.max_batch_size
+        } else {
+            1
+        };
+        let policy = BatchPolicy {
+            max_batch_size,
+            max_batch_delay: settings.max_batch_delay,
+            queue_capacity: settings.queue_capacity,
+        };
+        let runner = Runner::start(&name, session, policy, slot.stats.clone());
+        {
+            let mut stats = slot.stats.lock();
+            stats.loads += 1;
+            stats.memory_bytes = memory_bytes;
+        }
+        info!(
+            model = %name,
+            millis = started.elapsed().as_millis() as u64,
+            memory_mb = memory_bytes / (1 << 20),
+            max_batch_size,
+            "model ready"
+        );
+        Ok(Arc::new(Loaded {
+            spec,
+            runner,
+            memory_bytes,
+            max_batch_size,
+        }))
+    }
+
+    /// Drops the cache's hold and waits until the runner has ended and freed its memory.
+    async fn finish_unload(&self, name: &str, loaded: Arc<Loaded>, reason: &str) {
+        lock(&self.unloading).insert(name.to_string());
+        let mut stopped = loaded.runner.stopped();
+        drop(loaded);
+        let _ = stopped.wait_for(|s| *s).await;
+        lock(&self.unloading).remove(name);
+        info!(model = %name, reason, rss_mb = memory::rss_bytes() / (1 << 20), "model unloaded");
+    }
+
+    /// Removes the slot if it is still the current one for its model and has been
+    /// idle for `ttl`; returns what it held.
+    fn take_if_idle(&self, slot: &Arc<Slot>, ttl: std::time::Duration) -> Option<Arc<Loaded>> {
+        let mut slots = lock(&self.slots);
+        let current = slots.get(&slot.files.name)?;
+        if !Arc::ptr_eq(current, slot) {
+            return None;
+        }
+        let a = *slot.activity.borrow();
+        if a.in_flight > 0 || a.idle_since.elapsed() < ttl {
+            return None;
+        }
+        slots.remove(&slot.files.name);
+        lock(&slot.loaded).take()
+    }
+
+    fn is_current(&self, slot: &Arc<Slot>) -> bool {
+        lock(&self.slots)
+            .get(&slot.files.name)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+}
+
+/// Unloads the model once nobody has used it for `ttl`.
+async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: std::time::Duration) {
+    let mut activity = slot.activity.subscribe();
+    loop {
+        let a = *activity.borrow_and_update();
+        if a.in_flight > 0 {
+            if activity.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(a.idle_since + ttl) => {
+                let Some(inner) = inner.upgrade() else { return };
+                if let Some(loaded) = inner.take_if_idle(&slot, ttl) {
+                    inner.finish_unload(&slot.files.name, loaded, "idle ttl").await;
+                    return;
+                }
+                if !inner.is_current(&slot) {
+                    return;
+                }
+            }
+            changed = activity.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

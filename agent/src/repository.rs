@@ -1,0 +1,136 @@
+//! The model repository on disk, in Triton's layout: `<root>/<name>/<version>/model.onnx`
+//! with an optional `<root>/<name>/herd.toml`. The highest numbered version is served.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::AgentError;
+use crate::settings::ModelSettings;
+
+#[derive(Clone, Debug)]
+pub struct Repository {
+    root: PathBuf,
+    defaults: ModelSettings,
+}
+
+/// One model as the repository holds it.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub name: String,
+    pub version: u64,
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub settings: ModelSettings,
+}
+
+impl Repository {
+    pub fn new(root: PathBuf, defaults: ModelSettings) -> Repository {
+        Repository { root, defaults }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Names of the models in the repository, sorted. Folders without a version
+    /// holding a model.onnx are not models and are left out.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| latest_version(&self.root.join(name)).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Finds a model by name. Errors name what is wrong: a bad name, no such model,
+    /// or a herd.toml that does not parse.
+    pub fn find(&self, name: &str) -> Result<ModelFiles, AgentError> {
+        check_name(name)?;
+        let dir = self.root.join(name);
+        let version =
+            latest_version(&dir).ok_or_else(|| AgentError::ModelNotFound(name.to_string()))?;
+        let path = dir.join(version.to_string()).join("model.onnx");
+        let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let settings = match std::fs::read_to_string(dir.join("herd.toml")) {
+            Ok(text) => {
+                self.defaults
+                    .with_file(&text)
+                    .map_err(|reason| AgentError::LoadFailed {
+                        model: name.to_string(),
+                        reason: format!("{}: {reason}", dir.join("herd.toml").display()),
+                    })?
+            }
+            Err(_) => self.defaults.clone(),
+        };
+        Ok(ModelFiles {
+            name: name.to_string(),
+            version,
+            path,
+            file_bytes,
+            settings,
+        })
+    }
+}
+
+/// A model name is one plain path component, so that no request can reach outside
+/// the repository.
+fn check_name(name: &str) -> Result<(), AgentError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255;
+    if plain {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidModelName(name.to_string()))
+    }
+}
+
+fn latest_version(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|v| dir.join(v.to_string()).join("model.onnx").is_file())
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_the_highest_version_and_reads_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for v in ["1", "3", "2"] {
+            std::fs::create_dir_all(dir.path().join("m").join(v)).expect("mkdir");
+            std::fs::write(dir.path().join("m").join(v).join("model.onnx"), b"x").expect("write");
+        }
+        std::fs::create_dir_all(dir.path().join("m/4")).expect("empty version");
+        std::fs::create_dir_all(dir.path().join("notamodel")).expect("mkdir");
+        std::fs::write(dir.path().join("m/herd.toml"), "max_batch_size = 4").expect("write");
+        let repo = Repository::new(dir.path().to_path_buf(), ModelSettings::default());
+        assert_eq!(repo.names(), vec!["m".to_string()]);
+        let m = repo.find("m").expect("found");
+        assert_eq!(m.version, 3);
+        assert_eq!(m.settings.max_batch_size, 4);
+        assert!(matches!(
+            repo.find("notamodel"),
+            Err(AgentError::ModelNotFound(_))
+        ));
+        for bad in ["", "..", "../m", "a/b"] {
+            assert!(
+                matches!(repo.find(bad), Err(AgentError::InvalidModelName(_))),
+                "{bad:?}"
+            );
+        }
+        std::fs::write(dir.path().join("m/herd.toml"), "max_batch_size = \"lots\"").expect("write");
+        let err = repo.find("m").expect_err("bad herd.toml").to_string();
+        assert!(err.contains("herd.toml"), "{err}");
+    }
+}

@@ -1,0 +1,321 @@
+//! The KServe v2 / Triton gRPC inference service of one agent.
+
+use std::sync::Arc;
+
+use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use herd_proto::inference::model_infer_response::InferOutputTensor;
+use herd_proto::inference::model_metadata_response::TensorMetadata;
+use herd_proto::inference::repository_index_response::ModelIndex;
+use herd_proto::inference::*;
+use tonic::{Request, Response, Status};
+
+use crate::cache::{Lease, State};
+use crate::error::AgentError;
+use crate::tensor::TensorSpec;
+use crate::validate::validate;
+use crate::Agent;
+
+pub struct InferenceService {
+    agent: Arc<Agent>,
+}
+
+impl InferenceService {
+    pub fn new(agent: Arc<Agent>) -> InferenceService {
+        InferenceService { agent }
+    }
+
+    /// A hold on the model the request names, checking the version if one is given.
+    fn lease(&self, name: &str, version: &str) -> Result<Lease, AgentError> {
+        let lease = self.agent.cache.lease(name)?;
+        let served = lease.files().version;
+        if !version.is_empty() && version != served.to_string() {
+            return Err(AgentError::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+                served,
+            });
+        }
+        Ok(lease)
+    }
+}
+
+fn metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.dtype.as_str().to_string(),
+            shape: s.shape.clone(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: true }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self.agent.cache.is_loaded(&r.name)
+            && (r.version.is_empty()
+                || self
+                    .agent
+                    .cache
+                    .repository()
+                    .find(&r.name)
+                    .is_ok_and(|f| f.version.to_string() == r.version));
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "herd".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: ["model_repository", "model_configuration", "statistics"]
+                .map(String::from)
+                .to_vec(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let lease = self.lease(&r.name, &r.version)?;
+        let loaded = lease.ready().await?;
+        Ok(Response::new(ModelMetadataResponse {
+            name: r.name,
+            versions: vec![lease.files().version.to_string()],
+            platform: "onnxruntime_onnx".to_string(),
+            inputs: metadata(&loaded.spec.inputs),
+            outputs: metadata(&loaded.spec.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let r = request.into_inner();
+        let lease = self.lease(&r.model_name, &r.model_version)?;
+        let loaded = lease.ready().await?;
+        let model_name = r.model_name.clone();
+        let id = r.id.clone();
+        let valid = validate(&model_name, &loaded.spec, loaded.max_batch_size, r)?;
+        let requested = valid.outputs.clone();
+        let reply = loaded.runner.submit(valid)?;
+        let outputs = reply
+            .await
+            .map_err(|_| AgentError::Stopped(model_name.clone()))??;
+        let mut response = ModelInferResponse {
+            model_name,
+            model_version: lease.files().version.to_string(),
+            id,
+            ..Default::default()
+        };
+        for (index, tensor) in requested.into_iter().zip(outputs) {
+            response.outputs.push(InferOutputTensor {
+                name: loaded.spec.outputs[index].name.clone(),
+                datatype: tensor.dtype.as_str().to_string(),
+                shape: tensor.shape,
+                ..Default::default()
+            });
+            response.raw_output_contents.push(tensor.data);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let lease = self.lease(&r.name, &r.version)?;
+        let loaded = lease.ready().await?;
+        let batched = loaded.spec.batchable();
+        // Triton leaves the batch dimension out of `dims` when max_batch_size > 0.
+        let dims = |s: &TensorSpec| s.shape[usize::from(batched)..].to_vec();
+        let settings = &lease.files().settings;
+        let config = ModelConfig {
+            name: r.name,
+            platform: "onnxruntime_onnx".to_string(),
+            backend: "onnxruntime".to_string(),
+            max_batch_size: if batched {
+                loaded.max_batch_size as i32
+            } else {
+                0
+            },
+            input: loaded
+                .spec
+                .inputs
+                .iter()
+                .map(|s| ModelInput {
+                    name: s.name.clone(),
+                    data_type: s.dtype.config_type() as i32,
+                    dims: dims(s),
+                })
+                .collect(),
+            output: loaded
+                .spec
+                .outputs
+                .iter()
+                .map(|s| ModelOutput {
+                    name: s.name.clone(),
+                    data_type: s.dtype.config_type() as i32,
+                    dims: dims(s),
+                })
+                .collect(),
+            dynamic_batching: batched.then(|| ModelDynamicBatching {
+                preferred_batch_size: Vec::new(),
+                max_queue_delay_microseconds: settings.max_batch_delay.as_micros() as u64,
+            }),
+        };
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let names: Vec<(String, String)> = if r.name.is_empty() {
+            self.agent
+                .cache
+                .views()
+                .into_iter()
+                .filter(|v| v.stats.is_some())
+                .map(|v| (v.name, v.version.map(|v| v.to_string()).unwrap_or_default()))
+                .collect()
+        } else {
+            let files = self.agent.cache.repository().find(&r.name)?;
+            vec![(r.name.clone(), files.version.to_string())]
+        };
+        let model_stats = names
+            .into_iter()
+            .map(|(name, version)| {
+                let stats = self.agent.cache.stats(&name).unwrap_or_default();
+                let c = stats.lock();
+                let d = |t: crate::stats::Total| StatisticDuration {
+                    count: t.count,
+                    ns: t.ns,
+                };
+                ModelStatistics {
+                    name,
+                    version,
+                    last_inference: c.last_inference_ms,
+                    inference_count: c.inference_count,
+                    execution_count: c.execution_count,
+                    inference_stats: Some(InferStatistics {
+                        success: Some(d(c.success)),
+                        fail: Some(d(c.fail)),
+                        queue: Some(d(c.queue)),
+                        compute_infer: Some(d(c.compute_infer)),
+                        ..Default::default()
+                    }),
+                    batch_stats: c
+                        .batches
+                        .iter()
+                        .map(|(&batch_size, &t)| InferBatchStatistics {
+                            batch_size,
+                            compute_infer: Some(d(t)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    memory_usage: vec![MemoryUsage {
+                        r#type: "CPU".to_string(),
+                        id: 0,
+                        byte_size: c.memory_bytes,
+                    }],
+                }
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let only_ready = request.into_inner().ready;
+        let models = self
+            .agent
+            .cache
+            .views()
+            .into_iter()
+            .filter(|v| !only_ready || v.state == State::Ready)
+            .map(|v| {
+                let (state, reason) = match v.state {
+                    State::Ready => ("READY", String::new()),
+                    State::Loading => ("LOADING", String::new()),
+                    State::Unloading => ("UNLOADING", String::new()),
+                    State::Available => ("UNAVAILABLE", "unloaded".to_string()),
+                    State::Failed => (
+                        "UNAVAILABLE",
+                        v.stats
+                            .as_ref()
+                            .and_then(|s| s.lock().last_error.clone())
+                            .unwrap_or_default(),
+                    ),
+                };
+                let version = v
+                    .version
+                    .or_else(|| {
+                        self.agent
+                            .cache
+                            .repository()
+                            .find(&v.name)
+                            .ok()
+                            .map(|f| f.version)
+                    })
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                ModelIndex {
+                    name: v.name,
+                    version,
+                    state: state.to_string(),
+                    reason,
+                }
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        self.agent.cache.load(&r.model_name).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        self.agent.cache.unload(&r.model_name).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}

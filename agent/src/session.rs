@@ -1,0 +1,15 @@
+//! What the runner needs from an inference engine: load a model file into a session,
+//! then run batches on it. Synchronous on purpose: sessions live on their own threads.
+
+use crate::repository::ModelFiles;
+use crate::tensor::{ModelSpec, Tensor};
+
+pub trait Session: Send + 'static {
+    /// Runs one batch. `inputs` are in the order of the model's inputs; the outputs
+    /// come back in the order of the model's outputs.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+}
+
+pub trait Loader: Send + Sync + 'static {
+    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), String>;
+}

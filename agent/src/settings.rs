@@ -1,0 +1,165 @@
+//! Per-model settings: the agent's defaults, overridden by `<model>/herd.toml`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How long an idle model stays loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    Never,
+    After(Duration),
+}
+
+impl Ttl {
+    /// Seconds as in herd.toml and on the command line: negative means never.
+    pub fn from_seconds(s: i64) -> Ttl {
+        if s < 0 {
+            Ttl::Never
+        } else {
+            Ttl::After(Duration::from_secs(s as u64))
+        }
+    }
+
+    /// "never", a whole number of seconds (negative = never), or a duration like "5m".
+    pub fn parse(text: &str) -> Result<Ttl, String> {
+        let text = text.trim();
+        if text == "never" {
+            return Ok(Ttl::Never);
+        }
+        if let Ok(s) = text.parse::<i64>() {
+            return Ok(Ttl::from_seconds(s));
+        }
+        humantime::parse_duration(text)
+            .map(Ttl::After)
+            .map_err(|e| {
+                format!("ttl {text:?}: {e} (use e.g. \"300s\", \"5m\", 0, or -1 for never)")
+            })
+    }
+
+    pub fn as_millis(self) -> i64 {
+        match self {
+            Ttl::Never => -1,
+            Ttl::After(d) => d.as_millis().min(i64::MAX as u128) as i64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSettings {
+    /// Most items one model run takes. 1 turns batching off.
+    pub max_batch_size: usize,
+    /// How long a partial batch may wait to fill; zero runs at once.
+    pub max_batch_delay: Duration,
+    pub ttl: Ttl,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+    pub intra_op_threads: usize,
+    /// Most requests waiting or running; past it, RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            max_batch_size: 32,
+            max_batch_delay: Duration::ZERO,
+            ttl: Ttl::After(Duration::from_secs(300)),
+            intra_op_threads: 0,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    max_batch_size: Option<usize>,
+    max_batch_delay: Option<String>,
+    ttl: Option<TtlValue>,
+    intra_op_threads: Option<usize>,
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TtlValue {
+    Seconds(i64),
+    Text(String),
+}
+
+impl ModelSettings {
+    /// Applies a herd.toml over these settings.
+    pub fn with_file(&self, text: &str) -> Result<ModelSettings, String> {
+        let file: SettingsFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut s = self.clone();
+        if let Some(n) = file.max_batch_size {
+            if n == 0 {
+                return Err("max_batch_size must be at least 1".into());
+            }
+            s.max_batch_size = n;
+        }
+        if let Some(d) = file.max_batch_delay {
+            s.max_batch_delay = humantime::parse_duration(&d)
+                .map_err(|e| format!("max_batch_delay {d:?}: {e} (use e.g. \"2ms\")"))?;
+        }
+        match file.ttl {
+            Some(TtlValue::Seconds(n)) => s.ttl = Ttl::from_seconds(n),
+            Some(TtlValue::Text(t)) => s.ttl = Ttl::parse(&t)?,
+            None => {}
+        }
+        if let Some(n) = file.intra_op_threads {
+            s.intra_op_threads = n;
+        }
+        if let Some(n) = file.queue_capacity {
+            if n == 0 {
+                return Err("queue_capacity must be at least 1".into());
+            }
+            s.queue_capacity = n;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults() {
+        let s = ModelSettings::default()
+            .with_file("max_batch_size = 8\nmax_batch_delay = \"2ms\"\nttl = -1\n")
+            .expect("valid");
+        assert_eq!(s.max_batch_size, 8);
+        assert_eq!(s.max_batch_delay, Duration::from_millis(2));
+        assert_eq!(s.ttl, Ttl::Never);
+        assert_eq!(s.queue_capacity, 1024);
+        let s = ModelSettings::default()
+            .with_file("ttl = \"5m\"")
+            .expect("valid");
+        assert_eq!(s.ttl, Ttl::After(Duration::from_secs(300)));
+        assert_eq!(
+            ModelSettings::default()
+                .with_file("ttl = 0")
+                .expect("valid")
+                .ttl,
+            Ttl::After(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        let d = ModelSettings::default();
+        assert!(d
+            .with_file("max_bach_size = 8")
+            .expect_err("typo")
+            .contains("unknown field"));
+        assert!(d
+            .with_file("max_batch_size = 0")
+            .expect_err("zero")
+            .contains("at least 1"));
+        assert!(d
+            .with_file("ttl = \"soon\"")
+            .expect_err("bad ttl")
+            .contains("ttl \"soon\""));
+    }
+}

@@ -1,0 +1,351 @@
+//! Checks an inference request against the model's interface before it may join a
+//! batch: names, datatypes, shapes and byte lengths. Pure; the service calls it.
+
+use bytes::Bytes;
+use herd_proto::datatype::contents_to_raw;
+use herd_proto::inference::ModelInferRequest;
+use herd_proto::DataType;
+
+use crate::error::AgentError;
+use crate::tensor::{element_count, shape_string, ModelSpec, Tensor, TensorSpec};
+
+/// Requests batch together only when every input agrees on its non-batch dimensions.
+pub type BatchKey = Vec<Vec<i64>>;
+
+#[derive(Debug)]
+pub struct ValidRequest {
+    /// One tensor per model input, in the model's order.
+    pub inputs: Vec<Tensor>,
+    /// Items in this request along the batch dimension (1 for an unbatched model).
+    pub rows: usize,
+    pub key: BatchKey,
+    /// Indices into the model's outputs, in the order the caller asked for them.
+    pub outputs: Vec<usize>,
+}
+
+pub fn validate(
+    model: &str,
+    spec: &ModelSpec,
+    max_batch_size: usize,
+    req: ModelInferRequest,
+) -> Result<ValidRequest, AgentError> {
+    let invalid = |msg: String| AgentError::InvalidInput(format!("model '{model}': {msg}"));
+    let use_raw = !req.raw_input_contents.is_empty();
+    if use_raw && req.raw_input_contents.len() != req.inputs.len() {
+        return Err(invalid(format!(
+            "raw_input_contents has {} entries for {} inputs; send one per input",
+            req.raw_input_contents.len(),
+            req.inputs.len()
+        )));
+    }
+    let mut raw = req.raw_input_contents.into_iter();
+    let mut slots: Vec<Option<Tensor>> = vec![None; spec.inputs.len()];
+    for input in req.inputs {
+        let index = spec
+            .inputs
+            .iter()
+            .position(|s| s.name == input.name)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no input named '{}'; its inputs are: {}",
+                    input.name,
+                    names(&spec.inputs)
+                ))
+            })?;
+        let want = &spec.inputs[index];
+        if slots[index].is_some() {
+            return Err(invalid(format!("input '{}' is given twice", input.name)));
+        }
+        let dtype: DataType = input
+            .datatype
+            .parse()
+            .map_err(|e| invalid(format!("input '{}': {e}", input.name)))?;
+        if dtype != want.dtype {
+            return Err(invalid(format!(
+                "input '{}' must be {}, got {}",
+                want.name, want.dtype, dtype
+            )));
+        }
+        check_shape(want, &input.shape).map_err(invalid)?;
+        let data = match raw.next() {
+            Some(bytes) => bytes,
+            None => {
+                let contents = input.contents.unwrap_or_default();
+                let bytes = contents_to_raw(dtype, &contents)
+                    .map_err(|e| invalid(format!("input '{}': {e}", want.name)))?;
+                Bytes::from(bytes)
+            }
+        };
+        let elements = element_count(&input.shape)
+            .ok_or_else(|| invalid(format!("input '{}': shape is too large", want.name)))?;
+        let size = dtype
+            .size()
+            .ok_or_else(|| invalid(format!("input '{}': {dtype} is not supported", want.name)))?;
+        let expected = elements
+            .checked_mul(size)
+            .ok_or_else(|| invalid(format!("input '{}': shape is too large", want.name)))?;
+        if data.len() != expected {
+            let source = if use_raw {
+                "raw contents"
+            } else {
+                "typed contents"
+            };
+            return Err(invalid(format!(
+                "input '{}' has {} bytes of {source}; shape {} of {dtype} needs {expected}",
+                want.name,
+                data.len(),
+                shape_string(&input.shape)
+            )));
+        }
+        slots[index] = Some(Tensor {
+            dtype,
+            shape: input.shape,
+            data,
+        });
+    }
+    let mut inputs = Vec::with_capacity(slots.len());
+    for (slot, want) in slots.into_iter().zip(&spec.inputs) {
+        inputs.push(slot.ok_or_else(|| invalid(format!("input '{}' is missing", want.name)))?);
+    }
+
+    let batchable = spec.batchable();
+    let rows = if batchable {
+        let rows = inputs[0].shape[0];
+        if let Some(other) = inputs.iter().find(|t| t.shape[0] != rows) {
+            return Err(invalid(format!(
+                "inputs disagree on the batch dimension: {} vs {}",
+                shape_string(&inputs[0].shape),
+                shape_string(&other.shape)
+            )));
+        }
+        let rows = rows as usize;
+        if rows == 0 || rows > max_batch_size {
+            return Err(invalid(format!(
+                "batch of {rows} items; this model takes 1 to {max_batch_size} per request"
+            )));
+        }
+        rows
+    } else {
+        1
+    };
+    let skip = usize::from(batchable);
+    let key = inputs.iter().map(|t| t.shape[skip..].to_vec()).collect();
+
+    let outputs = if req.outputs.is_empty() {
+        (0..spec.outputs.len()).collect()
+    } else {
+        req.outputs
+            .iter()
+            .map(|o| {
+                spec.outputs
+                    .iter()
+                    .position(|s| s.name == o.name)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "no output named '{}'; its outputs are: {}",
+                            o.name,
+                            names(&spec.outputs)
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(ValidRequest {
+        inputs,
+        rows,
+        key,
+        outputs,
+    })
+}
+
+fn check_shape(want: &TensorSpec, got: &[i64]) -> Result<(), String> {
+    let fits = got.len() == want.shape.len()
+        && got
+            .iter()
+            .zip(&want.shape)
+            .all(|(&g, &w)| g >= 0 && (w < 0 || g == w));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "input '{}' has shape {}; the model expects {} (-1 = any size)",
+            want.name,
+            shape_string(got),
+            shape_string(&want.shape)
+        ))
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_proto::inference::model_infer_request::{
+        InferInputTensor, InferRequestedOutputTensor,
+    };
+
+    fn spec() -> ModelSpec {
+        let t = |name: &str, dtype, shape: &[i64]| TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        };
+        ModelSpec {
+            inputs: vec![
+                t("a", DataType::Fp32, &[-1, 4]),
+                t("b", DataType::Int64, &[-1, 4]),
+            ],
+            outputs: vec![
+                t("sum", DataType::Fp32, &[-1, 4]),
+                t("neg", DataType::Int64, &[-1, 4]),
+            ],
+        }
+    }
+
+    fn input(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn request(inputs: Vec<InferInputTensor>, raw: Vec<usize>) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            inputs,
+            raw_input_contents: raw.into_iter().map(|n| Bytes::from(vec![0u8; n])).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn err(r: Result<ValidRequest, AgentError>) -> String {
+        r.expect_err("request must be refused").to_string()
+    }
+
+    #[test]
+    fn accepts_inputs_in_any_order_and_puts_them_in_model_order() {
+        let r = request(
+            vec![input("b", "INT64", &[2, 4]), input("a", "FP32", &[2, 4])],
+            vec![64, 32],
+        );
+        let v = validate("m", &spec(), 8, r).expect("valid");
+        assert_eq!(v.inputs[0].dtype, DataType::Fp32);
+        assert_eq!(v.inputs[0].data.len(), 32);
+        assert_eq!(v.rows, 2);
+        assert_eq!(v.key, vec![vec![4], vec![4]]);
+        assert_eq!(v.outputs, vec![0, 1]);
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_input_with_a_message_that_names_it() {
+        let s = spec();
+        let ok_b = || input("b", "INT64", &[1, 4]);
+        let cases = [
+            (
+                request(vec![input("a", "INT32", &[1, 4]), ok_b()], vec![16, 32]),
+                "must be FP32, got INT32",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, 5]), ok_b()], vec![20, 32]),
+                "has shape [1,5]; the model expects [-1,4]",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, 4, 1]), ok_b()], vec![16, 32]),
+                "has shape [1,4,1]",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, 4]), ok_b()], vec![15, 32]),
+                "has 15 bytes of raw contents; shape [1,4] of FP32 needs 16",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, 4]), ok_b()], vec![17, 32]),
+                "has 17 bytes",
+            ),
+            (
+                request(vec![input("z", "FP32", &[1, 4]), ok_b()], vec![16, 32]),
+                "no input named 'z'; its inputs are: a, b",
+            ),
+            (request(vec![ok_b()], vec![32]), "input 'a' is missing"),
+            (
+                request(vec![input("a", "FP32", &[1, 4]), ok_b()], vec![16]),
+                "raw_input_contents has 1 entries for 2 inputs",
+            ),
+            (
+                request(vec![input("a", "FP32", &[2, 4]), ok_b()], vec![32, 32]),
+                "disagree on the batch dimension",
+            ),
+            (
+                request(
+                    vec![input("a", "FP32", &[9, 4]), input("b", "INT64", &[9, 4])],
+                    vec![144, 288],
+                ),
+                "batch of 9 items; this model takes 1 to 8",
+            ),
+            (
+                request(vec![input("a", "FLOAT", &[1, 4]), ok_b()], vec![16, 32]),
+                "unknown datatype",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, -4]), ok_b()], vec![16, 32]),
+                "has shape [1,-4]",
+            ),
+        ];
+        for (req, want) in cases {
+            let got = err(validate("m", &s, 8, req));
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn typed_contents_are_accepted_and_checked() {
+        let mut a = input("a", "FP32", &[1, 4]);
+        a.contents = Some(herd_proto::inference::InferTensorContents {
+            fp32_contents: vec![1.0, 2.0, 3.0, 4.0],
+            ..Default::default()
+        });
+        let mut b = input("b", "INT64", &[1, 4]);
+        b.contents = Some(herd_proto::inference::InferTensorContents {
+            int64_contents: vec![1, 2, 3],
+            ..Default::default()
+        });
+        let got = err(validate(
+            "m",
+            &spec(),
+            8,
+            request(vec![a.clone(), b.clone()], vec![]),
+        ));
+        assert!(got.contains("has 24 bytes of typed contents"), "{got}");
+        b.contents
+            .as_mut()
+            .expect("set above")
+            .int64_contents
+            .push(4);
+        let v = validate("m", &spec(), 8, request(vec![a, b], vec![])).expect("valid");
+        assert_eq!(&v.inputs[0].data[..4], &1.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn requested_outputs_must_exist() {
+        let mut r = request(
+            vec![input("a", "FP32", &[1, 4]), input("b", "INT64", &[1, 4])],
+            vec![16, 32],
+        );
+        r.outputs = vec![InferRequestedOutputTensor {
+            name: "neg".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            validate("m", &spec(), 8, r.clone()).expect("valid").outputs,
+            vec![1]
+        );
+        r.outputs[0].name = "nope".into();
+        assert!(err(validate("m", &spec(), 8, r))
+            .contains("no output named 'nope'; its outputs are: sum, neg"));
+    }
+}

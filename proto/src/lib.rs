@@ -1,0 +1,18 @@
+//! herd's wire protocols: the KServe v2 / Triton inference service and herd's own
+//! `herd.v1` services, plus the tensor data types they share.
+
+pub mod datatype;
+
+/// KServe v2 inference protocol with Triton's extensions (package `inference`).
+pub mod inference {
+    #![allow(clippy::all, clippy::unwrap_used)]
+    tonic::include_proto!("inference");
+}
+
+/// herd's own services (package `herd.v1`).
+pub mod herd {
+    #![allow(clippy::all, clippy::unwrap_used)]
+    tonic::include_proto!("herd.v1");
+}
+
+pub use datatype::DataType;

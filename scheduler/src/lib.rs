@@ -1,0 +1,1 @@
+//! The scheduler arrives with its own issue; this crate holds its place in the workspace.

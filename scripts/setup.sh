@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Fetches everything herd needs that is not Rust source, into a project-local cache:
+#   $HERD_CACHE (default: <repo>/.cache)
+#     onnxruntime/libonnxruntime.so   ONNX Runtime 1.31.1, from the onnxruntime wheel on PyPI
+#     models/                         a model repository with real models from PyPI wheels:
+#                                     magika 1.0.3 and RapidOCR's PP-OCRv4 det/rec + mobile cls
+#     venv/                           Python with tritonclient[grpc], for the protocol check
+# Idempotent: what is already there is kept. Needs python3 with pip and venv, and PyPI.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${HERD_CACHE:-$repo/.cache}
+mkdir -p "$cache"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Python's venv module is missing on some Debian installs; apt has it.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  log "installing python3-venv with apt"
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
+
+venv=$cache/venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tritonclient.grpc, numpy' 2>/dev/null; then
+  log "creating $venv with tritonclient[grpc] and numpy"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[grpc]==2.73.0' 'numpy>=1.26'
+fi
+
+# Downloads one wheel (no dependencies) and prints its path.
+wheel() {
+  local spec=$1 dir=$cache/wheels
+  mkdir -p "$dir"
+  local name=${spec%%==*}
+  local found
+  found=$(ls "$dir"/"${name//-/_}"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$found" ]; then
+    log "downloading $spec"
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$dir" "$spec" >&2
+    found=$(ls "$dir"/"${name//-/_}"-*.whl | head -n1)
+  fi
+  printf '%s\n' "$found"
+}
+
+# Extracts one member of a wheel (a zip) to a destination path.
+extract() {
+  local whl=$1 member=$2 dest=$3
+  mkdir -p "$(dirname "$dest")"
+  "$venv/bin/python" - "$whl" "$member" "$dest" <<'PY'
+import shutil, sys, zipfile
+whl, member, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+import os; os.replace(dest + ".part", dest)
+PY
+}
+
+ort=$cache/onnxruntime/libonnxruntime.so
+if [ ! -f "$ort" ]; then
+  whl=$(wheel onnxruntime==1.31.1)
+  extract "$whl" onnxruntime/capi/libonnxruntime.so.1.31.1 "$ort"
+  log "ONNX Runtime at $ort"
+fi
+
+models=$cache/models
+model() { # name, wheel spec, member, herd.toml contents
+  local name=$1 spec=$2 member=$3 settings=$4
+  if [ ! -f "$models/$name/1/model.onnx" ]; then
+    extract "$(wheel "$spec")" "$member" "$models/$name/1/model.onnx"
+    printf '%s\n' "$settings" > "$models/$name/herd.toml"
+    log "model $name ready"
+  fi
+}
+model magika magika==1.0.3 magika/models/standard_v3_3/model.onnx 'max_batch_size = 64'
+model ocr_det rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx 'max_batch_size = 8'
+model ocr_rec rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx 'max_batch_size = 32'
+model ocr_cls rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx 'max_batch_size = 32'
+
+log "done: ONNX Runtime, models and Python client are in $cache"
