@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "grpc_service.proto",
         "model_config.proto",
         "herd/v1/agent.proto",
+        "herd/v1/worker.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed=proto/{file}");
@@ -13,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Tensor bytes stay reference-counted slices of the received frame.
         .bytes(".inference")
+        .bytes(".herd.v1.WorkerTensor")
         .compile_fds(fds)?;
     Ok(())
 }

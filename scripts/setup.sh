@@ -67,11 +67,13 @@ model() { # name, wheel spec, member, herd.toml contents
   local name=$1 spec=$2 member=$3 settings=$4
   if [ ! -f "$models/$name/1/model.onnx" ]; then
     extract "$(wheel "$spec")" "$member" "$models/$name/1/model.onnx"
-    printf '%s\n' "$settings" > "$models/$name/herd.toml"
     log "model $name ready"
   fi
+  # Rewritten every time, so that a changed setting reaches existing caches.
+  printf '%s\n' "$settings" > "$models/$name/herd.toml"
 }
-model magika magika==1.0.3 magika/models/standard_v3_3/model.onnx 'max_batch_size = 64'
+# magika runs slower per item beyond batch 8 on CPU (BENCHMARKS.md).
+model magika magika==1.0.3 magika/models/standard_v3_3/model.onnx 'max_batch_size = 8'
 model ocr_det rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx 'max_batch_size = 8'
 model ocr_rec rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx 'max_batch_size = 32'
 model ocr_cls rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx 'max_batch_size = 32'

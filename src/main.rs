@@ -3,8 +3,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herd_agent::process::{ProcessLoader, WorkerProgram};
 
 /// herd serves ONNX models across the machines of a small cluster, over the
 /// KServe v2 / Triton gRPC protocol.
@@ -23,18 +26,31 @@ enum Command {
     /// Measure a model's throughput and latency under load (closed loop over a
     /// concurrency sweep), against a server or ONNX Runtime in-process (--local).
     Bench(herd_client::bench::BenchConfig),
+    /// Hold one model's ONNX Runtime session for an agent, which starts it (internal).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Path of libonnxruntime.so; default as for `herd agent`.
+    #[arg(long)]
+    ort_lib: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    init_tracing();
+    if let Command::Worker(args) = &cli.command {
+        // A worker is plain threads and pipes; it needs no async runtime.
+        return match herd_agent::worker::serve(args.ort_lib.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herd worker: pipe to the agent failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -51,18 +67,46 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .init();
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent(config) => {
-            let ort = herd_agent::onnx::OrtRuntime::init(config.ort_lib.as_deref())
+            herd_agent::memory::return_large_allocations();
+            let program = WorkerProgram::current(config.ort_lib.as_deref())
+                .context("cannot find the herd executable to start model workers")?;
+            let loader = ProcessLoader::new(program);
+            // Fail at start, with the fix in the message, rather than on the first load.
+            let check = loader.clone();
+            let onnxruntime = tokio::task::spawn_blocking(move || check.check())
+                .await?
                 .map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            herd_agent::run(config, ort, listener, shutdown_signal()).await?;
+            herd_agent::run(
+                config,
+                Arc::new(loader),
+                onnxruntime,
+                listener,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Bench(config) => herd_client::bench::run(config).await,
+        Command::Worker(_) => {
+            anyhow::bail!("herd worker is started by an agent, before the async runtime")
+        }
     }
 }
 

@@ -27,10 +27,22 @@ use crate::tensor::ModelSpec;
 pub struct Loaded {
     pub spec: ModelSpec,
     pub runner: Runner,
-    /// Resident memory the load added.
+    /// Resident memory the load added, measured once it finished.
     pub memory_bytes: u64,
+    /// The worker process holding the session, when it has one of its own.
+    pub process_id: Option<u32>,
     /// The batch size the model really takes: 1 when it cannot batch.
     pub max_batch_size: usize,
+}
+
+impl Loaded {
+    /// Resident memory the model holds now: its worker's whole RSS, which grows as
+    /// ONNX Runtime allocates for larger batches; else what the load added.
+    pub fn memory_now(&self) -> u64 {
+        self.process_id
+            .and_then(memory::process_bytes)
+            .unwrap_or(self.memory_bytes)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -44,15 +56,23 @@ struct Slot {
     stats: Arc<ModelStats>,
     loaded: Mutex<Option<Arc<Loaded>>>,
     /// Held while loading: the one load that concurrent first requests share.
-    load_lock: tokio::sync::Mutex<()>,
+    load_lock: Arc<tokio::sync::Mutex<()>>,
     attempts: AtomicU64,
     last_failure: Mutex<Option<AgentError>>,
     activity: watch::Sender<Activity>,
 }
 
 impl Slot {
+    /// The model in memory, if it is there and can still run. A model whose session
+    /// died (its worker process crashed) is let go here, so the next request loads it
+    /// afresh.
     fn loaded(&self) -> Option<Arc<Loaded>> {
-        lock(&self.loaded).clone()
+        let mut loaded = lock(&self.loaded);
+        if loaded.as_ref().is_some_and(|l| !l.runner.is_alive()) {
+            warn!(model = %self.files.name, "model can no longer run; dropping it");
+            *loaded = None;
+        }
+        loaded.clone()
     }
 }
 
@@ -142,7 +162,7 @@ impl ModelCache {
                     files,
                     stats,
                     loaded: Mutex::new(None),
-                    load_lock: tokio::sync::Mutex::new(()),
+                    load_lock: Arc::new(tokio::sync::Mutex::new(())),
                     attempts: AtomicU64::new(0),
                     last_failure: Mutex::new(None),
                     activity: watch::Sender::new(Activity {
@@ -232,7 +252,7 @@ impl ModelCache {
                     view.state = match slot.loaded() {
                         Some(loaded) => {
                             view.queue_len = loaded.runner.queue_len();
-                            view.memory_bytes = loaded.memory_bytes;
+                            view.memory_bytes = loaded.memory_now();
                             State::Ready
                         }
                         None if slot.load_lock.try_lock().is_err() => State::Loading,
@@ -262,13 +282,15 @@ impl Lease {
     }
 
     /// The loaded model, loading it first if needed. Concurrent callers share one load.
+    /// The load runs in a task of its own, so a caller that gives up does not abandon
+    /// it half-way (and cause a second load).
     pub async fn ready(&self) -> Result<Arc<Loaded>, AgentError> {
         let slot = &self.slot;
         if let Some(loaded) = slot.loaded() {
             return Ok(loaded);
         }
         let attempt = slot.attempts.load(Ordering::Acquire);
-        let _loading = slot.load_lock.lock().await;
+        let guard = slot.load_lock.clone().lock_owned().await;
         if let Some(loaded) = slot.loaded() {
             return Ok(loaded);
         }
@@ -280,22 +302,18 @@ impl Lease {
         }
         slot.attempts.fetch_add(1, Ordering::AcqRel);
         self.inner.loads.fetch_add(1, Ordering::Relaxed);
-        let result = self.inner.load(slot).await;
-        match result {
-            Ok(loaded) => {
-                *lock(&slot.last_failure) = None;
-                *lock(&slot.loaded) = Some(loaded.clone());
-                if let Ttl::After(ttl) = slot.files.settings.ttl {
-                    tokio::spawn(watch_idle(Arc::downgrade(&self.inner), slot.clone(), ttl));
-                }
-                Ok(loaded)
-            }
-            Err(e) => {
-                slot.stats.lock().last_error = Some(e.to_string());
-                *lock(&slot.last_failure) = Some(e.clone());
-                Err(e)
-            }
-        }
+        let inner = self.inner.clone();
+        let slot = slot.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            inner.load_into(&slot).await
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(AgentError::LoadFailed {
+                model: self.slot.files.name.clone(),
+                reason: format!("the load task ended: {e}"),
+            })
+        })
     }
 }
 
@@ -311,6 +329,26 @@ impl Drop for Lease {
 }
 
 impl Inner {
+    /// Loads the model and records the outcome in its slot. Called with the slot's
+    /// load lock held.
+    async fn load_into(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Loaded>, AgentError> {
+        match self.load(slot).await {
+            Ok(loaded) => {
+                *lock(&slot.last_failure) = None;
+                *lock(&slot.loaded) = Some(loaded.clone());
+                if let Ttl::After(ttl) = slot.files.settings.ttl {
+                    tokio::spawn(watch_idle(Arc::downgrade(self), slot.clone(), ttl));
+                }
+                Ok(loaded)
+            }
+            Err(e) => {
+                slot.stats.lock().last_error = Some(e.to_string());
+                *lock(&slot.last_failure) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
     async fn load(&self, slot: &Slot) -> Result<Arc<Loaded>, AgentError> {
         let files = slot.files.clone();
         let name = files.name.clone();
@@ -328,7 +366,11 @@ impl Inner {
                 reason,
             }
         })?;
-        let memory_bytes = memory::rss_bytes().saturating_sub(before);
+        let process_id = session.process_id();
+        let memory_bytes = match process_id {
+            Some(pid) => memory::process_bytes(pid).unwrap_or(0),
+            None => memory::rss_bytes().saturating_sub(before),
+        };
         let settings = &slot.files.settings;
         let max_batch_size = if spec.batchable() {
             settings.max_batch_size
@@ -357,6 +399,7 @@ impl Inner {
             spec,
             runner,
             memory_bytes,
+            process_id,
             max_batch_size,
         }))
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod memory;
 pub mod onnx;
 pub mod probe;
+pub mod process;
 pub mod repository;
 pub mod runner;
 pub mod service;
@@ -19,6 +20,8 @@ pub mod stats;
 pub mod status;
 pub mod tensor;
 pub mod validate;
+pub mod wire;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use herd_proto::herd::agent_server::AgentServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use cache::ModelCache;
 pub use config::AgentConfig;
@@ -94,19 +97,22 @@ pub async fn serve(
         .max_decoding_message_size(size)
         .max_encoding_message_size(size);
     let status = AgentServer::new(status::StatusService::new(agent));
+    // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's
+    // tcp_nodelay applies only to listeners it binds itself).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(inference)
         .add_service(status)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
-/// Runs an agent as `herd agent` does: ONNX Runtime loaded, listener bound, until
-/// `shutdown` completes.
+/// Runs an agent as `herd agent` does, loading models with `loader` (worker
+/// processes, already checked), until `shutdown` completes.
 pub async fn run(
     config: AgentConfig,
-    runtime: onnx::OrtRuntime,
+    loader: Arc<dyn session::Loader>,
+    onnxruntime: String,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -118,7 +124,7 @@ pub async fn run(
         name = %options.name,
         repository = %options.model_repository.display(),
         models = models.len(),
-        onnxruntime = %runtime.library.display(),
+        onnxruntime = %onnxruntime,
         "agent serving"
     );
     if models.is_empty() {
@@ -127,6 +133,6 @@ pub async fn run(
             "no models found: expected DIR/<name>/<version>/model.onnx"
         );
     }
-    let agent = Agent::new(options, Arc::new(runtime));
+    let agent = Agent::new(options, loader);
     serve(agent, listener, shutdown).await
 }

@@ -65,24 +65,25 @@ impl OrtRuntime {
             tried.join("; ")
         ))
     }
-}
 
-impl Loader for OrtRuntime {
-    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), String> {
+    /// Opens a model file in a new session.
+    pub fn open(
+        &self,
+        path: &Path,
+        intra_op_threads: usize,
+    ) -> Result<(ModelSpec, OnnxSession), String> {
         let mut builder = OrtSession::builder(&self.env).map_err(|e| e.to_string())?;
-        // Without the arena, memory freed by an unloaded session goes back to malloc,
-        // which can then return it to the operating system.
+        // Without the arena, memory freed by a session goes back to malloc rather than
+        // staying reserved by ONNX Runtime.
         builder = builder
             .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(|e| e.to_string())?;
-        if files.settings.intra_op_threads > 0 {
+        if intra_op_threads > 0 {
             builder = builder
-                .with_intra_threads(files.settings.intra_op_threads)
+                .with_intra_threads(intra_op_threads)
                 .map_err(|e| e.to_string())?;
         }
-        let session = builder
-            .commit_from_file(&files.path)
-            .map_err(|e| e.to_string())?;
+        let session = builder.commit_from_file(path).map_err(|e| e.to_string())?;
         let spec = ModelSpec {
             inputs: session
                 .inputs()
@@ -95,7 +96,15 @@ impl Loader for OrtRuntime {
                 .map(|o| outlet_spec(o.name(), o.dtype()))
                 .collect::<Result<_, _>>()?,
         };
-        Ok((spec, Box::new(OnnxSession { session })))
+        Ok((spec, OnnxSession { session }))
+    }
+}
+
+/// Sessions in this process: what `herd bench --local` and the worker process use.
+impl Loader for OrtRuntime {
+    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), String> {
+        let (spec, session) = self.open(&files.path, files.settings.intra_op_threads)?;
+        Ok((spec, Box::new(session)))
     }
 }
 
@@ -130,7 +139,7 @@ fn outlet_spec(name: &str, dtype: &ValueType) -> Result<TensorSpec, String> {
     })
 }
 
-struct OnnxSession {
+pub struct OnnxSession {
     session: OrtSession,
 }
 

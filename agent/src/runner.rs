@@ -5,6 +5,7 @@
 //! is bounded; when every permit is taken the request is refused at once.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct Runner {
     permits: Arc<Semaphore>,
     capacity: usize,
     stopped: watch::Receiver<bool>,
+    /// False once the model thread has ended (its session died).
+    alive: Arc<AtomicBool>,
 }
 
 struct Job {
@@ -61,9 +64,20 @@ impl Runner {
         let (stopped_tx, stopped) = watch::channel(false);
         let worker_stats = stats.clone();
         let thread_model = model.to_string();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = alive.clone();
         let worker = std::thread::Builder::new()
             .name(format!("herd-model-{model}"))
-            .spawn(move || work(&thread_model, session, jobs_rx, &worker_stats));
+            .spawn(move || {
+                work(
+                    &thread_model,
+                    session,
+                    jobs_rx,
+                    &worker_stats,
+                    &thread_alive,
+                );
+                thread_alive.store(false, Ordering::Release);
+            });
         let actor = Actor {
             model: model.to_string(),
             rx,
@@ -86,6 +100,7 @@ impl Runner {
             }
             Err(e) => {
                 warn!(model = %model, error = %e, "cannot start model thread");
+                alive.store(false, Ordering::Release);
                 let _ = stopped_tx.send(true);
             }
         }
@@ -95,7 +110,14 @@ impl Runner {
             permits: Arc::new(Semaphore::new(policy.queue_capacity)),
             capacity: policy.queue_capacity,
             stopped,
+            alive,
         }
+    }
+
+    /// False once the model can no longer run (its session died); the cache then
+    /// drops this runner and loads the model afresh.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Queues a validated request; refuses it at once when the queue is full.
@@ -224,6 +246,7 @@ fn work(
     mut session: Box<dyn Session>,
     jobs: std::sync::mpsc::Receiver<Job>,
     stats: &ModelStats,
+    alive: &AtomicBool,
 ) {
     for job in jobs {
         let dispatched = Instant::now();
@@ -241,6 +264,11 @@ fn work(
             .and_then(|outputs| split(outputs, &rows));
         let compute = started.elapsed();
         stats.record_run(items as u64, compute, result.is_ok());
+        // Known dead before anyone hears of the failure, so that a retry loads afresh.
+        let dead = !session.is_alive();
+        if dead {
+            alive.store(false, Ordering::Release);
+        }
         match result {
             Ok(per_request) => {
                 for (p, outputs) in job.batch.into_iter().zip(per_request) {
@@ -265,6 +293,10 @@ fn work(
             }
         }
         let _ = job.done.send(());
+        if dead {
+            warn!(model = %model, "model session died; it will be loaded again on the next request");
+            return;
+        }
     }
 }
 

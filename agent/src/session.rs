@@ -8,6 +8,16 @@ pub trait Session: Send + 'static {
     /// Runs one batch. `inputs` are in the order of the model's inputs; the outputs
     /// come back in the order of the model's outputs.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+
+    /// False once the session can never run again (its worker process died).
+    fn is_alive(&mut self) -> bool {
+        true
+    }
+
+    /// The process that holds the session's memory, when it is not this one.
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 pub trait Loader: Send + Sync + 'static {

@@ -1,11 +1,10 @@
 //! The agent over real gRPC with real ONNX Runtime: batching, loading, admission and
 //! bad input.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use herd_agent::cache::State;
 use herd_agent::session::Loader;
 use herd_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -13,7 +12,6 @@ use herd_proto::inference::{
     InferTensorContents, ModelConfigRequest, ModelInferRequest, ModelMetadataRequest,
     ModelStatisticsRequest,
 };
-use support::*;
 use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -516,4 +514,105 @@ async fn typed_contents_several_inputs_and_chosen_outputs() {
         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     assert_eq!(neg, vec![-1, -2, -3, -4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_worker_fails_its_batch_clearly_and_the_model_loads_again() {
+    let repo = repository();
+    let agent = TestAgent::start(options(&repo_path(&repo)), GatedLoader::plain()).await;
+    let mut client = agent.client().await;
+    client
+        .model_infer(mlp_request(1, 0.0))
+        .await
+        .expect("first load");
+    let pid = agent
+        .agent
+        .cache
+        .load("tiny_mlp")
+        .await
+        .expect("loaded")
+        .process_id
+        .expect("a worker");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    assert!(killed.expect("run kill").success());
+
+    let status = client
+        .model_infer(mlp_request(1, 1.0))
+        .await
+        .expect_err("its worker is gone");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("the model worker (pid {pid}) died")),
+        "{}",
+        status.message()
+    );
+    let other = raw_request("tiny_fixed", "x", "FP32", &[2, 4], f32_bytes(&[1.0; 8]));
+    client
+        .model_infer(other)
+        .await
+        .expect("other models are untouched");
+    client
+        .model_infer(mlp_request(1, 2.0))
+        .await
+        .expect("the next request loads it afresh");
+    assert_eq!(
+        agent.agent.cache.loads_started(),
+        3,
+        "tiny_mlp twice, tiny_fixed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_node_and_each_model() {
+    use herd_proto::herd::agent_client::AgentClient;
+    use herd_proto::herd::{ModelState, StatusRequest};
+    let repo = repository();
+    let mut opts = options(&repo_path(&repo));
+    opts.memory_limit = Some(1 << 30);
+    let agent = TestAgent::start(opts, GatedLoader::plain()).await;
+    let mut client = agent.client().await;
+    for i in 0..5 {
+        client
+            .model_infer(mlp_request(2, i as f32))
+            .await
+            .expect("infer");
+    }
+    let mut status_client = AgentClient::connect(format!("http://{}", agent.addr))
+        .await
+        .expect("connect");
+    let status = status_client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let node = status.resources.expect("resources");
+    assert!(node.memory_total_bytes > node.memory_capacity_bytes);
+    assert_eq!(
+        node.memory_capacity_bytes,
+        1 << 30,
+        "--memory-limit caps what the agent offers"
+    );
+    assert!(node.memory_available_bytes > 0 && node.cpu_count > 0);
+    let names: Vec<&str> = status.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["tiny_fixed", "tiny_mlp", "tiny_multi"]);
+    let mlp = &status.models[1];
+    assert_eq!(mlp.state, ModelState::Ready as i32);
+    assert!(
+        mlp.memory_bytes > 1 << 20,
+        "the worker's resident memory, {} bytes",
+        mlp.memory_bytes
+    );
+    assert_eq!((mlp.runs, mlp.inference_count), (5, 10));
+    assert_eq!(mlp.mean_batch_size, 2.0);
+    assert_eq!(mlp.ttl_ms, 300_000);
+    let mut bytes = &mlp.latency_histogram[..];
+    let histogram: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes)
+        .expect("a V2 histogram");
+    assert_eq!(histogram.len(), 5, "one latency per request");
+    assert_eq!(status.models[0].state, ModelState::Available as i32);
 }

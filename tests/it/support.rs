@@ -1,7 +1,7 @@
-//! Shared test harness: real ONNX Runtime, real gRPC on 127.0.0.1:0, the tiny models
-//! from tests/models copied into a fresh repository, and gates that hold a model's
-//! load or run until the test opens them, so that concurrency is arranged, not hoped for.
-#![allow(dead_code)]
+//! Shared test harness: real ONNX Runtime (in `herd worker` processes, as the agent
+//! runs it), real gRPC on 127.0.0.1:0, the tiny models from tests/models copied into a
+//! fresh repository, and gates that hold a model's load or run until the test opens
+//! them, so that concurrency is arranged, not hoped for.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herd_agent::onnx::OrtRuntime;
+use herd_agent::process::{ProcessLoader, WorkerProgram};
 use herd_agent::repository::ModelFiles;
 use herd_agent::session::{Loader, Session};
 use herd_agent::tensor::{ModelSpec, Tensor};
@@ -20,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-/// ONNX Runtime, loaded once per test binary.
+/// ONNX Runtime in this process, loaded once per test binary: the reference that
+/// agent results are compared with.
 pub fn ort() -> Arc<OrtRuntime> {
     static ORT: OnceLock<Arc<OrtRuntime>> = OnceLock::new();
     ORT.get_or_init(|| Arc::new(OrtRuntime::init(None).unwrap_or_else(|e| panic!("{e}"))))
@@ -30,7 +32,7 @@ pub fn ort() -> Arc<OrtRuntime> {
 /// A fresh model repository holding a copy of tests/models.
 pub fn repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models");
     copy_dir(&src, dir.path());
     dir
 }
@@ -79,17 +81,23 @@ impl Gate {
     }
 }
 
-/// The real ONNX Runtime loader, with optional gates on one model's load and runs.
+/// The agent's real loader (a `herd worker` process per model), with optional gates on
+/// one model's load and runs.
 pub struct GatedLoader {
-    pub inner: Arc<OrtRuntime>,
+    pub inner: ProcessLoader,
     pub load_gate: Option<(String, Arc<Gate>)>,
     pub run_gate: Option<(String, Arc<Gate>)>,
+}
+
+/// How the agent under test starts model workers: this package's herd binary.
+pub fn worker_program() -> WorkerProgram {
+    WorkerProgram::herd(PathBuf::from(env!("CARGO_BIN_EXE_herd")), None)
 }
 
 impl GatedLoader {
     pub fn plain() -> GatedLoader {
         GatedLoader {
-            inner: ort(),
+            inner: ProcessLoader::new(worker_program()),
             load_gate: None,
             run_gate: None,
         }
@@ -105,6 +113,14 @@ impl Session for GatedSession {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         self.gate.wait();
         self.inner.run(inputs)
+    }
+
+    fn is_alive(&mut self) -> bool {
+        self.inner.is_alive()
+    }
+
+    fn process_id(&self) -> Option<u32> {
+        self.inner.process_id()
     }
 }
 

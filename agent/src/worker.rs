@@ -1,0 +1,108 @@
+//! `herd worker`: the process that holds one model's ONNX Runtime session. The agent
+//! starts one per loaded model and ends it to unload, so that all the memory a model
+//! used goes back to the operating system (unloading in-process left ~85 MB behind
+//! after magika and the OCR models; see BENCHMARKS.md). A model that crashes ONNX
+//! Runtime takes down its worker, not the agent.
+//!
+//! Commands arrive on stdin and replies leave on the original stdout; anything else
+//! the process prints to stdout (ONNX Runtime's own messages) is sent to stderr so it
+//! cannot corrupt the protocol.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+
+use herd_proto::herd::{
+    worker_command, worker_reply, WorkerCommand, WorkerHello, WorkerLoaded, WorkerOutputs,
+    WorkerReply,
+};
+
+use crate::onnx::{OnnxSession, OrtRuntime};
+use crate::session::Session;
+use crate::wire::{read_frame, spec_to_wire, tensor_from_wire, tensor_to_wire, write_frame};
+
+/// Serves commands until the agent closes the pipe. Errors are I/O errors on the pipe.
+pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
+    let mut output = BufWriter::new(protocol_stdout()?);
+    let mut input = BufReader::new(io::stdin().lock());
+    let runtime = match guarded(|| OrtRuntime::init(ort_lib)) {
+        Ok(runtime) => runtime,
+        Err(error) => return write_frame(&mut output, &reply(worker_reply::Reply::Error(error))),
+    };
+    let hello = WorkerHello {
+        onnxruntime: runtime.library.display().to_string(),
+    };
+    write_frame(&mut output, &reply(worker_reply::Reply::Hello(hello)))?;
+    let mut session: Option<OnnxSession> = None;
+    while let Some(command) = read_frame::<WorkerCommand>(&mut input)? {
+        let answer = match command.command {
+            Some(worker_command::Command::Load(load)) => {
+                match guarded(|| {
+                    runtime.open(Path::new(&load.path), load.intra_op_threads as usize)
+                }) {
+                    Ok((spec, opened)) => {
+                        session = Some(opened);
+                        worker_reply::Reply::Loaded(WorkerLoaded {
+                            inputs: spec.inputs.iter().map(spec_to_wire).collect(),
+                            outputs: spec.outputs.iter().map(spec_to_wire).collect(),
+                        })
+                    }
+                    Err(e) => worker_reply::Reply::Error(e),
+                }
+            }
+            Some(worker_command::Command::Run(run)) => match session.as_mut() {
+                Some(s) => match run_batch(s, run.inputs) {
+                    Ok(outputs) => worker_reply::Reply::Outputs(WorkerOutputs { outputs }),
+                    Err(e) => worker_reply::Reply::Error(e),
+                },
+                None => worker_reply::Reply::Error("no model is loaded in this worker".into()),
+            },
+            None => worker_reply::Reply::Error("empty command".into()),
+        };
+        write_frame(&mut output, &reply(answer))?;
+    }
+    Ok(())
+}
+
+fn run_batch(
+    session: &mut OnnxSession,
+    inputs: Vec<herd_proto::herd::WorkerTensor>,
+) -> Result<Vec<herd_proto::herd::WorkerTensor>, String> {
+    let inputs = inputs
+        .into_iter()
+        .map(tensor_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = guarded(|| session.run(inputs))?;
+    Ok(outputs.into_iter().map(tensor_to_wire).collect())
+}
+
+fn reply(r: worker_reply::Reply) -> WorkerReply {
+    WorkerReply { reply: Some(r) }
+}
+
+/// Runs `f`, turning a panic into an error so that the agent hears why.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(format!("ONNX Runtime panicked: {message}"))
+    })
+}
+
+/// Takes the process's stdout for the protocol and points file descriptor 1 at
+/// stderr, so that stray prints cannot mix into the frames.
+#[allow(unsafe_code)]
+fn protocol_stdout() -> io::Result<File> {
+    let protocol = io::stdout().as_fd().try_clone_to_owned()?;
+    // SAFETY: dup2 only renumbers descriptors this process owns (2 onto 1); Rust's
+    // stdout handle keeps writing to descriptor 1, which now means stderr.
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(File::from(protocol))
+}

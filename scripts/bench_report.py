@@ -1,0 +1,78 @@
+"""Turns scripts/bench.sh's raw figures into the markdown of BENCHMARKS.md.
+
+Usage: bench_report.py steps.jsonl memory.json
+"""
+import json
+import sys
+
+steps = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+memory = json.load(open(sys.argv[2]))
+
+
+def local(model):
+    return [s for s in steps if s["model"] == model and s["target"].startswith("local:")]
+
+
+def served(model):
+    return [s for s in steps if s["model"] == model and not s["target"].startswith("local:")]
+
+
+def ms(us):
+    return f"{us / 1000:.3f}"
+
+
+print("### Raw ONNX Runtime in-process (the limit)\n")
+print("| model | batch | items/s | p50 ms per run | p99 ms per run |")  # one session, runs back to back
+print("|---|---:|---:|---:|---:|")
+for model in ["magika", "tiny_mlp"]:
+    for s in local(model):
+        print(f"| {model} | {s['batch']} | {s['items_per_s']:.0f} | {ms(s['p50_us'])} | {ms(s['p99_us'])} |")
+
+print("\n### herd agent over gRPC (client on the same machine)\n")
+print("| model | concurrency | requests/s | × raw limit | p50 ms | p99 ms | mean batch on server | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for model, raw_model in [("magika", "magika"), ("tiny_mlp", "tiny_mlp"), ("tiny_mlp_b1", "tiny_mlp")]:
+    limit = max(s["items_per_s"] for s in local(raw_model))
+    for s in served(model):
+        batch = s["server_mean_batch"]
+        # Against a model that runs in microseconds the ratio says nothing: gRPC is the cost.
+        ratio = f"{s['items_per_s'] / limit:.2f}" if model == "magika" else "—"
+        print(
+            f"| {model} | {s['concurrency']} | {s['throughput_rps']:.0f} | {ratio} "
+            f"| {ms(s['p50_us'])} | {ms(s['p99_us'])} | {batch if batch is None else f'{batch:.1f}'} | {s['errors']} |"
+        )
+
+print("\n### Goals\n")
+raw_magika = max(s["items_per_s"] for s in local("magika"))
+magika = {s["concurrency"]: s for s in served("magika")}
+raw_b1 = next(s for s in local("magika") if s["batch"] == 1)
+tiny = {s["concurrency"]: s for s in served("tiny_mlp")}
+tiny_b1 = {s["concurrency"]: s for s in served("tiny_mlp_b1")}
+added = (magika[1]["p50_us"] - raw_b1["p50_us"]) / 1000
+print(f"- magika at concurrency 64: {magika[64]['items_per_s']:.0f} items/s = "
+      f"{magika[64]['items_per_s'] / raw_magika:.2f}× the raw limit ({raw_magika:.0f} items/s); goal ≥ 0.9×")
+print(f"- tiny_mlp at concurrency 64, adaptive batching vs max_batch_size = 1: "
+      f"{tiny[64]['throughput_rps']:.0f} vs {tiny_b1[64]['throughput_rps']:.0f} requests/s = "
+      f"{tiny[64]['throughput_rps'] / tiny_b1[64]['throughput_rps']:.1f}×; goal ≥ 5×")
+print(f"- magika at concurrency 1, p50 added over raw ONNX Runtime at batch 1: "
+      f"{ms(magika[1]['p50_us'])} − {ms(raw_b1['p50_us'])} = {added:.2f} ms; goal ≤ 0.3 ms")
+
+print("\n### Memory (VmRSS, MiB)\n")
+print("| point | agent RSS | of which anonymous | model workers (count) | agent + workers |")
+print("|---|---:|---:|---:|---:|")
+for point in ["idle", "loaded", "unloaded", "loaded_2", "unloaded_2"]:
+    m = memory[point]
+    print(f"| {point} | {m['agent_kib'] / 1024:.1f} | {m['agent_anon_kib'] / 1024:.1f} "
+          f"| {m['workers_kib'] / 1024:.1f} ({m['workers']}) | {(m['agent_kib'] + m['workers_kib']) / 1024:.1f} |")
+
+
+def change(before, after):
+    return f"{after / 1024:.1f} vs {before / 1024:.1f} MiB ({(after - before) / before * 100:+.1f}%)"
+
+
+idle, unloaded, unloaded_2 = memory["idle"], memory["unloaded"], memory["unloaded_2"]
+print(f"\n- idle agent RSS: {idle['agent_kib'] / 1024:.1f} MiB; goal ≤ 30 MB")
+print(f"- RSS after unload vs before loading, first cycle: {change(idle['agent_kib'], unloaded['agent_kib'])}; "
+      f"anonymous: {change(idle['agent_anon_kib'], unloaded['agent_anon_kib'])}; goal within 5%")
+print(f"- second cycle, after unload vs after the first unload: "
+      f"{change(unloaded['agent_kib'], unloaded_2['agent_kib'])}")

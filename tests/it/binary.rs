@@ -1,0 +1,146 @@
+//! The `herd` executable as users run it: started as a child process on a free port,
+//! driven by the stock Triton Python client, and failing clearly on bad setup.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+/// A `herd agent` child process serving a fresh copy of tests/models.
+struct AgentProcess {
+    child: Child,
+    addr: String,
+    _repo: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    async fn start() -> AgentProcess {
+        let repo = repository();
+        let mut child = Command::new(HERD)
+            .args(["agent", "--listen", "127.0.0.1:0", "--model-repository"])
+            .arg(repo.path())
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start herd agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        // The agent logs its bound address once it serves.
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read agent log") {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    if line.contains("agent serving") {
+                        return addr.to_string();
+                    }
+                }
+            }
+            panic!("herd agent exited before serving");
+        })
+        .await
+        .expect("herd agent serves within 60 s");
+        // Keep draining its log so that the agent never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        AgentProcess {
+            child,
+            addr,
+            _repo: repo,
+        }
+    }
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERD_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs tritonclient), or set HERD_TEST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_tritonclient_works_against_herd_agent() {
+    let agent = AgentProcess::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_check.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(&agent.addr)
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tritonclient check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(agent.child);
+}
+
+#[tokio::test]
+async fn a_missing_onnx_runtime_is_one_clear_line_and_a_failed_exit() {
+    let repo = repository();
+    for lib in ["/nonexistent/libonnxruntime.so", "/bin/sh"] {
+        let out = Command::new(HERD)
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--ort-lib",
+                lib,
+                "--model-repository",
+            ])
+            .arg(repo.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .expect("run herd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+        assert!(
+            lines[0].starts_with("herd: error: cannot load ONNX Runtime 1.31.1"),
+            "{stderr}"
+        );
+        assert!(
+            lines[0].contains(lib) && lines[0].contains("scripts/setup.sh"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_with_usage() {
+    for args in [
+        vec!["agent"],
+        vec!["agent", "--model-repository", ".", "--ttl", "soon"],
+        vec!["agent", "--model-repository", ".", "--max-batch-size", "0"],
+        vec!["agent", "--model-repository", ".", "--listen", "nowhere"],
+    ] {
+        let out = Command::new(HERD)
+            .args(&args)
+            .output()
+            .await
+            .expect("run herd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error:") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! herd's integration tests, in one binary so that the suite links once: real ONNX
+//! Runtime, real gRPC over loopback, the real `herd` executable.
+#![allow(dead_code)]
+
+mod binary;
+mod serving;
+mod support;
+mod ttl;
