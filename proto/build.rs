@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "model_config.proto",
         "herd/v1/agent.proto",
         "herd/v1/worker.proto",
+        "herd/v1/cluster.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed=proto/{file}");

@@ -20,12 +20,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster on this machine: a scheduler and an agent in one process,
+    /// serving the model repository over the Triton/KServe v2 gRPC protocol. Other
+    /// machines join it with `herd agent --scheduler` (listen on 0.0.0.0 for that).
+    Up(herd_scheduler::up::UpConfig),
+    /// Run the central scheduler: agents join it, it places models on them by the
+    /// memory they report, and it routes requests to them as one Triton.
+    Scheduler(herd_scheduler::SchedulerConfig),
     /// Run a node agent: serve a model repository over the Triton/KServe v2 gRPC protocol,
     /// loading models on first use, batching concurrent requests, unloading idle models.
     Agent(herd_agent::AgentConfig),
+    /// Run a model once on inputs from .npy files or JSON arrays; print or save its outputs.
+    Infer(herd_client::infer::InferArgs),
+    /// The cluster's models: list, show, load, unload.
+    Models(herd_client::cluster::ModelsArgs),
+    /// The cluster's nodes: list, show, drain.
+    Nodes(herd_client::cluster::NodesArgs),
     /// Measure a model's throughput and latency under load (closed loop over a
-    /// concurrency sweep), against a server or ONNX Runtime in-process (--local).
+    /// concurrency sweep, or open loop at --rate), against a server or ONNX Runtime
+    /// in-process (--local).
     Bench(herd_client::bench::BenchConfig),
+    /// A live terminal dashboard of the cluster: load and memory per node, models, events.
+    Dash(herd_dashboard::DashConfig),
     /// Hold one model's ONNX Runtime session for an agent, which starts it (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -80,16 +96,25 @@ fn init_tracing() {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Up(config) => {
+            herd_agent::memory::return_large_allocations();
+            let (loader, _) = checked_loader(config.ort_lib.as_deref()).await?;
+            let grpc = bind(config.scheduler.listen).await?;
+            let http = bind(config.scheduler.http).await?;
+            herd_scheduler::up::run(config, Arc::new(loader), grpc, http, shutdown_signal())
+                .await
+                .map_err(anyhow::Error::msg)
+        }
+        Command::Scheduler(config) => {
+            let grpc = bind(config.listen).await?;
+            let http = bind(config.http).await?;
+            herd_scheduler::run(config, grpc, http, shutdown_signal())
+                .await
+                .map_err(anyhow::Error::msg)
+        }
         Command::Agent(config) => {
             herd_agent::memory::return_large_allocations();
-            let program = WorkerProgram::current(config.ort_lib.as_deref())
-                .context("cannot find the herd executable to start model workers")?;
-            let loader = ProcessLoader::new(program);
-            // Fail at start, with the fix in the message, rather than on the first load.
-            let check = loader.clone();
-            let onnxruntime = tokio::task::spawn_blocking(move || check.check())
-                .await?
-                .map_err(anyhow::Error::msg)?;
+            let (loader, onnxruntime) = checked_loader(config.ort_lib.as_deref()).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -100,14 +125,40 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listener,
                 shutdown_signal(),
             )
-            .await?;
+            .await
+            .map_err(anyhow::Error::msg)?;
             Ok(())
         }
+        Command::Infer(args) => herd_client::infer::run(args).await,
+        Command::Models(args) => herd_client::cluster::run_models(args).await,
+        Command::Nodes(args) => herd_client::cluster::run_nodes(args).await,
         Command::Bench(config) => herd_client::bench::run(config).await,
+        Command::Dash(config) => herd_dashboard::run(config).await,
         Command::Worker(_) => {
             anyhow::bail!("herd worker is started by an agent, before the async runtime")
         }
     }
+}
+
+/// Model workers are this executable; check that they find ONNX Runtime now, so that
+/// a missing library fails at start with the fix in the message, not on the first load.
+async fn checked_loader(
+    ort_lib: Option<&std::path::Path>,
+) -> anyhow::Result<(ProcessLoader, String)> {
+    let program = WorkerProgram::current(ort_lib)
+        .context("cannot find the herd executable to start model workers")?;
+    let loader = ProcessLoader::new(program);
+    let check = loader.clone();
+    let onnxruntime = tokio::task::spawn_blocking(move || check.check())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    Ok((loader, onnxruntime))
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Completes on Ctrl-C or SIGTERM, so the agent stops cleanly under systemd too.

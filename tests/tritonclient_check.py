@@ -1,5 +1,7 @@
 """The outside check that herd speaks Triton's gRPC protocol: the stock tritonclient
-against a running server. Usage: python tritonclient_check.py HOST:PORT
+against a running server (an agent, `herd up` or a scheduler).
+Usage: python tritonclient_check.py HOST:PORT [TOKEN]
+A scheduler needs the cluster TOKEN for model load and unload.
 
 Uses the tiny test models (tests/models). Exits non-zero, with the failed assertion,
 on any difference from what Triton would answer.
@@ -11,6 +13,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 url = sys.argv[1]
+admin = {"authorization": f"Bearer {sys.argv[2]}"} if len(sys.argv) > 2 else None
 client = grpcclient.InferenceServerClient(url)
 
 assert client.is_server_live()
@@ -74,9 +77,9 @@ except InferenceServerException as e:
 index = {m.name: m.state for m in client.get_model_repository_index().models}
 assert index["tiny_multi"] == "READY", index
 assert index["tiny_mlp"] == "UNAVAILABLE", index
-client.unload_model("tiny_multi")
+client.unload_model("tiny_multi", headers=admin)
 assert not client.is_model_ready("tiny_multi")
-client.load_model("tiny_multi")
+client.load_model("tiny_multi", headers=admin)
 assert client.is_model_ready("tiny_multi")
 
 # A model without a batch dimension is served as it is.

@@ -102,6 +102,8 @@ pub struct ModelView {
 
 struct Inner {
     repo: Repository,
+    /// Models the scheduler assigned (files from its catalog); they shadow the repository.
+    assigned: Mutex<HashMap<String, ModelFiles>>,
     loader: Arc<dyn Loader>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stats: Mutex<HashMap<String, Arc<ModelStats>>>,
@@ -129,6 +131,7 @@ impl ModelCache {
         ModelCache {
             inner: Arc::new(Inner {
                 repo,
+                assigned: Mutex::new(HashMap::new()),
                 loader,
                 slots: Mutex::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
@@ -142,6 +145,33 @@ impl ModelCache {
         &self.inner.repo
     }
 
+    /// A model's files: as the scheduler assigned them, else from the repository.
+    pub fn find(&self, name: &str) -> Result<ModelFiles, AgentError> {
+        if let Some(files) = lock(&self.inner.assigned).get(name) {
+            return Ok(files.clone());
+        }
+        self.inner.repo.find(name)
+    }
+
+    /// Serves `files` under its name from now on. A model already in memory from other
+    /// files (another digest or settings) is unloaded first, so the next request loads
+    /// the new one.
+    pub async fn assign(&self, files: ModelFiles) -> Result<(), AgentError> {
+        crate::repository::check_name(&files.name)?;
+        let name = files.name.clone();
+        let changed = {
+            let slots = lock(&self.inner.slots);
+            slots
+                .get(&name)
+                .is_some_and(|s| s.files.path != files.path || s.files.settings != files.settings)
+        };
+        lock(&self.inner.assigned).insert(name.clone(), files);
+        if changed {
+            self.unload(&name).await?;
+        }
+        Ok(())
+    }
+
     /// Model loads started since the agent began (successful or not).
     pub fn loads_started(&self) -> u64 {
         self.inner.loads.load(Ordering::Relaxed)
@@ -153,7 +183,7 @@ impl ModelCache {
         let slot = match slots.get(name) {
             Some(slot) => slot.clone(),
             None => {
-                let files = self.inner.repo.find(name)?;
+                let files = self.find(name)?;
                 let stats = lock(&self.inner.stats)
                     .entry(name.to_string())
                     .or_default()
@@ -202,7 +232,7 @@ impl ModelCache {
                 })
             }
             None => {
-                self.inner.repo.find(name)?;
+                self.find(name)?;
                 Ok(false)
             }
         }
@@ -217,6 +247,7 @@ impl ModelCache {
         let unloading = lock(&self.inner.unloading).clone();
         let stats = lock(&self.inner.stats).clone();
         let mut names: Vec<String> = self.inner.repo.names();
+        names.extend(lock(&self.inner.assigned).keys().cloned());
         names.extend(slots.iter().map(|(n, _)| n.clone()));
         names.sort();
         names.dedup();

@@ -14,9 +14,40 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
 
     /// Model repository, in Triton's layout: DIR/<name>/<version>/model.onnx, with
-    /// optional per-model settings in DIR/<name>/herd.toml.
-    #[arg(long, env = "HERD_MODEL_REPOSITORY")]
-    pub model_repository: PathBuf,
+    /// optional per-model settings in DIR/<name>/herd.toml. Needed without --scheduler;
+    /// with one, models come from the scheduler (this directory is then only a local
+    /// source of files, so they need not be fetched).
+    #[arg(
+        long,
+        env = "HERD_MODEL_REPOSITORY",
+        required_unless_present = "scheduler"
+    )]
+    pub model_repository: Option<PathBuf>,
+
+    /// Join the cluster of the scheduler at HOST:PORT. Without it the agent serves
+    /// its repository alone.
+    #[arg(long, env = "HERD_SCHEDULER")]
+    pub scheduler: Option<String>,
+
+    /// The cluster token (printed by the scheduler on first start, kept in its data
+    /// directory). With --scheduler, it is required to join; the agent also requires it
+    /// of calls to its herd.v1 service.
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Address the scheduler uses to reach this agent (HOST:PORT). Default: --listen,
+    /// or when that is 0.0.0.0, this machine's address toward the scheduler.
+    #[arg(long, env = "HERD_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Where the agent keeps model files fetched from the scheduler. Several agents on
+    /// one machine need different directories (and --name).
+    #[arg(long, env = "HERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Require the cluster token for inference too, not only for herd.v1 calls.
+    #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
+    pub require_token_for_inference: bool,
 
     /// Path of libonnxruntime.so (ONNX Runtime 1.31). Default: the project's
     /// .cache/onnxruntime (filled by scripts/setup.sh), then the system library path.

@@ -1,12 +1,16 @@
-//! herd's node agent: serves the ONNX models of a repository over the KServe v2 /
-//! Triton gRPC protocol, loading them on demand, batching concurrent requests and
-//! unloading models left idle.
+//! herd's node agent: serves ONNX models over the KServe v2 / Triton gRPC protocol,
+//! loading them on demand, batching concurrent requests and unloading models left
+//! idle; alone on a model repository, or as a node of a scheduler's cluster.
 
+pub mod auth;
 pub mod batch;
 pub mod batcher;
 pub mod cache;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod files;
 pub mod memory;
 pub mod onnx;
 pub mod probe;
@@ -17,56 +21,76 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod stats;
-pub mod status;
 pub mod tensor;
 pub mod validate;
 pub mod wire;
 pub mod worker;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use herd_proto::herd::agent_server::AgentServer;
+use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::Channel;
 
 pub use cache::ModelCache;
 pub use config::AgentConfig;
 pub use repository::Repository;
 pub use settings::ModelSettings;
 
+pub type SchedulerRpc = SchedulerClient<InterceptedService<Channel, auth::SendToken>>;
+
 /// One agent: its models and what it knows of its node.
 pub struct Agent {
     pub name: String,
     pub cache: ModelCache,
     pub probe: probe::Probe,
+    pub files: files::FileStore,
+    pub model_defaults: ModelSettings,
     pub max_message_size: usize,
+    pub token: Option<String>,
+    pub require_token_for_inference: bool,
+    /// The scheduler's connection once joined: model files are fetched through it.
+    scheduler: Mutex<Option<SchedulerRpc>>,
 }
 
 /// What an agent needs besides its inference engine; tests build it directly.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub name: String,
-    pub model_repository: std::path::PathBuf,
+    /// Empty path: no repository (models come from the scheduler).
+    pub model_repository: PathBuf,
     pub model_defaults: ModelSettings,
     pub memory_limit: Option<u64>,
     pub max_message_size: usize,
+    pub token: Option<String>,
+    pub require_token_for_inference: bool,
+    /// Fetched model files go to `<data_dir>/models`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
     pub fn from_config(config: &AgentConfig) -> AgentOptions {
         AgentOptions {
             name: config.name.clone().unwrap_or_else(default_name),
-            model_repository: config.model_repository.clone(),
+            model_repository: config.model_repository.clone().unwrap_or_default(),
             model_defaults: config.model_defaults(),
             memory_limit: config.memory_limit.map(|b| b.as_u64()),
             max_message_size: config.max_message_size.as_u64().min(usize::MAX as u64) as usize,
+            token: config.token.clone(),
+            require_token_for_inference: config.require_token_for_inference,
+            data_dir: Some(config.data_dir.clone().unwrap_or_else(default_data_dir)),
         }
     }
 }
 
-fn default_name() -> String {
+/// The host's name, the default node name.
+pub fn default_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
@@ -74,15 +98,38 @@ fn default_name() -> String {
         .unwrap_or_else(|| "agent".to_string())
 }
 
+/// A per-user data directory: $XDG_DATA_HOME/herd, ~/.local/share/herd, or ./.herd.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("herd"))
+        .unwrap_or_else(|| PathBuf::from(".herd"))
+}
+
 impl Agent {
     pub fn new(options: AgentOptions, loader: Arc<dyn session::Loader>) -> Arc<Agent> {
-        let repo = Repository::new(options.model_repository, options.model_defaults);
+        let repo = Repository::new(options.model_repository, options.model_defaults.clone());
         Arc::new(Agent {
             name: options.name,
             cache: ModelCache::new(repo, loader),
             probe: probe::Probe::new(options.memory_limit),
+            files: files::FileStore::new(options.data_dir.map(|d| d.join("models"))),
+            model_defaults: options.model_defaults,
             max_message_size: options.max_message_size,
+            token: options.token,
+            require_token_for_inference: options.require_token_for_inference,
+            scheduler: Mutex::new(None),
         })
+    }
+
+    pub fn scheduler_client(&self) -> Option<SchedulerRpc> {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_scheduler_client(&self, client: SchedulerRpc) {
+        *self.scheduler.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
     }
 }
 
@@ -93,46 +140,79 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let size = agent.max_message_size;
-    let inference = GrpcInferenceServiceServer::new(service::InferenceService::new(agent.clone()))
-        .max_decoding_message_size(size)
-        .max_encoding_message_size(size);
-    let status = AgentServer::new(status::StatusService::new(agent));
+    let inference_token = auth::RequireToken::new(
+        agent
+            .token
+            .clone()
+            .filter(|_| agent.require_token_for_inference),
+        "inference calls",
+    );
+    let inference = InterceptedService::new(
+        GrpcInferenceServiceServer::new(service::InferenceService::new(agent.clone()))
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        inference_token,
+    );
+    let control = AgentServer::with_interceptor(
+        control::ControlService::new(agent.clone()),
+        auth::RequireToken::new(agent.token.clone(), "herd.v1 agent calls"),
+    );
     // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's
     // tcp_nodelay applies only to listeners it binds itself).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(inference)
-        .add_service(status)
+        .add_service(control)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
 /// Runs an agent as `herd agent` does, loading models with `loader` (worker
-/// processes, already checked), until `shutdown` completes.
+/// processes, already checked), until `shutdown` completes. With --scheduler it joins
+/// the cluster; a refused token ends it with an error.
 pub async fn run(
     config: AgentConfig,
     loader: Arc<dyn session::Loader>,
     onnxruntime: String,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), String> {
     let options = AgentOptions::from_config(&config);
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let models =
         Repository::new(options.model_repository.clone(), ModelSettings::default()).names();
     tracing::info!(
-        addr = %listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+        addr = %local,
         name = %options.name,
         repository = %options.model_repository.display(),
         models = models.len(),
         onnxruntime = %onnxruntime,
+        scheduler = config.scheduler.as_deref().unwrap_or("none"),
         "agent serving"
     );
-    if models.is_empty() {
+    if models.is_empty() && config.scheduler.is_none() {
         tracing::warn!(
             repository = %options.model_repository.display(),
             "no models found: expected DIR/<name>/<version>/model.onnx"
         );
     }
     let agent = Agent::new(options, loader);
-    serve(agent, listener, shutdown).await
+    let server = serve(agent.clone(), listener, shutdown);
+    match config.scheduler {
+        None => server.await.map_err(|e| e.to_string()),
+        Some(scheduler) => {
+            let link = cluster::Link {
+                scheduler,
+                token: config.token.clone(),
+                advertise: config.advertise.clone(),
+                listen: local,
+            };
+            tokio::select! {
+                served = server => served.map_err(|e| e.to_string()),
+                joined = cluster::join_and_report(agent, link) => joined,
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::AgentError;
-use crate::settings::ModelSettings;
+use crate::settings::{ClusterPolicy, ModelSettings};
 
 #[derive(Clone, Debug)]
 pub struct Repository {
@@ -20,6 +20,10 @@ pub struct ModelFiles {
     pub path: PathBuf,
     pub file_bytes: u64,
     pub settings: ModelSettings,
+    /// Scheduler-side settings from herd.toml.
+    pub policy: ClusterPolicy,
+    /// sha256 of the file, when known (models the scheduler sent).
+    pub digest: Option<String>,
 }
 
 impl Repository {
@@ -55,16 +59,16 @@ impl Repository {
             latest_version(&dir).ok_or_else(|| AgentError::ModelNotFound(name.to_string()))?;
         let path = dir.join(version.to_string()).join("model.onnx");
         let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let settings = match std::fs::read_to_string(dir.join("herd.toml")) {
-            Ok(text) => {
-                self.defaults
-                    .with_file(&text)
-                    .map_err(|reason| AgentError::LoadFailed {
-                        model: name.to_string(),
-                        reason: format!("{}: {reason}", dir.join("herd.toml").display()),
-                    })?
-            }
-            Err(_) => self.defaults.clone(),
+        let bad = |reason: String| AgentError::LoadFailed {
+            model: name.to_string(),
+            reason: format!("{}: {reason}", dir.join("herd.toml").display()),
+        };
+        let (settings, policy) = match std::fs::read_to_string(dir.join("herd.toml")) {
+            Ok(text) => (
+                self.defaults.with_file(&text).map_err(bad)?,
+                ClusterPolicy::from_file(&text).map_err(bad)?,
+            ),
+            Err(_) => (self.defaults.clone(), ClusterPolicy::default()),
         };
         Ok(ModelFiles {
             name: name.to_string(),
@@ -72,13 +76,15 @@ impl Repository {
             path,
             file_bytes,
             settings,
+            policy,
+            digest: None,
         })
     }
 }
 
 /// A model name is one plain path component, so that no request can reach outside
 /// the repository.
-fn check_name(name: &str) -> Result<(), AgentError> {
+pub fn check_name(name: &str) -> Result<(), AgentError> {
     let plain = !name.is_empty()
         && name != "."
         && name != ".."

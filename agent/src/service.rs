@@ -24,18 +24,8 @@ impl InferenceService {
         InferenceService { agent }
     }
 
-    /// A hold on the model the request names, checking the version if one is given.
     fn lease(&self, name: &str, version: &str) -> Result<Lease, AgentError> {
-        let lease = self.agent.cache.lease(name)?;
-        let served = lease.files().version;
-        if !version.is_empty() && version != served.to_string() {
-            return Err(AgentError::VersionNotFound {
-                model: name.to_string(),
-                version: version.to_string(),
-                served,
-            });
-        }
-        Ok(lease)
+        lease(&self.agent, name, version)
     }
 }
 
@@ -48,6 +38,51 @@ fn metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
             shape: s.shape.clone(),
         })
         .collect()
+}
+
+/// Runs one inference request: the model loaded if needed, the request validated,
+/// batched with others and answered. Also used for each item of a scheduler's batch.
+pub async fn infer(agent: &Agent, r: ModelInferRequest) -> Result<ModelInferResponse, AgentError> {
+    let lease = lease(agent, &r.model_name, &r.model_version)?;
+    let loaded = lease.ready().await?;
+    let model_name = r.model_name.clone();
+    let id = r.id.clone();
+    let valid = validate(&model_name, &loaded.spec, loaded.max_batch_size, r)?;
+    let requested = valid.outputs.clone();
+    let reply = loaded.runner.submit(valid)?;
+    let outputs = reply
+        .await
+        .map_err(|_| AgentError::Stopped(model_name.clone()))??;
+    let mut response = ModelInferResponse {
+        model_name,
+        model_version: lease.files().version.to_string(),
+        id,
+        ..Default::default()
+    };
+    for (index, tensor) in requested.into_iter().zip(outputs) {
+        response.outputs.push(InferOutputTensor {
+            name: loaded.spec.outputs[index].name.clone(),
+            datatype: tensor.dtype.as_str().to_string(),
+            shape: tensor.shape,
+            ..Default::default()
+        });
+        response.raw_output_contents.push(tensor.data);
+    }
+    Ok(response)
+}
+
+/// A hold on the model a request names, checking the version if one is given.
+fn lease(agent: &Agent, name: &str, version: &str) -> Result<Lease, AgentError> {
+    let lease = agent.cache.lease(name)?;
+    let served = lease.files().version;
+    if !version.is_empty() && version != served.to_string() {
+        return Err(AgentError::VersionNotFound {
+            model: name.to_string(),
+            version: version.to_string(),
+            served,
+        });
+    }
+    Ok(lease)
 }
 
 #[tonic::async_trait]
@@ -76,7 +111,6 @@ impl GrpcInferenceService for InferenceService {
                 || self
                     .agent
                     .cache
-                    .repository()
                     .find(&r.name)
                     .is_ok_and(|f| f.version.to_string() == r.version));
         Ok(Response::new(ModelReadyResponse { ready }))
@@ -115,33 +149,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let r = request.into_inner();
-        let lease = self.lease(&r.model_name, &r.model_version)?;
-        let loaded = lease.ready().await?;
-        let model_name = r.model_name.clone();
-        let id = r.id.clone();
-        let valid = validate(&model_name, &loaded.spec, loaded.max_batch_size, r)?;
-        let requested = valid.outputs.clone();
-        let reply = loaded.runner.submit(valid)?;
-        let outputs = reply
-            .await
-            .map_err(|_| AgentError::Stopped(model_name.clone()))??;
-        let mut response = ModelInferResponse {
-            model_name,
-            model_version: lease.files().version.to_string(),
-            id,
-            ..Default::default()
-        };
-        for (index, tensor) in requested.into_iter().zip(outputs) {
-            response.outputs.push(InferOutputTensor {
-                name: loaded.spec.outputs[index].name.clone(),
-                datatype: tensor.dtype.as_str().to_string(),
-                shape: tensor.shape,
-                ..Default::default()
-            });
-            response.raw_output_contents.push(tensor.data);
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(
+            infer(&self.agent, request.into_inner()).await?,
+        ))
     }
 
     async fn model_config(
@@ -208,7 +218,7 @@ impl GrpcInferenceService for InferenceService {
                 .map(|v| (v.name, v.version.map(|v| v.to_string()).unwrap_or_default()))
                 .collect()
         } else {
-            let files = self.agent.cache.repository().find(&r.name)?;
+            let files = self.agent.cache.find(&r.name)?;
             vec![(r.name.clone(), files.version.to_string())]
         };
         let model_stats = names
@@ -280,14 +290,7 @@ impl GrpcInferenceService for InferenceService {
                 };
                 let version = v
                     .version
-                    .or_else(|| {
-                        self.agent
-                            .cache
-                            .repository()
-                            .find(&v.name)
-                            .ok()
-                            .map(|f| f.version)
-                    })
+                    .or_else(|| self.agent.cache.find(&v.name).ok().map(|f| f.version))
                     .map(|v| v.to_string())
                     .unwrap_or_default();
                 ModelIndex {

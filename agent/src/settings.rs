@@ -70,6 +70,28 @@ impl Default for ModelSettings {
     }
 }
 
+/// herd.toml's cluster part, read by the scheduler (an agent alone ignores it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPolicy {
+    pub min_replicas: u32,
+    /// 0 = no limit.
+    pub max_replicas: u32,
+    /// "cpu", "gpu" or "any".
+    pub device: String,
+    pub memory_hint: Option<u64>,
+}
+
+impl Default for ClusterPolicy {
+    fn default() -> Self {
+        ClusterPolicy {
+            min_replicas: 0,
+            max_replicas: 0,
+            device: "cpu".into(),
+            memory_hint: None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsFile {
@@ -78,6 +100,43 @@ struct SettingsFile {
     ttl: Option<TtlValue>,
     intra_op_threads: Option<usize>,
     queue_capacity: Option<usize>,
+    min_replicas: Option<u32>,
+    max_replicas: Option<u32>,
+    device: Option<String>,
+    memory_hint: Option<String>,
+}
+
+impl ClusterPolicy {
+    /// Reads the cluster settings of a herd.toml.
+    pub fn from_file(text: &str) -> Result<ClusterPolicy, String> {
+        let file: SettingsFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut p = ClusterPolicy::default();
+        if let Some(n) = file.min_replicas {
+            p.min_replicas = n;
+        }
+        if let Some(n) = file.max_replicas {
+            p.max_replicas = n;
+        }
+        if p.max_replicas > 0 && p.min_replicas > p.max_replicas {
+            return Err(format!(
+                "min_replicas ({}) is above max_replicas ({})",
+                p.min_replicas, p.max_replicas
+            ));
+        }
+        if let Some(d) = file.device {
+            if !["cpu", "gpu", "any"].contains(&d.as_str()) {
+                return Err(format!("device {d:?}: use \"cpu\", \"gpu\" or \"any\""));
+            }
+            p.device = d;
+        }
+        if let Some(h) = file.memory_hint {
+            let bytes: bytesize::ByteSize = h
+                .parse()
+                .map_err(|e| format!("memory_hint {h:?}: {e} (use e.g. \"512MiB\")"))?;
+            p.memory_hint = Some(bytes.as_u64());
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Deserialize)]

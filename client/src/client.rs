@@ -1,104 +1,258 @@
-//! A connection to a herd server (agent or scheduler) with errors that say what
+//! A connection to a herd server — the scheduler, or an agent serving alone — with the
+//! cluster token on every request, per-request deadlines, and errors that say what
 //! failed and where.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
+use herd_proto::herd::admin_client::AdminClient;
+use herd_proto::herd::{
+    AdminLoadRequest, AdminUnloadRequest, ClusterUpdate, DrainNodeRequest, DrainNodeResponse,
+    ListModelsRequest, ListModelsResponse, ListNodesRequest, ListNodesResponse, WatchRequest,
+};
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use herd_proto::inference::model_infer_request::InferInputTensor;
 use herd_proto::inference::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
     ModelStatistics, ModelStatisticsRequest,
 };
+use herd_proto::DataType;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid server address {addr:?}: {reason}")]
-    Address { addr: String, reason: String },
-    #[error("cannot reach server at {addr}: {reason}")]
-    Connect { addr: String, reason: String },
-    #[error("{addr}: {status}")]
-    Rpc { addr: String, status: tonic::Status },
+use crate::error::{connect_reason, ClientError};
+use crate::tensor::{NamedTensor, TensorData};
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>` on every request.
+    pub token: Option<String>,
+    /// Deadline of each unary request; `None` waits as long as the server takes.
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// What the server is, for messages: "scheduler" or "agent".
+    pub role: String,
 }
 
-/// A cheap-to-clone handle on one server connection.
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            token: None,
+            timeout: None,
+            connect_timeout: Duration::from_secs(5),
+            role: "scheduler".to_string(),
+        }
+    }
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Transport = InterceptedService<Channel, Auth>;
+
+struct Target {
+    role: String,
+    addr: String,
+    timeout: Option<Duration>,
+}
+
+/// A cheap-to-clone handle on one server connection (HTTP/2, multiplexed: clones share
+/// it).
 #[derive(Clone)]
 pub struct Client {
-    addr: String,
-    inference: GrpcInferenceServiceClient<Channel>,
+    target: Arc<Target>,
+    inference: GrpcInferenceServiceClient<Transport>,
+    admin: AdminClient<Transport>,
 }
 
 /// The largest message the client sends or accepts.
 const MAX_MESSAGE: usize = 256 << 20;
 
 impl Client {
-    /// Connects to `addr` (HOST:PORT or a URL).
+    /// Connects to `addr` (HOST:PORT or a URL) with default options.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// Connects to `addr` (HOST:PORT or a URL).
+    pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
             format!("http://{addr}")
         };
-        let endpoint = Endpoint::from_shared(url).map_err(|e| ClientError::Address {
+        let address_error = |reason: String| ClientError::Address {
+            role: options.role.clone(),
             addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(url).map_err(|e| address_error(e.to_string()))?;
+        if endpoint.uri().host().is_none() {
+            return Err(address_error("expected HOST:PORT".to_string()));
+        }
+        let auth = match &options.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        ClientError::Token("it must be printable ASCII without newlines".into())
+                    })?,
+            ),
+            None => None,
+        };
         let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .connect()
             .await
             .map_err(|e| ClientError::Connect {
+                role: options.role.clone(),
                 addr: addr.to_string(),
-                reason: source_chain(&e),
+                reason: connect_reason(&e),
             })?;
+        let transport = InterceptedService::new(channel, Auth(auth));
         Ok(Client {
-            addr: addr.to_string(),
-            inference: GrpcInferenceServiceClient::new(channel)
+            target: Arc::new(Target {
+                role: options.role,
+                addr: addr.to_string(),
+                timeout: options.timeout,
+            }),
+            inference: GrpcInferenceServiceClient::new(transport.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            admin: AdminClient::new(transport)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         })
     }
 
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.target.addr
     }
 
-    fn rpc(&self, status: tonic::Status) -> ClientError {
-        ClientError::Rpc {
-            addr: self.addr.clone(),
-            status,
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.target.timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    /// The error for a status the server answered with.
+    pub fn error(&self, status: tonic::Status) -> ClientError {
+        let (role, addr) = (self.target.role.clone(), self.target.addr.clone());
+        match status.code() {
+            tonic::Code::Unauthenticated => ClientError::Unauthenticated {
+                role,
+                addr,
+                message: status.message().to_string(),
+            },
+            tonic::Code::Unavailable if status.message().contains("error trying to connect") => {
+                ClientError::Connect {
+                    role,
+                    addr,
+                    reason: std::error::Error::source(&status)
+                        .map_or_else(|| status.message().to_string(), connect_reason),
+                }
+            }
+            _ => ClientError::Rpc {
+                role,
+                addr,
+                status,
+                hint: String::new(),
+            },
+        }
+    }
+
+    /// As `error`, noting that an agent serving alone has no admin service.
+    fn admin_error(&self, status: tonic::Status) -> ClientError {
+        match self.error(status) {
+            ClientError::Rpc {
+                role, addr, status, ..
+            } if status.code() == tonic::Code::Unimplemented => ClientError::Rpc {
+                role,
+                addr,
+                status,
+                hint: " (is this an agent? cluster commands need the scheduler's address)"
+                    .to_string(),
+            },
+            other => other,
+        }
+    }
+
+    fn malformed(&self, reason: String) -> ClientError {
+        ClientError::Response {
+            role: self.target.role.clone(),
+            addr: self.target.addr.clone(),
+            reason,
         }
     }
 
     pub async fn metadata(&self, model: &str) -> Result<ModelMetadataResponse, ClientError> {
-        let request = ModelMetadataRequest {
+        let request = self.request(ModelMetadataRequest {
             name: model.to_string(),
             version: String::new(),
-        };
+        });
         let mut c = self.inference.clone();
         Ok(c.model_metadata(request)
             .await
-            .map_err(|s| self.rpc(s))?
+            .map_err(|s| self.error(s))?
             .into_inner())
     }
 
-    /// Sends one inference request as is; the status is returned unchanged so that
-    /// callers can count errors by code.
-    pub async fn infer(
+    /// Sends one inference request as it is.
+    pub async fn infer_request(
         &self,
         request: ModelInferRequest,
-    ) -> Result<ModelInferResponse, tonic::Status> {
+    ) -> Result<ModelInferResponse, ClientError> {
+        let request = self.request(request);
         let mut c = self.inference.clone();
-        Ok(c.model_infer(request).await?.into_inner())
+        Ok(c.model_infer(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner())
     }
 
+    /// Runs `model` on typed inputs and returns its outputs, typed, in the order the
+    /// server sent them.
+    pub async fn infer(
+        &self,
+        model: &str,
+        inputs: &[NamedTensor],
+    ) -> Result<Vec<NamedTensor>, ClientError> {
+        let response = self.infer_request(infer_request(model, inputs)).await?;
+        outputs(response).map_err(|reason| self.malformed(reason))
+    }
+
+    /// The model's statistics (Triton's ModelStatistics), zero when it has none.
     pub async fn statistics(&self, model: &str) -> Result<ModelStatistics, ClientError> {
-        let request = ModelStatisticsRequest {
+        let request = self.request(ModelStatisticsRequest {
             name: model.to_string(),
             version: String::new(),
-        };
+        });
         let mut c = self.inference.clone();
-        let response = c.model_statistics(request).await.map_err(|s| self.rpc(s))?;
+        let response = c
+            .model_statistics(request)
+            .await
+            .map_err(|s| self.error(s))?;
         Ok(response
             .into_inner()
             .model_stats
@@ -106,19 +260,124 @@ impl Client {
             .next()
             .unwrap_or_default())
     }
+
+    pub async fn list_models(&self) -> Result<ListModelsResponse, ClientError> {
+        let mut c = self.admin.clone();
+        Ok(c.list_models(self.request(ListModelsRequest {}))
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner())
+    }
+
+    pub async fn list_nodes(&self) -> Result<ListNodesResponse, ClientError> {
+        let mut c = self.admin.clone();
+        Ok(c.list_nodes(self.request(ListNodesRequest {}))
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner())
+    }
+
+    /// Places and loads `model`; answers with the nodes that hold it once one is ready.
+    pub async fn load_model(&self, model: &str) -> Result<Vec<String>, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(AdminLoadRequest {
+            model: model.to_string(),
+        });
+        Ok(c.load_model(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner()
+            .nodes)
+    }
+
+    /// Unloads every replica of `model`; answers with the nodes it left.
+    pub async fn unload_model(&self, model: &str) -> Result<Vec<String>, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(AdminUnloadRequest {
+            model: model.to_string(),
+        });
+        Ok(c.unload_model(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner()
+            .nodes)
+    }
+
+    pub async fn drain_node(&self, node: &str) -> Result<DrainNodeResponse, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(DrainNodeRequest {
+            node: node.to_string(),
+        });
+        Ok(c.drain_node(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner())
+    }
+
+    /// The cluster now, then on every change. The stream has no deadline.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = Result<ClusterUpdate, ClientError>> + use<>, ClientError> {
+        let mut c = self.admin.clone();
+        let stream = c
+            .watch(tonic::Request::new(WatchRequest {}))
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner();
+        let this = self.clone();
+        Ok(stream.map(move |item| item.map_err(|s| this.admin_error(s))))
+    }
 }
 
-/// "transport error: tcp connect error: Connection refused (os error 111)" rather
-/// than just "transport error".
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
+/// A request carrying `inputs` as raw contents.
+pub fn infer_request(model: &str, inputs: &[NamedTensor]) -> ModelInferRequest {
+    let mut request = ModelInferRequest {
+        model_name: model.to_string(),
+        ..Default::default()
+    };
+    for input in inputs {
+        request.inputs.push(InferInputTensor {
+            name: input.name.clone(),
+            datatype: input.data.dtype().as_str().to_string(),
+            shape: input.data.shape().iter().map(|&d| d as i64).collect(),
+            ..Default::default()
+        });
+        request.raw_input_contents.push(input.data.to_raw());
     }
-    parts.join(": ")
+    request
+}
+
+/// The typed outputs of a response, from raw or typed contents.
+pub fn outputs(response: ModelInferResponse) -> Result<Vec<NamedTensor>, String> {
+    let raw = response.raw_output_contents;
+    if !raw.is_empty() && raw.len() != response.outputs.len() {
+        return Err(format!(
+            "{} outputs but {} raw contents",
+            response.outputs.len(),
+            raw.len()
+        ));
+    }
+    response
+        .outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, out)| {
+            let dtype: DataType = out.datatype.parse().map_err(|e| format!("{e}"))?;
+            let bytes = match raw.get(i) {
+                Some(b) => b.clone(),
+                None => {
+                    let contents = out.contents.clone().unwrap_or_default();
+                    herd_proto::datatype::contents_to_raw(dtype, &contents)
+                        .map_err(|e| format!("output '{}': {e}", out.name))?
+                        .into()
+                }
+            };
+            let data = TensorData::from_raw(dtype, &out.shape, bytes)
+                .map_err(|e| format!("output '{}': {e}", out.name))?;
+            Ok(NamedTensor {
+                name: out.name,
+                data,
+            })
+        })
+        .collect()
 }

@@ -1,14 +1,20 @@
-//! Inputs for load generation: random tensors of the shapes and datatypes a model's
-//! metadata declares.
+//! A model's inputs: read from `.npy` files or JSON arrays and checked against the
+//! model's metadata, or random, of the shapes and datatypes the metadata declares (for
+//! load generation).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use bytes::Bytes;
 use herd_proto::inference::model_infer_request::InferInputTensor;
 use herd_proto::inference::model_metadata_response::TensorMetadata;
-use herd_proto::inference::ModelInferRequest;
+use herd_proto::inference::{ModelInferRequest, ModelMetadataResponse};
 use herd_proto::DataType;
 use rand::Rng;
+
+use crate::error::ClientError;
+use crate::tensor::{NamedTensor, Shape, TensorData};
 
 /// The shape to send for one input: `-1` in the first place becomes `batch` (when the
 /// model batches), other `-1`s must be given through `overrides`.
@@ -93,4 +99,240 @@ pub fn random_request(
         });
     }
     Ok(request)
+}
+
+/// Where one input's values come from: `NAME=FILE.npy`, `NAME=FILE.json` or an inline
+/// JSON array `NAME=[[1,2],[3,4]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSource {
+    pub name: String,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    Npy(PathBuf),
+    JsonFile(PathBuf),
+    Json(String),
+}
+
+impl FromStr for InputSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<InputSource, String> {
+        let (name, value) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected NAME=FILE.npy, NAME=FILE.json or NAME=[...]")
+        })?;
+        if name.is_empty() || value.is_empty() {
+            return Err(format!(
+                "{s:?}: expected NAME=FILE.npy, NAME=FILE.json or NAME=[...]"
+            ));
+        }
+        let trimmed = value.trim_start();
+        let source = if trimmed.starts_with('[')
+            || trimmed.starts_with('-')
+            || trimmed.starts_with(|c: char| c.is_ascii_digit())
+        {
+            Source::Json(value.to_string())
+        } else if value.ends_with(".json") {
+            Source::JsonFile(PathBuf::from(value))
+        } else {
+            Source::Npy(PathBuf::from(value))
+        };
+        Ok(InputSource {
+            name: name.to_string(),
+            source,
+        })
+    }
+}
+
+fn describe(dtype: &str, shape: &[i64]) -> String {
+    format!("{dtype} {}", Shape(shape))
+}
+
+/// Reads the inputs named on the command line, typed as the model's metadata says, and
+/// checks them against it: every input given once, known names, dtype and shape.
+pub fn load_inputs(
+    meta: &ModelMetadataResponse,
+    sources: &[InputSource],
+) -> Result<Vec<NamedTensor>, ClientError> {
+    let model = &meta.name;
+    let mut tensors = Vec::new();
+    for source in sources {
+        let Some(spec) = meta.inputs.iter().find(|m| m.name == source.name) else {
+            let known: Vec<&str> = meta.inputs.iter().map(|m| m.name.as_str()).collect();
+            return Err(ClientError::Input(format!(
+                "model {model} has no input '{}'; its inputs are: {}",
+                source.name,
+                known.join(", ")
+            )));
+        };
+        if tensors.iter().any(|t: &NamedTensor| t.name == source.name) {
+            return Err(ClientError::Input(format!(
+                "input '{}' is given more than once",
+                source.name
+            )));
+        }
+        let dtype: DataType = spec
+            .datatype
+            .parse()
+            .map_err(|e| ClientError::Input(format!("input '{}': {e}", spec.name)))?;
+        let data = match &source.source {
+            Source::Npy(path) => {
+                TensorData::read_npy(path).map_err(|e| ClientError::file(path, e))?
+            }
+            Source::JsonFile(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ClientError::file(path, e))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| ClientError::file(path, e))?;
+                TensorData::from_json(&value, dtype).map_err(|e| ClientError::file(path, e))?
+            }
+            Source::Json(text) => {
+                let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                    ClientError::Input(format!("input '{}': invalid JSON: {e}", source.name))
+                })?;
+                TensorData::from_json(&value, dtype)
+                    .map_err(|e| ClientError::Input(format!("input '{}': {e}", source.name)))?
+            }
+        };
+        let tensor = NamedTensor {
+            name: source.name.clone(),
+            data,
+        };
+        check_input(model, spec, &tensor)?;
+        tensors.push(tensor);
+    }
+    for spec in &meta.inputs {
+        if !tensors.iter().any(|t| t.name == spec.name) {
+            return Err(ClientError::Input(format!(
+                "model {model} needs input '{}' ({}); give it with --input {}=FILE",
+                spec.name,
+                describe(&spec.datatype, &spec.shape),
+                spec.name
+            )));
+        }
+    }
+    Ok(tensors)
+}
+
+/// Checks one tensor against its metadata: same dtype, same rank, and every fixed
+/// dimension equal (`-1` takes any size).
+pub fn check_input(model: &str, spec: &TensorMetadata, t: &NamedTensor) -> Result<(), ClientError> {
+    let shape: Vec<i64> = t.data.shape().iter().map(|&d| d as i64).collect();
+    let dtype_ok = t.data.dtype().as_str() == spec.datatype;
+    let shape_ok = shape.len() == spec.shape.len()
+        && shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(&given, &expected)| expected < 0 || given == expected);
+    if dtype_ok && shape_ok {
+        return Ok(());
+    }
+    Err(ClientError::Input(format!(
+        "input '{}' of model {model}: expected {}, given {}",
+        t.name,
+        describe(&spec.datatype, &spec.shape),
+        describe(t.data.dtype().as_str(), &shape)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ModelMetadataResponse {
+        ModelMetadataResponse {
+            name: "tiny_multi".into(),
+            inputs: vec![
+                TensorMetadata {
+                    name: "a".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![-1, 4],
+                },
+                TensorMetadata {
+                    name: "b".into(),
+                    datatype: "INT64".into(),
+                    shape: vec![-1, 4],
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn input(s: &str) -> InputSource {
+        s.parse().expect("parses")
+    }
+
+    #[test]
+    fn input_sources_are_files_or_inline_json() {
+        assert_eq!(input("x=in.npy").source, Source::Npy("in.npy".into()));
+        assert_eq!(
+            input("x=in.json").source,
+            Source::JsonFile("in.json".into())
+        );
+        assert_eq!(input("x=[1, 2]").source, Source::Json("[1, 2]".into()));
+        assert_eq!(input("x=3").source, Source::Json("3".into()));
+        assert!("x".parse::<InputSource>().is_err());
+        assert!("=a.npy".parse::<InputSource>().is_err());
+    }
+
+    #[test]
+    fn json_inputs_take_the_models_dtypes() {
+        let tensors = load_inputs(
+            &meta(),
+            &[input("a=[[1, 2, 3, 4.5]]"), input("b=[[1, 2, 3, 4]]")],
+        )
+        .expect("valid inputs");
+        assert_eq!(tensors[0].data.dtype(), DataType::Fp32);
+        assert_eq!(tensors[1].data.dtype(), DataType::Int64);
+        assert_eq!(tensors[1].data.shape(), vec![1, 4]);
+    }
+
+    #[test]
+    fn wrong_shapes_and_dtypes_say_expected_and_given() {
+        let e = load_inputs(
+            &meta(),
+            &[input("a=[[1, 2, 3]]"), input("b=[[1, 2, 3, 4]]")],
+        )
+        .expect_err("3 columns, not 4");
+        assert_eq!(
+            e.to_string(),
+            "input 'a' of model tiny_multi: expected FP32 [-1, 4], given FP32 [1, 3]"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.npy");
+        TensorData::F64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 4])))
+            .write_npy(&path)
+            .expect("write");
+        let e = load_inputs(
+            &meta(),
+            &[InputSource {
+                name: "a".into(),
+                source: Source::Npy(path),
+            }],
+        )
+        .expect_err("FP64 is not FP32");
+        assert_eq!(
+            e.to_string(),
+            "input 'a' of model tiny_multi: expected FP32 [-1, 4], given FP64 [2, 4]"
+        );
+    }
+
+    #[test]
+    fn missing_unknown_and_repeated_inputs_are_named() {
+        let e = load_inputs(&meta(), &[input("a=[[1, 2, 3, 4]]")]).expect_err("b missing");
+        assert_eq!(
+            e.to_string(),
+            "model tiny_multi needs input 'b' (INT64 [-1, 4]); give it with --input b=FILE"
+        );
+        let e = load_inputs(&meta(), &[input("z=[1]")]).expect_err("no z");
+        assert_eq!(
+            e.to_string(),
+            "model tiny_multi has no input 'z'; its inputs are: a, b"
+        );
+        let e = load_inputs(&meta(), &[input("a=[[1,2,3,4]]"), input("a=[[1,2,3,4]]")])
+            .expect_err("twice");
+        assert!(e.to_string().contains("more than once"), "{e}");
+        let e = load_inputs(&meta(), &[input("a=missing.npy")]).expect_err("no file");
+        assert!(e.to_string().starts_with("missing.npy: "), "{e}");
+    }
 }

@@ -1,1 +1,139 @@
-//! The dashboard arrives with its own issue; this crate holds its place in the workspace.
+//! `herd dash`: a live terminal dashboard of the cluster's nodes, models and events.
+//!
+//! The state ([`app::App`]) is plain data that cluster updates, keys and connection changes
+//! update; the [`ui`] draws it; [`connection`] keeps the scheduler's watch stream open and
+//! makes the unload and drain calls; [`terminal`] sets the terminal up and always restores
+//! it. [`run`] only moves messages between them and redraws.
+
+pub mod app;
+pub mod connection;
+pub mod keys;
+pub mod terminal;
+pub mod ui;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod render_tests;
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::app::{Action, App};
+use crate::connection::{Message, Target};
+
+/// Redraws caused by new data come at most this often.
+const FRAME: Duration = Duration::from_millis(250);
+
+/// `herd dash`'s settings.
+#[derive(clap::Args, Clone)]
+pub struct DashConfig {
+    /// The scheduler's admin gRPC address (HOST:PORT or a URL).
+    #[arg(long, env = "HERD_SCHEDULER", default_value = "127.0.0.1:8001")]
+    pub scheduler: String,
+    /// The cluster token, sent as `authorization: Bearer <token>`.
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Draw without colours (also set by a non-empty NO_COLOR).
+    #[arg(long, env = "NO_COLOR")]
+    pub no_color: bool,
+}
+
+impl std::fmt::Debug for DashConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashConfig")
+            .field("scheduler", &self.scheduler)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("no_color", &self.no_color)
+            .finish()
+    }
+}
+
+/// Runs the dashboard until the user quits.
+pub async fn run(config: DashConfig) -> anyhow::Result<()> {
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!("herd dash needs a terminal");
+    }
+    let target = Target::new(&config.scheduler, config.token.as_deref())?;
+    let (tx, mut rx) = mpsc::channel(64);
+    let watcher = tokio::spawn(connection::watch(target.clone(), tx.clone()));
+
+    let mut guard = terminal::TerminalGuard::new()?;
+    let mut app = App::new(config.scheduler.clone(), !config.no_color, Instant::now());
+    let mut keys = EventStream::new();
+    let mut ticks = tokio::time::interval(FRAME);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut dirty = true;
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    dirty |= app.tick(Instant::now());
+                    if dirty {
+                        guard.terminal.draw(|frame| ui::render(frame, &app))?;
+                        dirty = false;
+                    }
+                }
+                Some(message) = rx.recv() => {
+                    let now = Instant::now();
+                    match message {
+                        Message::Connecting => app.on_connecting(now),
+                        Message::Update(update) => app.apply_update(update, now),
+                        Message::Disconnected { error, retry_in } => {
+                            app.on_disconnected(error, retry_in, now);
+                        }
+                        Message::ActionResult(result) => app.on_action_result(result),
+                    }
+                    // Drawn on the next tick: at most four redraws a second for data.
+                    dirty = true;
+                }
+                event = keys.next() => {
+                    match event {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok(TermEvent::Key(key))) if key.kind != KeyEventKind::Release => {
+                            match app.on_key(key) {
+                                Some(Action::Quit) => return Ok(()),
+                                Some(Action::Unload(model)) => {
+                                    let (target, tx) = (target.clone(), tx.clone());
+                                    tokio::spawn(async move {
+                                        let result = connection::unload(&target, &model).await;
+                                        let _ = tx.send(Message::ActionResult(result)).await;
+                                    });
+                                }
+                                Some(Action::Drain(node)) => {
+                                    let (target, tx) = (target.clone(), tx.clone());
+                                    tokio::spawn(async move {
+                                        let result = connection::drain(&target, &node).await;
+                                        let _ = tx.send(Message::ActionResult(result)).await;
+                                    });
+                                }
+                                None => {}
+                            }
+                            // Keys answer at once.
+                            app.tick(Instant::now());
+                            guard.terminal.draw(|frame| ui::render(frame, &app))?;
+                            dirty = false;
+                        }
+                        Some(Ok(TermEvent::Resize(_, _))) => {
+                            guard.terminal.autoresize()?;
+                            guard.terminal.draw(|frame| ui::render(frame, &app))?;
+                            dirty = false;
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    watcher.abort();
+    drop(guard);
+    result
+}

@@ -9,10 +9,13 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
-/// herd's own services (package `herd.v1`).
+/// herd's own services (package `herd.v1`), also reachable as `herd::*`.
 pub mod herd {
-    #![allow(clippy::all, clippy::unwrap_used)]
-    tonic::include_proto!("herd.v1");
+    pub mod v1 {
+        #![allow(clippy::all, clippy::unwrap_used)]
+        tonic::include_proto!("herd.v1");
+    }
+    pub use v1::*;
 }
 
 pub use datatype::DataType;

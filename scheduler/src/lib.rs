@@ -1,1 +1,189 @@
-//! The scheduler arrives with its own issue; this crate holds its place in the workspace.
+//! herd's scheduler: the cluster's node registry, model catalog, placement, routing
+//! toward agents and the client-facing gateway.
+
+pub mod admin;
+pub mod catalog;
+pub mod cluster;
+pub mod config;
+pub mod events;
+pub mod gateway;
+pub mod joins;
+pub mod metrics;
+pub mod nodes;
+pub mod placement;
+pub mod reconcile;
+pub mod router;
+pub mod scaling;
+pub mod sender;
+pub mod state;
+pub mod store;
+pub mod token;
+pub mod up;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use herd_agent::auth::RequireToken;
+use herd_proto::herd::admin_server::AdminServer;
+use herd_proto::herd::scheduler_server::SchedulerServer;
+use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::SchedulerConfig;
+pub use state::Scheduler;
+
+use crate::cluster::Cluster;
+use crate::placement::Policy;
+use crate::store::Store;
+
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// Builds the scheduler's state: token, store, catalog (the repository, with what the
+/// store remembers).
+pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let token = token::load_or_create(config.token.clone(), &data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(
+        store::embedded::EmbeddedStore::open(&data_dir.join("state.redb"))
+            .map_err(|e| e.to_string())?,
+    );
+    let mut cluster = Cluster::default();
+    let defaults = herd_agent::ModelSettings::default();
+    let repository = config.model_repository.clone();
+    let scanned = tokio::task::spawn_blocking(move || catalog::scan(&repository, &defaults))
+        .await
+        .map_err(|e| format!("reading the model repository failed: {e}"))?;
+    let remembered = store
+        .range(catalog::PREFIX)
+        .await
+        .map_err(|e| e.to_string())?;
+    for mut m in scanned {
+        if let Some(kv) = remembered.iter().find(|kv| kv.key == catalog::key(&m.name)) {
+            if let Ok(record) = serde_json::from_slice::<catalog::Record>(&kv.value) {
+                record.restore(&mut m);
+            }
+        }
+        cluster.models.insert(m.name.clone(), m);
+    }
+    tracing::info!(
+        models = cluster.models.len(),
+        remembered = remembered.len(),
+        repository = %config.model_repository.display(),
+        data_dir = %data_dir.display(),
+        "catalog ready"
+    );
+    let settings = state::Settings {
+        token,
+        report_interval: config.report_interval,
+        down_after: config.down_after,
+        policy: match config.policy {
+            config::PolicyArg::Spread => Policy::Spread,
+            config::PolicyArg::Binpack => Policy::Binpack,
+        },
+        headroom: config.headroom.clamp(0.0, 0.9),
+        load_timeout: config.load_timeout,
+        target_ongoing_requests: config.target_ongoing_requests,
+        upscale_delay: config.upscale_delay,
+    };
+    Ok(Scheduler::new(
+        cluster,
+        settings,
+        store,
+        config.model_repository.clone(),
+    ))
+}
+
+impl Scheduler {
+    /// Records a model's catalog entry in the store.
+    pub async fn persist(&self, model: &str) {
+        let record = self.lock().models.get(model).map(catalog::Record::of);
+        if let Some(record) = record {
+            if let Ok(value) = serde_json::to_vec(&record) {
+                if let Err(e) = self.store.put(&catalog::key(model), value, None).await {
+                    tracing::warn!(model, error = %e, "cannot record the catalog entry");
+                }
+            }
+        }
+    }
+}
+
+/// Serves the scheduler's gRPC services on `grpc` and HTTP on `http` until `shutdown`.
+pub async fn serve(
+    scheduler: Arc<Scheduler>,
+    grpc: TcpListener,
+    http: TcpListener,
+    require_token_for_inference: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let token = Some(scheduler.settings.token.clone());
+    let inference = InterceptedService::new(
+        GrpcInferenceServiceServer::new(gateway::Gateway::new(scheduler.clone()))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        RequireToken::new(
+            token.clone().filter(|_| require_token_for_inference),
+            "inference calls",
+        ),
+    );
+    let joins = SchedulerServer::with_interceptor(
+        joins::JoinService::new(scheduler.clone()),
+        RequireToken::new(token.clone(), "joining the cluster"),
+    );
+    let admin = AdminServer::with_interceptor(
+        admin::AdminService::new(scheduler.clone()),
+        RequireToken::new(token, "admin calls"),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_http = stop_rx.clone();
+    let http_server =
+        axum::serve(http, metrics::router(scheduler.clone())).with_graceful_shutdown(async move {
+            let _ = stop_http.wait_for(|s| *s).await;
+        });
+    let placement = tokio::spawn(reconcile::run(scheduler.clone()));
+    let mut stop_grpc = stop_rx;
+    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(inference)
+        .add_service(joins)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_grpc.wait_for(|s| *s).await;
+        });
+    let result = tokio::select! {
+        r = grpc_server => r.map_err(|e| format!("gRPC server: {e}")),
+        r = http_server => r.map_err(|e| format!("HTTP server: {e}")),
+    };
+    placement.abort();
+    result
+}
+
+/// Runs `herd scheduler`.
+pub async fn run(
+    config: SchedulerConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let scheduler = start(&config).await?;
+    tracing::info!(
+        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "scheduler serving"
+    );
+    serve(
+        scheduler,
+        grpc,
+        http,
+        config.require_token_for_inference,
+        shutdown,
+    )
+    .await
+}

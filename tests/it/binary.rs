@@ -58,7 +58,7 @@ impl AgentProcess {
     }
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("HERD_TEST_PYTHON") {
         return PathBuf::from(p);
     }
@@ -71,13 +71,13 @@ fn python() -> PathBuf {
     venv
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stock_tritonclient_works_against_herd_agent() {
-    let agent = AgentProcess::start().await;
+/// Runs tests/tritonclient_check.py against `addr` and fails the test if it fails.
+pub async fn tritonclient_check(addr: &str, token: Option<&str>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_check.py");
     let out = Command::new(python())
         .arg(script)
-        .arg(&agent.addr)
+        .arg(addr)
+        .args(token)
         .output()
         .await
         .expect("run python");
@@ -87,7 +87,45 @@ async fn the_stock_tritonclient_works_against_herd_agent() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_tritonclient_works_against_herd_agent() {
+    let agent = AgentProcess::start().await;
+    tritonclient_check(&agent.addr, None).await;
     drop(agent.child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_tritonclient_works_against_herd_up() {
+    let repo = repository();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(HERD)
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--token",
+            "up-token",
+        ])
+        .arg("--model-repository")
+        .arg(repo.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herd up");
+    let addr = crate::cluster_support::serving_addr(
+        &mut child,
+        "herd up: scheduler and local agent serving",
+    )
+    .await;
+    tritonclient_check(&addr, Some("up-token")).await;
+    drop(child);
 }
 
 #[tokio::test]

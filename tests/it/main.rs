@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 mod binary;
+mod cli;
+mod cluster;
+mod cluster_support;
 mod serving;
 mod support;
 mod ttl;

@@ -152,6 +152,9 @@ pub fn options(repo: &Path) -> AgentOptions {
         model_defaults: ModelSettings::default(),
         memory_limit: None,
         max_message_size: 64 << 20,
+        token: None,
+        require_token_for_inference: false,
+        data_dir: None,
     }
 }
 

@@ -1,0 +1,115 @@
+//! The cluster token: `authorization: Bearer <token>` on calls between agents, the
+//! scheduler and people's tools.
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Server side: refuses calls that do not carry `token` (when one is set).
+#[derive(Clone)]
+pub struct RequireToken {
+    token: Option<String>,
+    what: &'static str,
+}
+
+impl RequireToken {
+    /// `what` names the calls in the error ("admin calls", "joining").
+    pub fn new(token: Option<String>, what: &'static str) -> RequireToken {
+        RequireToken { token, what }
+    }
+
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "{} need the cluster token; the one given is wrong",
+                self.what
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "{} need the cluster token (authorization: Bearer <token>; --token or HERD_TOKEN)",
+                self.what
+            ))),
+        }
+    }
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(&request)?;
+        Ok(request)
+    }
+}
+
+/// Client side: adds the token to every call (when one is set).
+#[derive(Clone)]
+pub struct SendToken {
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl SendToken {
+    pub fn new(token: Option<&str>) -> Result<SendToken, String> {
+        let header = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "the token must be printable ASCII".to_string())
+            })
+            .transpose()?;
+        Ok(SendToken { header })
+    }
+}
+
+impl Interceptor for SendToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_required_only_when_set() {
+        let open = RequireToken::new(None, "admin calls");
+        assert!(open.check(&Request::new(())).is_ok());
+        let closed = RequireToken::new(Some("s3cret".into()), "admin calls");
+        let err = closed.check(&Request::new(())).expect_err("no token");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("need the cluster token"));
+        let mut wrong = Request::new(());
+        SendToken::new(Some("guess"))
+            .expect("ascii")
+            .call(Request::new(()))
+            .expect("ok");
+        wrong
+            .metadata_mut()
+            .insert("authorization", "Bearer guess".parse().expect("ascii"));
+        assert!(closed
+            .check(&wrong)
+            .expect_err("wrong")
+            .message()
+            .contains("wrong"));
+        let right = SendToken::new(Some("s3cret"))
+            .expect("ascii")
+            .call(Request::new(()))
+            .expect("ok");
+        assert!(closed.check(&right).is_ok());
+    }
+}

@@ -1,0 +1,150 @@
+//! An agent's life in a cluster: join the scheduler, then report every interval. An
+//! unreachable scheduler is retried with backoff (the agent keeps serving what it
+//! holds meanwhile); a refused token ends the agent with an error instead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::herd::scheduler_client::SchedulerClient;
+use herd_proto::herd::{JoinRequest, ReportRequest};
+use tonic::transport::Endpoint;
+use tonic::Code;
+use tracing::{info, warn};
+
+use crate::auth::SendToken;
+use crate::control::snapshot;
+use crate::{Agent, SchedulerRpc};
+
+pub struct Link {
+    pub scheduler: String,
+    pub token: Option<String>,
+    pub advertise: Option<String>,
+    pub listen: SocketAddr,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Joins and reports until the scheduler refuses the token (an error) — never
+/// returns otherwise.
+pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), String> {
+    let address = advertised(&link);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&agent, &link, &address).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                return Err(format!(
+                    "the scheduler at {} refused this agent: {}",
+                    link.scheduler,
+                    status.message()
+                ));
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                return Err(format!(
+                    "the scheduler at {} refused this agent: {}",
+                    link.scheduler,
+                    status.message()
+                ));
+            }
+            // A name still held by a node that has not yet been marked down (this
+            // agent's previous life, after a quick restart) frees up after a few
+            // report intervals; a name held by a live node never does, and the
+            // warning says why.
+            Err(status) => {
+                warn!(scheduler = %link.scheduler, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "scheduler unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Ok(()) => backoff = Duration::from_millis(100),
+        }
+    }
+}
+
+/// One connection's worth: join, then report until a report fails.
+async fn session(agent: &Arc<Agent>, link: &Link, address: &str) -> Result<(), tonic::Status> {
+    let mut client = connect(link).await?;
+    let status = status_now(agent).await?;
+    let joined = client
+        .join(JoinRequest {
+            name: agent.name.clone(),
+            address: address.to_string(),
+            status: Some(status),
+        })
+        .await?
+        .into_inner();
+    agent.set_scheduler_client(client.clone());
+    let interval = Duration::from_millis(joined.report_interval_ms.max(50));
+    info!(scheduler = %link.scheduler, name = %agent.name, address, interval_ms = interval.as_millis() as u64, "joined the cluster");
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let status = status_now(agent).await?;
+        client
+            .report(ReportRequest {
+                name: agent.name.clone(),
+                address: address.to_string(),
+                status: Some(status),
+            })
+            .await?;
+    }
+}
+
+async fn status_now(agent: &Arc<Agent>) -> Result<herd_proto::herd::AgentStatus, tonic::Status> {
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || snapshot(&agent))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("status probe failed: {e}")))
+}
+
+async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
+    let url = if link.scheduler.contains("://") {
+        link.scheduler.clone()
+    } else {
+        format!("http://{}", link.scheduler)
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| {
+            tonic::Status::invalid_argument(format!("scheduler address {:?}: {e}", link.scheduler))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| {
+        tonic::Status::unavailable(format!(
+            "cannot reach the scheduler at {}: {e}",
+            link.scheduler
+        ))
+    })?;
+    let token = SendToken::new(link.token.as_deref()).map_err(tonic::Status::invalid_argument)?;
+    Ok(SchedulerClient::with_interceptor(channel, token)
+        .max_decoding_message_size(1 << 30)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// The address the scheduler should call this agent at.
+fn advertised(link: &Link) -> String {
+    if let Some(a) = &link.advertise {
+        return a.clone();
+    }
+    if !link.listen.ip().is_unspecified() {
+        return link.listen.to_string();
+    }
+    // Listening on every interface: use the one that routes to the scheduler. A UDP
+    // "connect" sends nothing; it only picks the route.
+    let host = link
+        .scheduler
+        .rsplit_once(':')
+        .map_or(link.scheduler.as_str(), |(h, _)| h)
+        .trim_start_matches("http://")
+        .to_string();
+    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect((host.as_str(), 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".to_string());
+    format!("{ip}:{}", link.listen.port())
+}

@@ -1,0 +1,282 @@
+//! The `herd.v1.Agent` service: the node's resources and models (for the scheduler and
+//! for people), and what the scheduler asks of a node: load a model it placed here
+//! (fetching the file by digest when the node has no copy), unload one, and run a
+//! batch of inference requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::herd::agent_server::Agent as AgentRpc;
+use herd_proto::herd::{
+    infer_result, AgentStatus, FetchModelRequest, InferBatchRequest, InferBatchResponse,
+    InferResult, LoadModelRequest, LoadModelResponse, ModelState, ModelStatus, RpcStatus,
+    StatusRequest, UnloadModelRequest, UnloadModelResponse,
+};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::cache::State;
+use crate::files::valid_digest;
+use crate::repository::ModelFiles;
+use crate::settings::{ClusterPolicy, ModelSettings, Ttl};
+use crate::Agent;
+
+pub struct ControlService {
+    agent: Arc<Agent>,
+}
+
+impl ControlService {
+    pub fn new(agent: Arc<Agent>) -> ControlService {
+        ControlService { agent }
+    }
+}
+
+/// The agent's status right now.
+pub fn snapshot(agent: &Agent) -> AgentStatus {
+    let files = agent.files.inventory(agent.cache.repository());
+    let digest_of = |path: &std::path::Path| {
+        files
+            .iter()
+            .find(|(_, p)| p.as_path() == path)
+            .map(|(d, _)| d.clone())
+    };
+    let models = agent
+        .cache
+        .views()
+        .into_iter()
+        .map(|v| {
+            let digest = agent
+                .cache
+                .find(&v.name)
+                .ok()
+                .and_then(|f| f.digest.clone().or_else(|| digest_of(&f.path)))
+                .unwrap_or_default();
+            let mut m = ModelStatus {
+                state: match v.state {
+                    State::Available => ModelState::Available,
+                    State::Loading => ModelState::Loading,
+                    State::Ready => ModelState::Ready,
+                    State::Unloading => ModelState::Unloading,
+                    State::Failed => ModelState::Failed,
+                } as i32,
+                version: v.version.map(|v| v.to_string()).unwrap_or_default(),
+                memory_bytes: v.memory_bytes,
+                in_flight: v.in_flight as u32,
+                queue_length: v.queue_len as u32,
+                ttl_ms: v.ttl.map_or(0, |t| t.as_millis()),
+                idle_ms: v.idle.map_or(0, |d| d.as_millis() as u64),
+                file_bytes: v.file_bytes,
+                name: v.name,
+                digest,
+                ..Default::default()
+            };
+            if let Some(stats) = &v.stats {
+                m.latency_histogram = stats.serialized_latency();
+                let c = stats.lock();
+                m.runs = c.execution_count;
+                m.inference_count = c.inference_count;
+                m.mean_batch_size = if c.execution_count > 0 {
+                    c.inference_count as f64 / c.execution_count as f64
+                } else {
+                    0.0
+                };
+                m.loads = c.loads;
+                m.last_error = c.last_error.clone().unwrap_or_default();
+                m.requests_total = c.success.count + c.fail.count;
+                m.failures_total = c.fail.count;
+                m.queue_ns_total = c.queue.ns;
+                m.compute_ns_total = c.compute_infer.ns;
+            }
+            m
+        })
+        .collect();
+    let mut file_digests: Vec<String> = files.into_keys().collect();
+    file_digests.sort();
+    AgentStatus {
+        name: agent.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        resources: Some(agent.probe.sample()),
+        models,
+        file_digests,
+    }
+}
+
+fn settings_from(
+    s: Option<herd_proto::herd::ModelSettings>,
+    defaults: &ModelSettings,
+) -> ModelSettings {
+    let Some(s) = s else {
+        return defaults.clone();
+    };
+    ModelSettings {
+        max_batch_size: (s.max_batch_size as usize).max(1),
+        max_batch_delay: Duration::from_micros(s.max_batch_delay_us),
+        ttl: if s.ttl_ms < 0 {
+            Ttl::Never
+        } else {
+            Ttl::After(Duration::from_millis(s.ttl_ms as u64))
+        },
+        intra_op_threads: s.intra_op_threads as usize,
+        queue_capacity: if s.queue_capacity == 0 {
+            defaults.queue_capacity
+        } else {
+            s.queue_capacity as usize
+        },
+    }
+}
+
+impl ControlService {
+    /// The local path of the file with `digest`, fetching it from the scheduler if the
+    /// node holds no copy. Returns the path and whether it was fetched.
+    async fn file(
+        &self,
+        digest: &str,
+        expected_bytes: u64,
+    ) -> Result<(std::path::PathBuf, bool), Status> {
+        let agent = self.agent.clone();
+        let wanted = digest.to_string();
+        let local = tokio::task::spawn_blocking(move || {
+            agent
+                .files
+                .inventory(agent.cache.repository())
+                .remove(&wanted)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("file inventory failed: {e}")))?;
+        if let Some(path) = local {
+            return Ok((path, false));
+        }
+        let mut client = self.agent.scheduler_client().ok_or_else(|| {
+            Status::failed_precondition(
+                "no copy of the model file here, and no scheduler to fetch it from",
+            )
+        })?;
+        let mut writer = self
+            .agent
+            .files
+            .writer(digest)
+            .map_err(Status::failed_precondition)?;
+        let mut stream = client
+            .fetch_model(FetchModelRequest {
+                digest: digest.to_string(),
+                offset: 0,
+            })
+            .await?
+            .into_inner();
+        while let Some(chunk) = stream.message().await? {
+            if chunk.offset != writer.bytes {
+                return Err(Status::data_loss(format!(
+                    "chunk at offset {} where {} was expected",
+                    chunk.offset, writer.bytes
+                )));
+            }
+            writer.write(&chunk.data).map_err(Status::internal)?;
+        }
+        if expected_bytes > 0 && writer.bytes != expected_bytes {
+            return Err(Status::data_loss(format!(
+                "fetched {} bytes of a {expected_bytes}-byte model file",
+                writer.bytes
+            )));
+        }
+        let bytes = writer.bytes;
+        let path = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| Status::internal(format!("saving the model file failed: {e}")))?
+            .map_err(Status::data_loss)?;
+        info!(digest, bytes, path = %path.display(), "model file fetched");
+        Ok((path, true))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRpc for ControlService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<AgentStatus>, Status> {
+        let agent = self.agent.clone();
+        // Reading /proc and NVML blocks briefly; keep it off the async workers.
+        let status = tokio::task::spawn_blocking(move || snapshot(&agent))
+            .await
+            .map_err(|e| Status::internal(format!("status probe failed: {e}")))?;
+        Ok(Response::new(status))
+    }
+
+    async fn load(
+        &self,
+        request: Request<LoadModelRequest>,
+    ) -> Result<Response<LoadModelResponse>, Status> {
+        let source = request
+            .into_inner()
+            .model
+            .ok_or_else(|| Status::invalid_argument("load: no model given"))?;
+        if !valid_digest(&source.digest) {
+            return Err(Status::invalid_argument(format!(
+                "load {}: digest {:?} is not a sha256 in hex",
+                source.name, source.digest
+            )));
+        }
+        let (path, fetched) = self.file(&source.digest, source.file_bytes).await?;
+        let files = ModelFiles {
+            name: source.name.clone(),
+            version: source.version,
+            file_bytes: source.file_bytes,
+            settings: settings_from(source.settings, &self.agent.model_defaults),
+            policy: ClusterPolicy::default(),
+            digest: Some(source.digest.clone()),
+            path,
+        };
+        self.agent.cache.assign(files).await?;
+        let loaded = self.agent.cache.load(&source.name).await?;
+        Ok(Response::new(LoadModelResponse {
+            memory_bytes: loaded.memory_now(),
+            fetched,
+        }))
+    }
+
+    async fn unload(
+        &self,
+        request: Request<UnloadModelRequest>,
+    ) -> Result<Response<UnloadModelResponse>, Status> {
+        let name = request.into_inner().name;
+        let was_loaded = self.agent.cache.unload(&name).await?;
+        Ok(Response::new(UnloadModelResponse { was_loaded }))
+    }
+
+    async fn infer_batch(
+        &self,
+        request: Request<InferBatchRequest>,
+    ) -> Result<Response<InferBatchResponse>, Status> {
+        let items = request.into_inner().items;
+        // All items go in at once, so the model's batcher can run them together.
+        let runs = items.into_iter().map(|item| {
+            let agent = self.agent.clone();
+            async move {
+                let Some(request) = item.request else {
+                    return Err(Status::invalid_argument("empty batch item"));
+                };
+                let run = crate::service::infer(&agent, request);
+                if item.timeout_us == 0 {
+                    return run.await.map_err(Status::from);
+                }
+                match tokio::time::timeout(Duration::from_micros(item.timeout_us), run).await {
+                    Ok(r) => r.map_err(Status::from),
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "the request's deadline passed before it ran",
+                    )),
+                }
+            }
+        });
+        let results = futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .map(|r| InferResult {
+                result: Some(match r {
+                    Ok(response) => infer_result::Result::Response(response),
+                    Err(status) => infer_result::Result::Error(RpcStatus {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(InferBatchResponse { results }))
+    }
+}

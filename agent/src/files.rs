@@ -1,0 +1,173 @@
+//! Model files by content: the sha256 of every model file this node holds (its
+//! repository and its cache of files fetched from the scheduler), and fetching a file
+//! the scheduler assigns when the node has no copy.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::repository::Repository;
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// A digest is 64 lowercase hex digits; anything else could name a path.
+pub fn valid_digest(digest: &str) -> bool {
+    digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub struct FileStore {
+    /// Where fetched files go: `<dir>/<sha256>.onnx`. None: the agent keeps no cache.
+    cache_dir: Option<PathBuf>,
+    /// Digests of repository files, by path, valid while size and mtime are unchanged.
+    known: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+impl FileStore {
+    pub fn new(cache_dir: Option<PathBuf>) -> FileStore {
+        FileStore {
+            cache_dir,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn digest_of(&self, path: &Path) -> Option<String> {
+        let meta = std::fs::metadata(path).ok()?;
+        let stamp = (meta.len(), meta.modified().ok()?);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((len, mtime, digest)) = known.get(path) {
+            if (*len, *mtime) == stamp {
+                return Some(digest.clone());
+            }
+        }
+        let digest = sha256_file(path).ok()?;
+        known.insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
+        Some(digest)
+    }
+
+    /// Every file this node holds, digest → path.
+    pub fn inventory(&self, repo: &Repository) -> HashMap<String, PathBuf> {
+        let mut files = HashMap::new();
+        for name in repo.names() {
+            if let Ok(f) = repo.find(&name) {
+                if let Some(d) = self.digest_of(&f.path) {
+                    files.insert(d, f.path);
+                }
+            }
+        }
+        if let Some(dir) = &self.cache_dir {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if let Some(d) = name.strip_suffix(".onnx").filter(|d| valid_digest(d)) {
+                        files.insert(d.to_string(), e.path());
+                    }
+                }
+            }
+        }
+        files
+    }
+
+    /// Where a fetched file with this digest lives (or will).
+    pub fn cache_path(&self, digest: &str) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}.onnx")))
+    }
+
+    /// Writes a fetched file into the cache: chunks go to a temporary file, which is
+    /// kept only if its sha256 is `digest`.
+    pub fn writer(&self, digest: &str) -> Result<CacheWriter, String> {
+        let Some(dir) = &self.cache_dir else {
+            return Err("this agent has no data directory to keep fetched models in".into());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        Ok(CacheWriter {
+            digest: digest.to_string(),
+            target: dir.join(format!("{digest}.onnx")),
+            tmp,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+}
+
+pub struct CacheWriter {
+    digest: String,
+    target: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    hasher: Sha256,
+    pub bytes: u64,
+}
+
+impl CacheWriter {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        self.tmp
+            .write_all(chunk)
+            .map_err(|e| format!("cannot write the model file: {e}"))
+    }
+
+    /// Checks the digest and moves the file into place.
+    pub fn finish(self) -> Result<PathBuf, String> {
+        let got = hex::encode(self.hasher.finalize());
+        if got != self.digest {
+            return Err(format!(
+                "the fetched file's sha256 is {got}, not {}; it was discarded",
+                self.digest
+            ));
+        }
+        self.tmp
+            .persist(&self.target)
+            .map_err(|e| format!("cannot keep {}: {e}", self.target.display()))?;
+        Ok(self.target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_file_is_kept_only_when_its_digest_matches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(Some(dir.path().join("cache")));
+        let good = hex::encode(Sha256::digest(b"model bytes"));
+        let mut w = store.writer(&good).expect("writer");
+        w.write(b"model ").expect("write");
+        w.write(b"bytes").expect("write");
+        let path = w.finish().expect("digest matches");
+        assert_eq!(std::fs::read(&path).expect("read"), b"model bytes");
+        let mut w = store.writer(&"0".repeat(64)).expect("writer");
+        w.write(b"other").expect("write");
+        assert!(w.finish().expect_err("wrong digest").contains("discarded"));
+        let repo = Repository::new(dir.path().join("none"), Default::default());
+        let inv = store.inventory(&repo);
+        assert_eq!(inv.len(), 1);
+        assert!(inv.contains_key(&good));
+        assert!(!valid_digest("../etc/passwd") && valid_digest(&good));
+    }
+}

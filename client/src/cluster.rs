@@ -1,0 +1,946 @@
+//! `herd models ...` and `herd nodes ...`: the cluster as the scheduler's Admin service
+//! reports it, as tables for people and JSON for scripts. Turning responses into views
+//! and views into text are pure functions, tested on hand-built responses.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use herd_proto::herd::{
+    Event, ListModelsResponse, ListNodesResponse, ModelInfo, ModelState, NodeInfo,
+};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::cli::ConnectArgs;
+use crate::table;
+use crate::Client;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ModelsCommand {
+    /// Every model: replicas, where, state, memory, TTL left, requests/s.
+    List(RateArgs),
+    /// One model in detail, with each replica.
+    Show {
+        model: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+    /// Place and load a model; returns once a replica is ready.
+    Load { model: String },
+    /// Unload every replica of a model.
+    Unload { model: String },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    pub command: NodesCommand,
+
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum NodesCommand {
+    /// Every node: status, RAM and GPU used/total, CPU load, models.
+    List(RateArgs),
+    /// One node in detail, with the models it holds.
+    Show {
+        node: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+    /// Stop placing on a node and move its replicas elsewhere.
+    Drain { node: String },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RateArgs {
+    /// Measure requests/s between two snapshots this far apart; 0s skips it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+}
+
+pub async fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    match args.command {
+        ModelsCommand::List(rate) => {
+            let views = model_snapshot(&client, rate.window).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&views)?);
+            } else {
+                print!("{}", models_table(&views));
+            }
+        }
+        ModelsCommand::Show { model, rate } => {
+            let views = model_snapshot(&client, rate.window).await?;
+            let Some(view) = views.iter().find(|v| v.name == model) else {
+                anyhow::bail!(
+                    "{}",
+                    not_found("model", &model, views.iter().map(|v| &v.name))
+                );
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(view)?);
+            } else {
+                print!("{}", model_detail(view));
+            }
+        }
+        ModelsCommand::Load { model } => {
+            let nodes = client.load_model(&model).await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "model": model, "nodes": nodes }));
+            } else {
+                println!("{model} loaded on {}", list_or(&nodes, "no node"));
+            }
+        }
+        ModelsCommand::Unload { model } => {
+            let nodes = client.unload_model(&model).await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "model": model, "nodes": nodes }));
+            } else if nodes.is_empty() {
+                println!("{model} was not loaded");
+            } else {
+                println!("{model} unloaded from {}", nodes.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    match args.command {
+        NodesCommand::List(rate) => {
+            let views = node_snapshot(&client, rate.window).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&views)?);
+            } else {
+                print!("{}", nodes_table(&views));
+            }
+        }
+        NodesCommand::Show { node, rate } => {
+            let views = node_snapshot(&client, rate.window).await?;
+            let Some(view) = views.iter().find(|v| v.name == node) else {
+                anyhow::bail!(
+                    "{}",
+                    not_found("node", &node, views.iter().map(|v| &v.name))
+                );
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(view)?);
+            } else {
+                print!("{}", node_detail(view));
+            }
+        }
+        NodesCommand::Drain { node } => {
+            let moved = client.drain_node(&node).await?.moved_models;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "node": node, "moved_models": moved })
+                );
+            } else {
+                println!("{node} is draining; moved {}", list_or(&moved, "no models"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn model_snapshot(client: &Client, window: Duration) -> anyhow::Result<Vec<ModelView>> {
+    let first = client.list_models().await?;
+    if window.is_zero() {
+        return Ok(model_views(&first, None));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let second = client.list_models().await?;
+    Ok(model_views(&second, Some((&first, started.elapsed()))))
+}
+
+async fn node_snapshot(client: &Client, window: Duration) -> anyhow::Result<Vec<NodeView>> {
+    let first = client.list_nodes().await?;
+    if window.is_zero() {
+        return Ok(node_views(&first, None));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let second = client.list_nodes().await?;
+    Ok(node_views(&second, Some((&first, started.elapsed()))))
+}
+
+fn not_found<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    if known.is_empty() {
+        format!("no {what} '{name}' in the cluster (it has none)")
+    } else {
+        format!(
+            "no {what} '{name}' in the cluster; there are: {}",
+            known.join(", ")
+        )
+    }
+}
+
+fn list_or(items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        empty.to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `MODEL_STATE_READY` → `ready`.
+fn state_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix).unwrap_or(full).to_lowercase()
+}
+
+fn model_state(state: ModelState) -> String {
+    state_name(state.as_str_name(), "MODEL_STATE_")
+}
+
+fn rate(now: u64, before: Option<u64>, elapsed: Option<Duration>) -> Option<f64> {
+    let (before, elapsed) = (before?, elapsed?);
+    let secs = elapsed.as_secs_f64();
+    (secs > 0.0).then(|| now.saturating_sub(before) as f64 / secs)
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ModelView {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub file_bytes: u64,
+    /// Memory one replica needs.
+    pub memory_bytes: u64,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub device: String,
+    pub replicas: Vec<ReplicaView>,
+    pub requests_total: u64,
+    pub failures_total: u64,
+    pub cold_starts: u64,
+    /// Over the sampling window; null without one.
+    pub requests_per_s: Option<f64>,
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+    pub last_placement: Option<EventView>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ReplicaView {
+    pub node: String,
+    pub state: String,
+    pub device: String,
+    pub memory_bytes: u64,
+    pub in_flight: u32,
+    pub queue_length: u32,
+    pub mean_batch_size: f64,
+    /// Time left before an idle unload; null when the model is never unloaded.
+    pub ttl_left_ms: Option<u64>,
+    pub idle_ms: u64,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EventView {
+    pub time_ms: u64,
+    pub kind: String,
+    pub node: String,
+    pub model: String,
+    pub message: String,
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> EventView {
+        EventView {
+            time_ms: e.time_ms,
+            kind: e.kind.clone(),
+            node: e.node.clone(),
+            model: e.model.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// `ttl_ms` minus `idle_ms`, or `None` for a model never unloaded (negative TTL).
+pub fn ttl_left(ttl_ms: i64, idle_ms: u64) -> Option<u64> {
+    u64::try_from(ttl_ms)
+        .ok()
+        .map(|ttl| ttl.saturating_sub(idle_ms))
+}
+
+/// p50 and p99 of a serialized hdrhistogram; `None` when empty or unreadable.
+pub fn latency_quantiles(serialized: &[u8]) -> Option<(u64, u64)> {
+    if serialized.is_empty() {
+        return None;
+    }
+    let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &serialized[..])
+        .ok()?;
+    (!h.is_empty()).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+}
+
+/// Views of `now`'s models; with an earlier snapshot and the time between, request
+/// rates too.
+pub fn model_views(
+    now: &ListModelsResponse,
+    before: Option<(&ListModelsResponse, Duration)>,
+) -> Vec<ModelView> {
+    let earlier: HashMap<&str, u64> = before
+        .map(|(b, _)| {
+            b.models
+                .iter()
+                .map(|m| (m.name.as_str(), m.requests_total))
+                .collect()
+        })
+        .unwrap_or_default();
+    let elapsed = before.map(|(_, d)| d);
+    let mut views: Vec<ModelView> = now
+        .models
+        .iter()
+        .map(|m: &ModelInfo| {
+            let policy = m.policy.clone().unwrap_or_default();
+            let latency = latency_quantiles(&m.latency_histogram);
+            ModelView {
+                name: m.name.clone(),
+                version: m.version,
+                digest: m.digest.clone(),
+                file_bytes: m.file_bytes,
+                memory_bytes: m.memory_bytes,
+                min_replicas: policy.min_replicas,
+                max_replicas: policy.max_replicas,
+                device: policy.device,
+                replicas: m
+                    .replicas
+                    .iter()
+                    .map(|r| ReplicaView {
+                        node: r.node.clone(),
+                        state: model_state(r.state()),
+                        device: r.device.clone(),
+                        memory_bytes: r.memory_bytes,
+                        in_flight: r.in_flight,
+                        queue_length: r.queue_length,
+                        mean_batch_size: r.mean_batch_size,
+                        ttl_left_ms: ttl_left(r.ttl_ms, r.idle_ms),
+                        idle_ms: r.idle_ms,
+                    })
+                    .collect(),
+                requests_total: m.requests_total,
+                failures_total: m.failures_total,
+                cold_starts: m.cold_starts,
+                requests_per_s: rate(
+                    m.requests_total,
+                    earlier.get(m.name.as_str()).copied(),
+                    elapsed,
+                ),
+                latency_p50_us: latency.map(|l| l.0),
+                latency_p99_us: latency.map(|l| l.1),
+                last_placement: m.last_placement.as_ref().map(EventView::from),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
+}
+
+fn bytes(n: u64) -> String {
+    if n == 0 {
+        "-".to_string()
+    } else {
+        ByteSize::b(n).display().iec().to_string()
+    }
+}
+
+/// Whole seconds, as "4m 10s"; "never" for `None`.
+fn ttl_text(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".to_string(),
+        Some(ms) => humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string(),
+    }
+}
+
+fn per_second(r: Option<f64>) -> String {
+    r.map_or("-".to_string(), |r| format!("{r:.1}"))
+}
+
+/// The soonest idle unload among a model's replicas.
+fn soonest_ttl(m: &ModelView) -> String {
+    if m.replicas.is_empty() {
+        return "-".to_string();
+    }
+    let left: Vec<u64> = m.replicas.iter().filter_map(|r| r.ttl_left_ms).collect();
+    ttl_text(left.into_iter().min())
+}
+
+pub fn models_table(views: &[ModelView]) -> String {
+    if views.is_empty() {
+        return "no models\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|m| {
+            let ready = m.replicas.iter().filter(|r| r.state == "ready").count();
+            let placed: Vec<String> = m
+                .replicas
+                .iter()
+                .map(|r| format!("{} ({})", r.node, r.state))
+                .collect();
+            vec![
+                m.name.clone(),
+                m.version.to_string(),
+                format!("{ready}/{}", m.replicas.len()),
+                list_or(&placed, "-"),
+                bytes(m.memory_bytes),
+                soonest_ttl(m),
+                per_second(m.requests_per_s),
+                m.requests_total.to_string(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "MODEL", "VERSION", "READY", "NODES", "MEMORY", "TTL LEFT", "REQ/S", "REQUESTS",
+        ],
+        &rows,
+        &["VERSION", "READY", "MEMORY", "REQ/S", "REQUESTS"],
+    )
+}
+
+pub fn model_detail(m: &ModelView) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "model      {} (version {})", m.name, m.version);
+    if !m.digest.is_empty() {
+        let _ = writeln!(s, "digest     {}", m.digest);
+    }
+    let _ = writeln!(s, "file       {}", bytes(m.file_bytes));
+    let _ = writeln!(s, "memory     {} per replica", bytes(m.memory_bytes));
+    let _ = writeln!(
+        s,
+        "replicas   {} to {} on {}",
+        m.min_replicas,
+        m.max_replicas,
+        if m.device.is_empty() {
+            "any"
+        } else {
+            &m.device
+        }
+    );
+    let _ = writeln!(
+        s,
+        "requests   {} total, {} failed, {} cold starts, {} req/s",
+        m.requests_total,
+        m.failures_total,
+        m.cold_starts,
+        per_second(m.requests_per_s)
+    );
+    if let (Some(p50), Some(p99)) = (m.latency_p50_us, m.latency_p99_us) {
+        let _ = writeln!(s, "latency    p50 {p50} µs, p99 {p99} µs");
+    }
+    if let Some(e) = &m.last_placement {
+        let _ = writeln!(s, "last       {} on {}: {}", e.kind, e.node, e.message);
+    }
+    if m.replicas.is_empty() {
+        s.push_str("\nno replicas\n");
+        return s;
+    }
+    let rows: Vec<Vec<String>> = m
+        .replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.node.clone(),
+                r.state.clone(),
+                if r.device.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.device.clone()
+                },
+                bytes(r.memory_bytes),
+                r.in_flight.to_string(),
+                r.queue_length.to_string(),
+                format!("{:.1}", r.mean_batch_size),
+                ttl_text(r.ttl_left_ms),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table::render(
+        &[
+            "NODE",
+            "STATE",
+            "DEVICE",
+            "MEMORY",
+            "IN FLIGHT",
+            "QUEUE",
+            "MEAN BATCH",
+            "TTL LEFT",
+        ],
+        &rows,
+        &["MEMORY", "IN FLIGHT", "QUEUE", "MEAN BATCH"],
+    ));
+    s
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub address: String,
+    pub state: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    /// What the node offers to models (its total, or less with --memory-limit).
+    pub memory_capacity_bytes: u64,
+    pub cpu_count: u32,
+    /// Busy fraction of all cores, 0..1.
+    pub cpu_load: f32,
+    pub gpus: Vec<GpuView>,
+    pub models: Vec<NodeModelView>,
+    pub last_report_ms: u64,
+    pub requests_total: u64,
+    pub requests_per_s: Option<f64>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct GpuView {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct NodeModelView {
+    pub name: String,
+    pub state: String,
+    pub memory_bytes: u64,
+    pub in_flight: u32,
+    pub queue_length: u32,
+    pub ttl_left_ms: Option<u64>,
+}
+
+pub fn node_views(
+    now: &ListNodesResponse,
+    before: Option<(&ListNodesResponse, Duration)>,
+) -> Vec<NodeView> {
+    let earlier: HashMap<&str, u64> = before
+        .map(|(b, _)| {
+            b.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.requests_total))
+                .collect()
+        })
+        .unwrap_or_default();
+    let elapsed = before.map(|(_, d)| d);
+    let mut views: Vec<NodeView> = now
+        .nodes
+        .iter()
+        .map(|n: &NodeInfo| {
+            let r = n.resources.clone().unwrap_or_default();
+            NodeView {
+                name: n.name.clone(),
+                address: n.address.clone(),
+                state: state_name(n.state().as_str_name(), "NODE_STATE_"),
+                memory_total_bytes: r.memory_total_bytes,
+                memory_used_bytes: r
+                    .memory_total_bytes
+                    .saturating_sub(r.memory_available_bytes),
+                memory_capacity_bytes: r.memory_capacity_bytes,
+                cpu_count: r.cpu_count,
+                cpu_load: r.cpu_load,
+                gpus: r
+                    .gpus
+                    .iter()
+                    .map(|g| GpuView {
+                        index: g.index,
+                        name: g.name.clone(),
+                        memory_total_bytes: g.memory_total_bytes,
+                        memory_used_bytes: g.memory_used_bytes,
+                    })
+                    .collect(),
+                models: n
+                    .models
+                    .iter()
+                    .filter(|m| m.state() != ModelState::Available)
+                    .map(|m| NodeModelView {
+                        name: m.name.clone(),
+                        state: model_state(m.state()),
+                        memory_bytes: m.memory_bytes,
+                        in_flight: m.in_flight,
+                        queue_length: m.queue_length,
+                        ttl_left_ms: ttl_left(m.ttl_ms, m.idle_ms),
+                    })
+                    .collect(),
+                last_report_ms: n.last_report_ms,
+                requests_total: n.requests_total,
+                requests_per_s: rate(
+                    n.requests_total,
+                    earlier.get(n.name.as_str()).copied(),
+                    elapsed,
+                ),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
+}
+
+fn used_of(used: u64, total: u64) -> String {
+    if total == 0 {
+        "-".to_string()
+    } else {
+        format!("{} / {}", bytes(used), bytes(total))
+    }
+}
+
+fn gpu_text(gpus: &[GpuView]) -> String {
+    let total: u64 = gpus.iter().map(|g| g.memory_total_bytes).sum();
+    let used: u64 = gpus.iter().map(|g| g.memory_used_bytes).sum();
+    match gpus.len() {
+        0 => "-".to_string(),
+        1 => used_of(used, total),
+        n => format!("{} ({n} GPUs)", used_of(used, total)),
+    }
+}
+
+fn cpu_text(n: &NodeView) -> String {
+    format!("{:.0}% of {}", n.cpu_load * 100.0, n.cpu_count)
+}
+
+fn ago(ms: u64) -> String {
+    format!("{:.1}s ago", ms as f64 / 1000.0)
+}
+
+fn node_state(n: &NodeView) -> String {
+    if n.state == "unspecified" {
+        "?".to_string()
+    } else {
+        n.state.clone()
+    }
+}
+
+pub fn nodes_table(views: &[NodeView]) -> String {
+    if views.is_empty() {
+        return "no nodes\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|n| {
+            let models: Vec<String> = n.models.iter().map(|m| m.name.clone()).collect();
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                node_state(n),
+                used_of(n.memory_used_bytes, n.memory_total_bytes),
+                gpu_text(&n.gpus),
+                cpu_text(n),
+                list_or(&models, "-"),
+                per_second(n.requests_per_s),
+                ago(n.last_report_ms),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "NODE", "ADDRESS", "STATE", "RAM", "GPU", "CPU", "MODELS", "REQ/S", "SEEN",
+        ],
+        &rows,
+        &["RAM", "GPU", "CPU", "REQ/S"],
+    )
+}
+
+pub fn node_detail(n: &NodeView) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "node       {} at {}", n.name, n.address);
+    let _ = writeln!(
+        s,
+        "state      {} (reported {})",
+        node_state(n),
+        ago(n.last_report_ms)
+    );
+    let _ = writeln!(
+        s,
+        "ram        {} used, {} offered to models",
+        used_of(n.memory_used_bytes, n.memory_total_bytes),
+        bytes(n.memory_capacity_bytes)
+    );
+    let _ = writeln!(s, "cpu        {}", cpu_text(n));
+    for g in &n.gpus {
+        let _ = writeln!(
+            s,
+            "gpu {:<6} {} {}",
+            g.index,
+            g.name,
+            used_of(g.memory_used_bytes, g.memory_total_bytes)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "requests   {} total, {} req/s",
+        n.requests_total,
+        per_second(n.requests_per_s)
+    );
+    if n.models.is_empty() {
+        s.push_str("\nno models loaded\n");
+        return s;
+    }
+    let rows: Vec<Vec<String>> = n
+        .models
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.state.clone(),
+                bytes(m.memory_bytes),
+                m.in_flight.to_string(),
+                m.queue_length.to_string(),
+                ttl_text(m.ttl_left_ms),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table::render(
+        &["MODEL", "STATE", "MEMORY", "IN FLIGHT", "QUEUE", "TTL LEFT"],
+        &rows,
+        &["MEMORY", "IN FLIGHT", "QUEUE"],
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::Serializer;
+    use herd_proto::herd::{Gpu, ModelPolicy, ModelStatus, NodeResources, NodeState, Replica};
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn models(requests: u64) -> ListModelsResponse {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+        for v in [100, 200, 300, 400, 10_000] {
+            h.record(v).expect("record");
+        }
+        let mut latency = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&h, &mut latency)
+            .expect("serialise");
+        ListModelsResponse {
+            models: vec![
+                ModelInfo {
+                    name: "magika".into(),
+                    version: 1,
+                    digest: "ab12".into(),
+                    file_bytes: 3 * MIB,
+                    memory_bytes: 40 * MIB,
+                    policy: Some(ModelPolicy {
+                        min_replicas: 1,
+                        max_replicas: 2,
+                        device: "cpu".into(),
+                        memory_hint_bytes: 0,
+                    }),
+                    replicas: vec![
+                        Replica {
+                            node: "nas".into(),
+                            state: ModelState::Ready as i32,
+                            memory_bytes: 40 * MIB,
+                            in_flight: 2,
+                            queue_length: 1,
+                            mean_batch_size: 3.5,
+                            ttl_ms: 300_000,
+                            idle_ms: 50_000,
+                            device: "cpu".into(),
+                        },
+                        Replica {
+                            node: "gpu-box".into(),
+                            state: ModelState::Loading as i32,
+                            ttl_ms: 300_000,
+                            ..Default::default()
+                        },
+                    ],
+                    requests_total: requests,
+                    latency_histogram: latency,
+                    ..Default::default()
+                },
+                ModelInfo {
+                    name: "alpha".into(),
+                    version: 2,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn model_views_sort_by_name_and_compute_rates_ttl_and_latency() {
+        let views = model_views(&models(1500), Some((&models(1000), Duration::from_secs(2))));
+        assert_eq!(views[0].name, "alpha");
+        let m = &views[1];
+        assert_eq!(m.requests_per_s, Some(250.0));
+        assert_eq!(m.replicas[0].state, "ready");
+        assert_eq!(m.replicas[0].ttl_left_ms, Some(250_000));
+        assert_eq!(m.replicas[1].state, "loading");
+        assert_eq!(m.latency_p50_us, Some(300));
+        assert!(m.latency_p99_us.is_some_and(|p| p >= 9_990));
+        assert_eq!(ttl_left(-1, 10), None);
+        assert_eq!(ttl_left(1_000, 5_000), Some(0));
+    }
+
+    #[test]
+    fn models_table_shows_replicas_where_state_memory_ttl_and_rate() {
+        let views = model_views(&models(1500), Some((&models(1000), Duration::from_secs(2))));
+        assert_eq!(
+            models_table(&views),
+            "\
+MODEL   VERSION  READY  NODES                             MEMORY  TTL LEFT  REQ/S  REQUESTS
+alpha         2    0/0  -                                      -  -           0.0         0
+magika        1    1/2  nas (ready), gpu-box (loading)  40.0 MiB  4m 10s    250.0      1500
+"
+        );
+        assert_eq!(models_table(&[]), "no models\n");
+    }
+
+    #[test]
+    fn model_detail_lists_each_replica() {
+        let views = model_views(&models(7), None);
+        let s = model_detail(&views[1]);
+        assert!(s.contains("model      magika (version 1)"), "{s}");
+        assert!(s.contains("replicas   1 to 2 on cpu"), "{s}");
+        assert!(
+            s.contains("7 total, 0 failed, 0 cold starts, - req/s"),
+            "{s}"
+        );
+        assert!(s.contains("latency    p50 300 µs"), "{s}");
+        let nas = s
+            .lines()
+            .find(|l| l.starts_with("nas"))
+            .expect("a row for nas");
+        let cells: Vec<&str> = nas.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["nas", "ready", "cpu", "40.0", "MiB", "2", "1", "3.5", "4m", "10s"]
+        );
+        assert!(model_detail(&views[0]).ends_with("no replicas\n"));
+    }
+
+    #[test]
+    fn model_views_serialise_for_scripts() {
+        let views = model_views(&models(1), None);
+        let v = serde_json::to_value(&views).expect("json");
+        assert_eq!(v[1]["name"], "magika");
+        assert_eq!(v[1]["replicas"][0]["node"], "nas");
+        assert_eq!(v[1]["replicas"][0]["ttl_left_ms"], 250_000);
+        assert_eq!(v[1]["requests_per_s"], serde_json::Value::Null);
+    }
+
+    fn nodes(requests: u64) -> ListNodesResponse {
+        ListNodesResponse {
+            nodes: vec![
+                NodeInfo {
+                    name: "nas".into(),
+                    address: "10.0.0.2:8001".into(),
+                    state: NodeState::Up as i32,
+                    resources: Some(NodeResources {
+                        memory_total_bytes: 16 * GIB,
+                        memory_available_bytes: 12 * GIB,
+                        memory_capacity_bytes: 8 * GIB,
+                        cpu_count: 4,
+                        cpu_load: 0.25,
+                        gpus: vec![],
+                        agent_rss_bytes: 8 * MIB,
+                    }),
+                    models: vec![
+                        ModelStatus {
+                            name: "magika".into(),
+                            state: ModelState::Ready as i32,
+                            memory_bytes: 40 * MIB,
+                            ttl_ms: -1,
+                            ..Default::default()
+                        },
+                        ModelStatus {
+                            name: "idle-on-disk".into(),
+                            state: ModelState::Available as i32,
+                            ..Default::default()
+                        },
+                    ],
+                    last_report_ms: 800,
+                    requests_total: requests,
+                },
+                NodeInfo {
+                    name: "gpu-box".into(),
+                    address: "10.0.0.3:8001".into(),
+                    state: NodeState::Draining as i32,
+                    resources: Some(NodeResources {
+                        memory_total_bytes: 32 * GIB,
+                        memory_available_bytes: 30 * GIB,
+                        cpu_count: 16,
+                        cpu_load: 0.5,
+                        gpus: vec![Gpu {
+                            index: 0,
+                            name: "RTX 3090".into(),
+                            memory_total_bytes: 24 * GIB,
+                            memory_used_bytes: 6 * GIB,
+                        }],
+                        ..Default::default()
+                    }),
+                    last_report_ms: 1_500,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn nodes_table_shows_status_ram_gpu_cpu_and_models() {
+        let views = node_views(&nodes(30), Some((&nodes(10), Duration::from_secs(1))));
+        assert_eq!(
+            nodes_table(&views),
+            "\
+NODE     ADDRESS        STATE                    RAM                 GPU        CPU  MODELS  REQ/S  SEEN
+gpu-box  10.0.0.3:8001  draining  2.0 GiB / 32.0 GiB  6.0 GiB / 24.0 GiB  50% of 16  -         0.0  1.5s ago
+nas      10.0.0.2:8001  up        4.0 GiB / 16.0 GiB                   -   25% of 4  magika   20.0  0.8s ago
+"
+        );
+        assert_eq!(nodes_table(&[]), "no nodes\n");
+    }
+
+    #[test]
+    fn node_detail_lists_loaded_models_only() {
+        let views = node_views(&nodes(1), None);
+        let s = node_detail(&views[1]);
+        assert!(s.contains("node       nas at 10.0.0.2:8001"), "{s}");
+        assert!(
+            s.contains("ram        4.0 GiB / 16.0 GiB used, 8.0 GiB offered"),
+            "{s}"
+        );
+        assert!(s.contains("magika"), "{s}");
+        assert!(!s.contains("idle-on-disk"), "{s}");
+        assert!(s.contains("never"), "{s}");
+        let gpu = node_detail(&views[0]);
+        assert!(
+            gpu.contains("gpu 0      RTX 3090 6.0 GiB / 24.0 GiB"),
+            "{gpu}"
+        );
+        let v = serde_json::to_value(&views).expect("json");
+        assert_eq!(v[0]["gpus"][0]["memory_total_bytes"], 24 * GIB);
+        assert_eq!(v[1]["models"][0]["ttl_left_ms"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,179 @@
+//! The node detail view: one node's resources and the models it holds.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use herd_proto::herd::{ModelState, NodeState};
+
+use super::nodes::{gauge, gpu_gauges, state_style, state_word};
+use super::{format, window, Theme, WIDE};
+use crate::app::{App, NodeModelRow};
+
+/// A model's state as a word.
+pub(crate) fn model_state_word(state: ModelState) -> &'static str {
+    match state {
+        ModelState::Unspecified => "?",
+        ModelState::Available => "available",
+        ModelState::Loading => "loading",
+        ModelState::Ready => "ready",
+        ModelState::Unloading => "unloading",
+        ModelState::Failed => "failed",
+    }
+}
+
+pub(crate) fn model_state_style(theme: &Theme, state: ModelState) -> ratatui::style::Style {
+    match state {
+        ModelState::Ready => theme.good(),
+        ModelState::Loading | ModelState::Unloading => theme.warn(),
+        ModelState::Failed => theme.bad(),
+        ModelState::Available | ModelState::Unspecified => theme.faint(),
+    }
+}
+
+pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let Some(node) = app.detail() else {
+        let name = app.detail_node.as_deref().unwrap_or("?");
+        frame.render_widget(
+            Paragraph::new(format!("node {name} has left the cluster; Esc goes back"))
+                .style(theme.faint()),
+            area,
+        );
+        return;
+    };
+    let wide = area.width >= WIDE;
+    let [about, table_area] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(area);
+
+    let t = if node.state == NodeState::Down {
+        Theme::faint_theme(theme)
+    } else {
+        *theme
+    };
+    let head = vec![
+        Span::styled(format!(" {} ", node.name), theme.header()),
+        Span::styled(format!("{} ", node.address), t.data()),
+        Span::styled(state_word(node.state), state_style(theme, node.state)),
+        Span::styled(
+            format!(
+                "  last report {:.1} s ago",
+                node.last_report_ms as f64 / 1000.0
+            ),
+            theme.faint(),
+        ),
+    ];
+    let mut resources = vec![Span::styled(" RAM ", theme.faint())];
+    resources.extend(gauge(
+        &t,
+        node.ram_used,
+        node.ram_capacity,
+        if wide { 10 } else { 6 },
+    ));
+    resources.push(Span::styled(
+        format!("  CPU {:.0}% of {}", node.cpu_load * 100.0, node.cpu_count),
+        t.data(),
+    ));
+    resources.push(Span::styled("  GPU ", theme.faint()));
+    resources.extend(gpu_gauges(&t, &node.gpus, true).spans);
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(head), Line::from(resources)]).wrap(Wrap { trim: false }),
+        about,
+    );
+
+    let columns: Vec<(&str, u16)> = if wide {
+        vec![
+            ("MODEL", 24),
+            ("VERSION", 8),
+            ("STATE", 10),
+            ("MEMORY", 8),
+            ("IN-FLIGHT", 9),
+            ("QUEUE", 6),
+            ("BATCH", 6),
+            ("TTL LEFT", 8),
+            ("REQ/S", 7),
+            ("ERROR", 0),
+        ]
+    } else {
+        vec![
+            ("MODEL", 18),
+            ("STATE", 9),
+            ("MEM", 6),
+            ("INFL", 4),
+            ("Q", 3),
+            ("BATCH", 5),
+            ("TTL", 6),
+            ("REQ/S", 6),
+            ("ERROR", 0),
+        ]
+    };
+    let models = app.visible_detail_models();
+    let height = table_area.height.saturating_sub(1) as usize;
+    let (first, selected) = window(app.detail_cursor, models.len(), height);
+    let rows = models
+        .iter()
+        .skip(first)
+        .take(height)
+        .map(|m| row(&t, m, wide));
+    let header = Row::new(columns.iter().map(|(name, _)| *name)).style(theme.header());
+    let widths = columns.iter().map(|(_, w)| match w {
+        0 => Constraint::Fill(1),
+        w => Constraint::Length(*w),
+    });
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(theme.selected());
+    let mut state = TableState::default().with_selected((!models.is_empty()).then_some(selected));
+    frame.render_stateful_widget(table, table_area, &mut state);
+    if models.is_empty() {
+        let text = if app.filter.is_empty() {
+            " no model loaded on this node"
+        } else {
+            " no model matches the filter"
+        };
+        frame.render_widget(
+            Paragraph::new(text).style(theme.faint()),
+            Rect {
+                y: table_area.y + 1,
+                height: table_area.height.saturating_sub(1),
+                ..table_area
+            },
+        );
+    }
+}
+
+fn row<'a>(theme: &Theme, m: &NodeModelRow, wide: bool) -> Row<'a> {
+    let mut cells = vec![Line::from(Span::styled(m.name.clone(), theme.data()))];
+    if wide {
+        cells.push(Line::from(Span::styled(m.version.clone(), theme.data())));
+    }
+    let ttl = match m.ttl_left_ms {
+        Some(ms) => format::duration_ms(ms),
+        None => "-".to_string(),
+    };
+    let batch = if m.mean_batch_size > 0.0 {
+        format!("{:.1}", m.mean_batch_size)
+    } else {
+        "-".to_string()
+    };
+    let memory = if m.memory == 0 {
+        "-".to_string()
+    } else {
+        format::size(m.memory)
+    };
+    cells.extend([
+        Line::from(Span::styled(
+            model_state_word(m.state),
+            model_state_style(theme, m.state),
+        )),
+        Line::from(Span::styled(memory, theme.data())).right_aligned(),
+        Line::from(Span::styled(m.in_flight.to_string(), theme.data())).right_aligned(),
+        Line::from(Span::styled(m.queue.to_string(), theme.data())).right_aligned(),
+        Line::from(Span::styled(batch, theme.data())).right_aligned(),
+        Line::from(Span::styled(ttl, theme.data())).right_aligned(),
+        Line::from(Span::styled(format::rate(m.rate), theme.data())).right_aligned(),
+        Line::from(Span::styled(m.last_error.clone(), theme.bad())),
+    ]);
+    Row::new(cells)
+}

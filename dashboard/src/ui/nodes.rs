@@ -1,0 +1,201 @@
+//! The nodes view: a row per node with its memory, load and traffic.
+
+use ratatui::layout::{Constraint, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Row, Table, TableState};
+use ratatui::Frame;
+
+use herd_proto::herd::NodeState;
+
+use super::{format, window, Theme, WIDE};
+use crate::app::{App, GpuRow, NodeRow};
+
+/// A node's state as a word.
+pub(crate) fn state_word(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Up => "up",
+        NodeState::Down => "down",
+        NodeState::Draining => "draining",
+        NodeState::Unspecified => "?",
+    }
+}
+
+pub(crate) fn state_style(theme: &Theme, state: NodeState) -> ratatui::style::Style {
+    match state {
+        NodeState::Up => theme.good(),
+        NodeState::Down => theme.bad(),
+        NodeState::Draining => theme.warn(),
+        NodeState::Unspecified => theme.faint(),
+    }
+}
+
+/// A gauge with its figures: `████░░ 12/31G`.
+pub(crate) fn gauge<'a>(theme: &Theme, used: u64, total: u64, width: usize) -> Vec<Span<'a>> {
+    let fraction = format::fraction(used, total);
+    vec![
+        Span::styled(format::bar(fraction, width), theme.load(fraction)),
+        Span::styled(format!(" {}", format::size_pair(used, total)), theme.data()),
+    ]
+}
+
+/// Each GPU as a gauge: wide with figures, narrow as one cell and a percentage.
+pub(crate) fn gpu_gauges<'a>(theme: &Theme, gpus: &[GpuRow], wide: bool) -> Line<'a> {
+    if gpus.is_empty() {
+        return Line::from(Span::styled("-", theme.faint()));
+    }
+    let mut spans = Vec::new();
+    for (i, gpu) in gpus.iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw(" "));
+        }
+        let fraction = format::fraction(gpu.used, gpu.total);
+        if wide {
+            spans.extend(gauge(theme, gpu.used, gpu.total, 4));
+        } else {
+            spans.push(Span::styled(
+                format::level(fraction).to_string(),
+                theme.load(fraction),
+            ));
+            spans.push(Span::styled(
+                format!("{:.0}%", fraction * 100.0),
+                theme.data(),
+            ));
+        }
+    }
+    Line::from(spans)
+}
+
+pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let wide = area.width >= WIDE;
+    let nodes = app.visible_nodes();
+    // Fixed columns; the sparkline takes what is left.
+    let fixed: Vec<(&str, u16)> = if wide {
+        vec![
+            ("NODE", 14),
+            ("ADDRESS", 21),
+            ("STATE", 8),
+            ("RAM", 22),
+            ("GPU MEMORY", 23),
+            ("CPU", 4),
+            ("MODELS", 6),
+            ("REQ/S", 6),
+            ("", 0),
+            ("P50", 6),
+            ("P99", 6),
+            ("QUEUE", 5),
+        ]
+    } else {
+        vec![
+            ("NODE", 9),
+            ("STATE", 5),
+            ("RAM", 15),
+            ("GPU", 9),
+            ("CPU", 4),
+            ("M", 2),
+            ("REQ/S", 5),
+            ("", 0),
+            ("P50", 5),
+            ("P99", 5),
+            ("Q", 3),
+        ]
+    };
+    let used: u16 = fixed.iter().map(|(_, w)| w).sum::<u16>() + fixed.len() as u16 - 1;
+    let spark_width = area.width.saturating_sub(used).min(60);
+    let widths: Vec<Constraint> = fixed
+        .iter()
+        .map(|(name, w)| Constraint::Length(if name.is_empty() { spark_width } else { *w }))
+        .collect();
+    let header = Row::new(fixed.iter().map(|(name, _)| {
+        if name.is_empty() {
+            format!("LAST {spark_width}s")
+        } else {
+            name.to_string()
+        }
+    }))
+    .style(theme.header());
+
+    let height = area.height.saturating_sub(1) as usize;
+    let (first, selected) = window(app.node_cursor, nodes.len(), height);
+    let rows = nodes
+        .iter()
+        .skip(first)
+        .take(height)
+        .map(|node| row(app, theme, node, wide, spark_width as usize));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(theme.selected());
+    let mut state = TableState::default().with_selected((!nodes.is_empty()).then_some(selected));
+    if nodes.is_empty() {
+        let text = if app.filter.is_empty() {
+            "no nodes have joined"
+        } else {
+            "no node matches the filter"
+        };
+        frame.render_widget(
+            ratatui::widgets::Paragraph::new(text).style(theme.faint()),
+            Rect {
+                y: area.y + 1,
+                height: area.height.saturating_sub(1),
+                ..area
+            },
+        );
+    }
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: usize) -> Row<'a> {
+    let down = node.state == NodeState::Down;
+    // A down node's figures are its last report: faint, and no rates.
+    let t = if down {
+        Theme::faint_theme(theme)
+    } else {
+        *theme
+    };
+    let ram = Line::from(gauge(
+        &t,
+        node.ram_used,
+        node.ram_capacity,
+        if wide { 10 } else { 5 },
+    ));
+    let rate = if down { None } else { node.rate };
+    let spark = if down {
+        String::new()
+    } else {
+        format::sparkline(app.node_history(&node.name), spark_width)
+    };
+    let mut cells: Vec<Line> = vec![Line::from(Span::styled(node.name.clone(), t.data()))];
+    if wide {
+        cells.push(Line::from(Span::styled(node.address.clone(), t.data())));
+    }
+    cells.extend([
+        Line::from(Span::styled(
+            state_word(node.state),
+            state_style(theme, node.state),
+        )),
+        ram,
+        gpu_gauges(&t, &node.gpus, wide),
+        Line::from(Span::styled(
+            format!("{:.0}%", node.cpu_load * 100.0),
+            t.load(f64::from(node.cpu_load)),
+        ))
+        .right_aligned(),
+        Line::from(Span::styled(node.loaded_models().to_string(), t.data())).right_aligned(),
+        Line::from(Span::styled(format::rate(rate), t.data())).right_aligned(),
+        Line::from(Span::styled(spark, t.accent())),
+        Line::from(Span::styled(format::latency(node.p50_us), t.data())).right_aligned(),
+        Line::from(Span::styled(format::latency(node.p99_us), t.data())).right_aligned(),
+        Line::from(Span::styled(node.queue.to_string(), t.data())).right_aligned(),
+    ]);
+    Row::new(cells)
+}
+
+impl Theme {
+    /// This theme with every colour turned faint, for rows of stale figures.
+    pub(crate) fn faint_theme(theme: &Theme) -> Theme {
+        Theme {
+            stale: true,
+            ..*theme
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The `herd.v1.Admin` service: list nodes and models, load, unload, drain, and watch
+//! the cluster (the dashboard's feed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::herd::admin_server::Admin;
+use herd_proto::herd::*;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, ReplicaState};
+use crate::events::now_ms;
+use crate::state::Scheduler;
+
+pub struct AdminService {
+    scheduler: Arc<Scheduler>,
+}
+
+impl AdminService {
+    pub fn new(scheduler: Arc<Scheduler>) -> AdminService {
+        AdminService { scheduler }
+    }
+}
+
+pub fn nodes(c: &Cluster) -> Vec<NodeInfo> {
+    c.nodes
+        .values()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            address: n.address.clone(),
+            state: if n.down {
+                NodeState::Down
+            } else if n.draining {
+                NodeState::Draining
+            } else {
+                NodeState::Up
+            } as i32,
+            resources: n.status.resources.clone(),
+            models: n.status.models.clone(),
+            last_report_ms: n.last_report.elapsed().as_millis() as u64,
+            requests_total: n.status.models.iter().map(|m| m.requests_total).sum(),
+        })
+        .collect()
+}
+
+pub fn models(c: &Cluster) -> Vec<ModelInfo> {
+    c.models
+        .values()
+        .map(|m| {
+            let replicas = c
+                .replicas_of(&m.name)
+                .into_iter()
+                .map(|(node, r)| {
+                    let status = c
+                        .nodes
+                        .get(&node)
+                        .and_then(|n| n.status.models.iter().find(|s| s.name == m.name).cloned())
+                        .unwrap_or_default();
+                    Replica {
+                        node,
+                        state: match r.state {
+                            ReplicaState::Loading => ModelState::Loading,
+                            ReplicaState::Ready => ModelState::Ready,
+                        } as i32,
+                        memory_bytes: status.memory_bytes,
+                        in_flight: status.in_flight,
+                        queue_length: status.queue_length,
+                        mean_batch_size: status.mean_batch_size,
+                        ttl_ms: status.ttl_ms,
+                        idle_ms: status.idle_ms,
+                        device: match &r.device {
+                            crate::placement::Device::Cpu => "cpu".to_string(),
+                            crate::placement::Device::Gpu(i) => format!("gpu:{i}"),
+                        },
+                    }
+                })
+                .collect();
+            let mut latency = Vec::new();
+            let _ = hdrhistogram::serialization::Serializer::serialize(
+                &mut hdrhistogram::serialization::V2Serializer::new(),
+                &m.latency,
+                &mut latency,
+            );
+            ModelInfo {
+                name: m.name.clone(),
+                version: m.version,
+                digest: m.digest.clone(),
+                file_bytes: m.file_bytes,
+                settings: Some(ModelSettings {
+                    max_batch_size: m.settings.max_batch_size as u32,
+                    max_batch_delay_us: m.settings.max_batch_delay.as_micros() as u64,
+                    ttl_ms: m.settings.ttl.as_millis(),
+                    intra_op_threads: m.settings.intra_op_threads as u32,
+                    queue_capacity: m.settings.queue_capacity as u32,
+                }),
+                policy: Some(ModelPolicy {
+                    min_replicas: m.policy.min_replicas,
+                    max_replicas: m.policy.max_replicas,
+                    device: m.policy.device.clone(),
+                    memory_hint_bytes: m.policy.memory_hint.unwrap_or(0),
+                }),
+                replicas,
+                memory_bytes: m.memory_needed(),
+                requests_total: m.requests_total,
+                failures_total: m.failures_total,
+                cold_starts: m.cold_starts,
+                latency_histogram: latency,
+                last_placement: m.last_placement.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Wants a model (at least one replica, or min_replicas) and waits until one is ready.
+pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, Status> {
+    refresh_catalog(scheduler, model)?;
+    {
+        let mut c = scheduler.lock();
+        if let Some(m) = c.models.get_mut(model) {
+            m.wanted = true;
+            m.unplaceable = None;
+        }
+    }
+    scheduler.persist(model).await;
+    let deadline = Instant::now() + scheduler.settings.load_timeout;
+    drop(scheduler.pick(model, None, deadline).await?);
+    let c = scheduler.lock();
+    Ok(c.ready_replicas(model)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Reads a model the repository gained since the scheduler started.
+fn refresh_catalog(scheduler: &Arc<Scheduler>, model: &str) -> Result<(), Status> {
+    if scheduler.lock().models.contains_key(model) {
+        return Ok(());
+    }
+    let repo = herd_agent::Repository::new(scheduler.repository.clone(), Default::default());
+    let entry = crate::catalog::read_model(&repo, model).map_err(Status::not_found)?;
+    let mut c = scheduler.lock();
+    c.events
+        .push("cataloged", "", model, "added from the model repository");
+    c.models.entry(model.to_string()).or_insert(entry);
+    Ok(())
+}
+
+/// Unloads every replica of a model; it stays in the catalog, and the next request
+/// loads it again.
+pub async fn unload(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, Status> {
+    let nodes = {
+        let mut c = scheduler.lock();
+        let Some(m) = c.models.get_mut(model) else {
+            return Err(Status::not_found(format!(
+                "model '{model}' is not in the catalog"
+            )));
+        };
+        m.wanted = false;
+        m.scaled = 0;
+        let nodes: Vec<String> = c.replicas_of(model).into_iter().map(|(n, _)| n).collect();
+        let links: Vec<_> = nodes
+            .iter()
+            .filter_map(|n| c.nodes.get(n).map(|node| node.link.clone()))
+            .collect();
+        for n in &nodes {
+            c.replicas.remove(&(model.to_string(), n.clone()));
+            c.events.push("unloaded", n, model, "unloaded on request");
+        }
+        (nodes, links)
+    };
+    scheduler.persist(model).await;
+    let (names, links) = nodes;
+    for link in links {
+        let mut agent = link.agent;
+        agent
+            .unload(UnloadModelRequest {
+                name: model.to_string(),
+            })
+            .await
+            .map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("unload on a node failed: {}", s.message()),
+                )
+            })?;
+    }
+    scheduler.changed_and_reconcile();
+    Ok(names)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse {
+            nodes: nodes(&self.scheduler.lock()),
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(ListModelsResponse {
+            models: models(&self.scheduler.lock()),
+        }))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<AdminLoadRequest>,
+    ) -> Result<Response<AdminLoadResponse>, Status> {
+        let nodes = load(&self.scheduler, &request.into_inner().model).await?;
+        Ok(Response::new(AdminLoadResponse { nodes }))
+    }
+
+    async fn unload_model(
+        &self,
+        request: Request<AdminUnloadRequest>,
+    ) -> Result<Response<AdminUnloadResponse>, Status> {
+        let nodes = unload(&self.scheduler, &request.into_inner().model).await?;
+        Ok(Response::new(AdminUnloadResponse { nodes }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        let node = request.into_inner().node;
+        let moved_models = {
+            let mut c = self.scheduler.lock();
+            let Some(n) = c.nodes.get_mut(&node) else {
+                return Err(Status::not_found(format!("no node named {node:?}")));
+            };
+            n.draining = true;
+            let moved: Vec<String> = c
+                .replicas
+                .keys()
+                .filter(|(_, n)| *n == node)
+                .map(|(m, _)| m.clone())
+                .collect();
+            c.events.push(
+                "draining",
+                &node,
+                "",
+                format!("drain requested; moving {} replicas", moved.len()),
+            );
+            moved
+        };
+        self.scheduler.changed_and_reconcile();
+        Ok(Response::new(DrainNodeResponse { moved_models }))
+    }
+
+    type WatchStream = ReceiverStream<Result<ClusterUpdate, Status>>;
+
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(async move {
+            let mut changes = scheduler.changes();
+            let mut next_event = 0;
+            loop {
+                let update = {
+                    let c = scheduler.lock();
+                    let (events, next) = c.events.since(next_event);
+                    next_event = next;
+                    ClusterUpdate {
+                        snapshot: Some(ClusterSnapshot {
+                            time_ms: now_ms(),
+                            nodes: nodes(&c),
+                            models: models(&c),
+                        }),
+                        events,
+                    }
+                };
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+                // At most four updates a second; at least one a second (rates move).
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(750), changes.changed()).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,81 @@
+//! The scheduler's settings, from flags and HERD_* environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// Put each replica on the node with the most free memory.
+    Spread,
+    /// Fill nodes one after another, leaving others free for big models.
+    Binpack,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Address for gRPC: the KServe v2 / Triton inference service (the cluster as one
+    /// Triton), herd.v1 Scheduler (agents join here) and Admin. Use 0.0.0.0:8001 so
+    /// that other machines can join.
+    #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8001")]
+    pub listen: SocketAddr,
+
+    /// Address for HTTP: /metrics (Prometheus) and /health.
+    #[arg(long, env = "HERD_HTTP", default_value = "127.0.0.1:8000")]
+    pub http: SocketAddr,
+
+    /// Model repository, in Triton's layout (DIR/<name>/<version>/model.onnx with
+    /// optional DIR/<name>/herd.toml); agents fetch files from here by digest.
+    #[arg(long, env = "HERD_MODEL_REPOSITORY")]
+    pub model_repository: PathBuf,
+
+    /// The cluster token agents and admin tools must present. Default: the one kept in
+    /// the data directory, generated (and printed once) on first start.
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Require the cluster token for inference calls too.
+    #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
+    pub require_token_for_inference: bool,
+
+    /// Where the scheduler keeps its token and state. Default: a per-user data
+    /// directory (~/.local/share/herd/scheduler).
+    #[arg(long, env = "HERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// How often agents report.
+    #[arg(long, env = "HERD_REPORT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
+
+    /// Reports an agent may miss before it is marked down and its replicas re-placed.
+    #[arg(long, env = "HERD_DOWN_AFTER", default_value_t = 3)]
+    pub down_after: u32,
+
+    /// Placement policy.
+    #[arg(long, env = "HERD_POLICY", value_enum, default_value = "spread")]
+    pub policy: PolicyArg,
+
+    /// Memory kept free on every node, as a fraction of what it offers.
+    #[arg(long, env = "HERD_HEADROOM", default_value_t = 0.05)]
+    pub headroom: f64,
+
+    /// How long a request waits for its model to load before failing.
+    #[arg(long, env = "HERD_LOAD_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub load_timeout: Duration,
+
+    /// In-flight requests per replica above which the model scales up.
+    #[arg(long, env = "HERD_TARGET_ONGOING_REQUESTS", default_value_t = 2.0)]
+    pub target_ongoing_requests: f64,
+
+    /// How long load must stay above the target before a replica is added.
+    #[arg(long, env = "HERD_UPSCALE_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub upscale_delay: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| herd_agent::default_data_dir().join("scheduler"))
+    }
+}

@@ -1,0 +1,277 @@
+//! The client-facing KServe v2 / Triton inference service: the cluster answers as one
+//! Triton. Inference is routed to replicas; metadata comes from a replica; statistics
+//! and the repository index add up over replicas.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herd_agent::auth::RequireToken;
+use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use herd_proto::inference::repository_index_response::ModelIndex;
+use herd_proto::inference::*;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::ReplicaState;
+use crate::state::Scheduler;
+
+pub struct Gateway {
+    scheduler: Arc<Scheduler>,
+    /// Loading and unloading through the repository API are admin calls.
+    admin: RequireToken,
+}
+
+impl Gateway {
+    pub fn new(scheduler: Arc<Scheduler>) -> Gateway {
+        let admin = RequireToken::new(
+            Some(scheduler.settings.token.clone()),
+            "model load and unload calls",
+        );
+        Gateway { scheduler, admin }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.scheduler.settings.load_timeout
+    }
+}
+
+/// The client's grpc-timeout, so that the deadline travels on to the agent.
+fn timeout_of<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n * 3600),
+        "M" => std::time::Duration::from_secs(n * 60),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn add(a: &mut Option<StatisticDuration>, b: &Option<StatisticDuration>) {
+    if let Some(b) = b {
+        let a = a.get_or_insert_with(StatisticDuration::default);
+        a.count += b.count;
+        a.ns += b.ns;
+    }
+}
+
+fn merge(into: &mut ModelStatistics, s: &ModelStatistics) {
+    into.last_inference = into.last_inference.max(s.last_inference);
+    into.inference_count += s.inference_count;
+    into.execution_count += s.execution_count;
+    let i = into
+        .inference_stats
+        .get_or_insert_with(InferStatistics::default);
+    if let Some(o) = &s.inference_stats {
+        add(&mut i.success, &o.success);
+        add(&mut i.fail, &o.fail);
+        add(&mut i.queue, &o.queue);
+        add(&mut i.compute_input, &o.compute_input);
+        add(&mut i.compute_infer, &o.compute_infer);
+        add(&mut i.compute_output, &o.compute_output);
+    }
+    for b in &s.batch_stats {
+        match into
+            .batch_stats
+            .iter_mut()
+            .find(|x| x.batch_size == b.batch_size)
+        {
+            Some(x) => add(&mut x.compute_infer, &b.compute_infer),
+            None => into.batch_stats.push(*b),
+        }
+    }
+    into.memory_usage.extend(s.memory_usage.iter().cloned());
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Gateway {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: true }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.scheduler.lock();
+        let ready = c
+            .models
+            .get(&r.name)
+            .is_some_and(|m| r.version.is_empty() || r.version == m.version.to_string())
+            && !c.ready_replicas(&r.name).is_empty();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "herd".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: ["model_repository", "model_configuration", "statistics"]
+                .map(String::from)
+                .to_vec(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let picked = self.scheduler.pick(&r.name, None, self.deadline()).await?;
+        let mut inference = picked.link.inference.clone();
+        inference.model_metadata(r).await
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let timeout = timeout_of(&request);
+        let response = self.scheduler.infer(request.into_inner(), timeout).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let picked = self.scheduler.pick(&r.name, None, self.deadline()).await?;
+        let mut inference = picked.link.inference.clone();
+        inference.model_config(r).await
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let (names, links) = {
+            let c = self.scheduler.lock();
+            if !r.name.is_empty() && !c.models.contains_key(&r.name) {
+                return Err(Status::not_found(format!(
+                    "model '{}' is not in the catalog",
+                    r.name
+                )));
+            }
+            let names: Vec<(String, u64)> = c
+                .models
+                .values()
+                .filter(|m| r.name.is_empty() || m.name == r.name)
+                .map(|m| (m.name.clone(), m.version))
+                .collect();
+            let links: Vec<_> = c
+                .nodes
+                .values()
+                .filter(|n| !n.down)
+                .map(|n| n.link.clone())
+                .collect();
+            (names, links)
+        };
+        let mut totals: BTreeMap<String, ModelStatistics> = names
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    ModelStatistics {
+                        name: n.clone(),
+                        version: v.to_string(),
+                        inference_stats: Some(InferStatistics::default()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let asks = links.into_iter().map(|link| {
+            let mut inference = link.inference;
+            let name = r.name.clone();
+            async move {
+                inference
+                    .model_statistics(ModelStatisticsRequest {
+                        name,
+                        version: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().model_stats)
+                    .unwrap_or_default()
+            }
+        });
+        for stats in futures::future::join_all(asks).await {
+            for s in stats {
+                if let Some(t) = totals.get_mut(&s.name) {
+                    merge(t, &s);
+                }
+            }
+        }
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: totals.into_values().collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let only_ready = request.into_inner().ready;
+        let c = self.scheduler.lock();
+        let models = c
+            .models
+            .values()
+            .map(|m| {
+                let replicas = c.replicas_of(&m.name);
+                let ready = replicas.iter().any(|(_, r)| r.state == ReplicaState::Ready);
+                let state = if ready {
+                    "READY"
+                } else if !replicas.is_empty() {
+                    "LOADING"
+                } else {
+                    "UNAVAILABLE"
+                };
+                ModelIndex {
+                    name: m.name.clone(),
+                    version: m.version.to_string(),
+                    state: state.to_string(),
+                    reason: m.unplaceable.clone().unwrap_or_default(),
+                }
+            })
+            .filter(|i| !only_ready || i.state == "READY")
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.admin.check(&request)?;
+        crate::admin::load(&self.scheduler, &request.into_inner().model_name).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.admin.check(&request)?;
+        crate::admin::unload(&self.scheduler, &request.into_inner().model_name).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}

@@ -1,0 +1,109 @@
+//! The `herd.v1.Scheduler` service: agents join, report, and fetch model files.
+
+use std::sync::Arc;
+
+use herd_proto::herd::scheduler_server::Scheduler as SchedulerRpc;
+use herd_proto::herd::{
+    FetchModelRequest, JoinRequest, JoinResponse, ModelChunk, ReportRequest, ReportResponse,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::state::Scheduler;
+
+pub struct JoinService {
+    scheduler: Arc<Scheduler>,
+}
+
+impl JoinService {
+    pub fn new(scheduler: Arc<Scheduler>) -> JoinService {
+        JoinService { scheduler }
+    }
+}
+
+const CHUNK: usize = 1 << 20;
+
+#[tonic::async_trait]
+impl SchedulerRpc for JoinService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = request.into_inner();
+        self.scheduler
+            .join(&r.name, &r.address, r.status.unwrap_or_default())?;
+        Ok(Response::new(JoinResponse {
+            report_interval_ms: self.scheduler.settings.report_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let r = request.into_inner();
+        self.scheduler
+            .report(&r.name, &r.address, r.status.unwrap_or_default())?;
+        Ok(Response::new(ReportResponse {}))
+    }
+
+    type FetchModelStream = ReceiverStream<Result<ModelChunk, Status>>;
+
+    async fn fetch_model(
+        &self,
+        request: Request<FetchModelRequest>,
+    ) -> Result<Response<Self::FetchModelStream>, Status> {
+        let r = request.into_inner();
+        // Only files of the catalog are served, by digest: no path comes from the caller.
+        let path = {
+            let c = self.scheduler.lock();
+            c.models
+                .values()
+                .find(|m| m.digest == r.digest)
+                .map(|m| m.path.clone())
+                .ok_or_else(|| {
+                    Status::not_found(format!("no model file with digest {}", r.digest))
+                })?
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot open {}: {e}", path.display())))?;
+        let total = file
+            .metadata()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .len();
+        file.seek(std::io::SeekFrom::Start(r.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut offset = r.offset;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let chunk = ModelChunk {
+                            offset,
+                            data: buf,
+                            total_bytes: total,
+                        };
+                        offset += n as u64;
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "reading the model file: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

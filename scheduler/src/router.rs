@@ -1,0 +1,208 @@
+//! Request routing: a request goes to a ready replica chosen by power-of-two-choices
+//! on outstanding work; a model with no ready replica is placed and loaded first (one
+//! load however many requests wait); a request whose replica fails on the way is
+//! retried once on another.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::inference::{ModelInferRequest, ModelInferResponse};
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::nodes::AgentLink;
+use crate::sender::{BatchSender, SendError};
+use crate::state::Scheduler;
+
+/// A replica chosen for one request; counts as outstanding work until dropped.
+pub struct Picked {
+    pub node: String,
+    pub sender: BatchSender,
+    pub link: AgentLink,
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Power of two choices: of two replicas drawn at random, the one with less work.
+/// Cheaper than tracking every replica's load exactly, and nearly as good.
+fn choose(loads: &[usize], rng: &mut impl Rng) -> usize {
+    if loads.len() < 2 {
+        return 0;
+    }
+    let a = rng.random_range(0..loads.len());
+    let mut b = rng.random_range(0..loads.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    if loads[b] < loads[a] {
+        b
+    } else {
+        a
+    }
+}
+
+impl Scheduler {
+    /// A ready replica of `model`, not on `avoid`; places and waits for one if needed.
+    pub async fn pick(
+        &self,
+        model: &str,
+        avoid: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Picked, Status> {
+        let mut changes = self.changes();
+        let mut asked = false;
+        loop {
+            {
+                let mut c = self.lock();
+                let Some(m) = c.models.get(model) else {
+                    return Err(Status::not_found(format!(
+                        "model '{model}' is not in the catalog"
+                    )));
+                };
+                if let Some(why) = &m.unplaceable {
+                    if asked || c.ready_replicas(model).is_empty() {
+                        return Err(Status::resource_exhausted(why.clone()));
+                    }
+                }
+                let ready: Vec<(String, usize)> = c
+                    .ready_replicas(model)
+                    .into_iter()
+                    .filter(|(n, _)| Some(n.as_str()) != avoid)
+                    .map(|(n, r)| (n, r.outstanding.load(Ordering::Relaxed)))
+                    .collect();
+                if !ready.is_empty() {
+                    let loads: Vec<usize> = ready.iter().map(|(_, l)| *l).collect();
+                    let node = ready[choose(&loads, &mut rand::rng())].0.clone();
+                    let key = (model.to_string(), node.clone());
+                    let link = c.nodes.get(&node).map(|n| n.link.clone());
+                    if let (Some(r), Some(link)) = (c.replicas.get_mut(&key), link) {
+                        r.outstanding.fetch_add(1, Ordering::Relaxed);
+                        r.last_used = Instant::now();
+                        return Ok(Picked {
+                            node,
+                            sender: r.sender.clone(),
+                            link,
+                            outstanding: r.outstanding.clone(),
+                        });
+                    }
+                }
+                if !asked {
+                    asked = true;
+                    let placed = !c.replicas_of(model).is_empty();
+                    if let Some(m) = c.models.get_mut(model) {
+                        if !m.wanted && !placed {
+                            m.cold_starts += 1;
+                        }
+                        m.wanted = true;
+                        m.unplaceable = None;
+                    }
+                    drop(c);
+                    self.changed_and_reconcile();
+                    continue;
+                }
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("the scheduler is stopping")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "model '{model}' has no ready replica yet (waited {} s); try again",
+                        self.settings.load_timeout.as_secs()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Routes one inference request, retrying once on another replica when the first
+    /// fails on the way (connection lost, agent down).
+    pub async fn infer(
+        &self,
+        request: ModelInferRequest,
+        timeout: Option<Duration>,
+    ) -> Result<ModelInferResponse, Status> {
+        let started = Instant::now();
+        let model = request.model_name.clone();
+        let deadline = started + timeout.unwrap_or(self.settings.load_timeout);
+        let result = self.infer_once(&request, None, deadline, timeout).await;
+        let result = match result {
+            Err((Some(node), SendError::Transport(status))) if retryable(&status) => {
+                self.node_unreachable(&node, status.message());
+                self.infer_once(
+                    &request,
+                    Some(&node),
+                    deadline,
+                    timeout.map(|t| t.saturating_sub(started.elapsed())),
+                )
+                .await
+                .map_err(|(_, e)| e)
+            }
+            other => other.map_err(|(_, e)| e),
+        };
+        let mut c = self.lock();
+        if let Some(m) = c.models.get_mut(&model) {
+            m.requests_total += 1;
+            match &result {
+                Ok(_) => {
+                    let _ = m
+                        .latency
+                        .record(started.elapsed().as_micros().max(1) as u64);
+                }
+                Err(_) => m.failures_total += 1,
+            }
+        }
+        drop(c);
+        result.map_err(|e| match e {
+            SendError::Answer(s) | SendError::Transport(s) => s,
+        })
+    }
+
+    async fn infer_once(
+        &self,
+        request: &ModelInferRequest,
+        avoid: Option<&str>,
+        deadline: Instant,
+        timeout: Option<Duration>,
+    ) -> Result<ModelInferResponse, (Option<String>, SendError)> {
+        let picked = self
+            .pick(&request.model_name, avoid, deadline)
+            .await
+            .map_err(|s| (None, SendError::Answer(s)))?;
+        let remaining = timeout.map(|_| deadline.saturating_duration_since(Instant::now()));
+        picked
+            .sender
+            .send(request.clone(), remaining)
+            .await
+            .map_err(|e| (Some(picked.node.clone()), e))
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded_replica() {
+        let mut rng = rand::rng();
+        let loads = [10, 0, 10, 10];
+        let picks: Vec<usize> = (0..2000).map(|_| choose(&loads, &mut rng)).collect();
+        let idle = picks.iter().filter(|&&i| i == 1).count();
+        // Replica 1 is chosen whenever it is drawn: with probability 1/2, not 1/4.
+        assert!(idle > 800, "{idle} of 2000");
+        assert_eq!(choose(&[3], &mut rng), 0);
+    }
+}

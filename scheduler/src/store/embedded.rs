@@ -1,0 +1,814 @@
+//! The embedded state store: the default, needing nothing installed.
+//!
+//! The current state lives in memory (a `BTreeMap`) and serves every read. Every write is
+//! also committed to a redb database file (an fsync) *before* it becomes visible and before
+//! the call returns, and [`EmbeddedStore::open`] loads the file back, revision counter
+//! included, so a restarted scheduler keeps its catalog.
+//!
+//! Writes are serialized by one async lock that is held until the write is both on disk and
+//! applied in memory, so revisions are handed out in order and watchers see events in
+//! revision order. The redb commit runs on the blocking pool together with the in-memory
+//! apply, so a caller that gives up on a write (drops its future) cannot leave disk and
+//! memory apart: the write either completes in both or in neither.
+//!
+//! Leases live in memory only and use `tokio::time`, so tests can run under
+//! `tokio::time::pause()`. **Keys attached to a lease are volatile: they are never written to
+//! the file** (a leased put removes any earlier durable copy of the key). A restarted process
+//! has no leases and none of their keys, exactly as if every lease had expired while it was
+//! down. The revision counter is persisted on every write, leased or not, so revisions never
+//! go backwards across a restart.
+//!
+//! Expired leases are ended by one sweeper task per store, spawned on the first
+//! `grant_lease`, which sleeps until the earliest deadline; it holds only a weak reference
+//! and stops when the store is dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tokio::time::Instant;
+
+use super::{KeyValue, LeaseId, Revision, Store, StoreError, WatchEvent, WatchStream};
+
+/// Durable keys: key -> encoded record (see [`encode`]).
+const KV_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Store-wide values: currently only the revision counter.
+const META_TABLE: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+/// Size of the record header: create_revision, mod_revision, version, as little-endian i64s.
+const HEADER_LEN: usize = 24;
+
+/// Events buffered for the slowest watcher. A watcher that falls further behind than this
+/// does not slow writers down: its stream ends instead (etcd cancels such a watch with a
+/// compaction error), and it should re-read with `range` and watch again.
+const WATCH_BUFFER: usize = 4096;
+/// Pause before the sweeper retries ending expired leases after a failed write.
+const SWEEP_RETRY: Duration = Duration::from_secs(1);
+
+/// The embedded [`Store`]: in-memory state, persisted to a redb file when opened with
+/// [`EmbeddedStore::open`].
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    /// Held from computing a write until it is on disk and applied; serializes writers.
+    writer: Arc<Mutex<()>>,
+    /// `None` for a store that lives in memory only.
+    db: Option<Database>,
+    /// Every event, sent while `state` is write-locked so that subscribing under a read lock
+    /// starts a watch exactly between two revisions.
+    events: broadcast::Sender<WatchEvent>,
+    /// Wakes the sweeper when a lease is granted (the earliest deadline may have moved) or
+    /// the store is dropped.
+    lease_changed: Arc<Notify>,
+    sweeper_started: AtomicBool,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    revision: Revision,
+    keys: BTreeMap<String, KeyValue>,
+    leases: HashMap<LeaseId, Lease>,
+    last_lease: LeaseId,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: BTreeSet<String>,
+}
+
+impl Lease {
+    /// A lease past its deadline is dead even before the sweeper has ended it.
+    fn alive(&self, now: Instant) -> bool {
+        now < self.deadline
+    }
+}
+
+/// The writes made under one hold of the write lock, with consecutive revisions.
+struct Batch {
+    changes: Vec<Change>,
+    ended_leases: Vec<LeaseId>,
+}
+
+enum Change {
+    Put(KeyValue),
+    Delete { key: String, revision: Revision },
+}
+
+impl State {
+    fn lease_alive(&self, lease: LeaseId, now: Instant) -> bool {
+        self.leases.get(&lease).is_some_and(|l| l.alive(now))
+    }
+
+    /// Deletes of every key of `leases`, numbered from the next revision.
+    fn delete_lease_keys(&self, leases: &[LeaseId]) -> Vec<Change> {
+        let keys = leases
+            .iter()
+            .filter_map(|id| self.leases.get(id))
+            .flat_map(|lease| lease.keys.iter());
+        (self.revision + 1..)
+            .zip(keys)
+            .map(|(revision, key)| Change::Delete {
+                key: key.clone(),
+                revision,
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, batch: Batch) -> Vec<WatchEvent> {
+        let mut events = Vec::with_capacity(batch.changes.len());
+        for change in batch.changes {
+            match change {
+                Change::Put(kv) => {
+                    let old_lease = self.keys.get(&kv.key).and_then(|old| old.lease);
+                    if old_lease != kv.lease {
+                        if let Some(old) = old_lease.and_then(|id| self.leases.get_mut(&id)) {
+                            old.keys.remove(&kv.key);
+                        }
+                        if let Some(new) = kv.lease.and_then(|id| self.leases.get_mut(&id)) {
+                            new.keys.insert(kv.key.clone());
+                        }
+                    }
+                    self.revision = kv.mod_revision;
+                    self.keys.insert(kv.key.clone(), kv.clone());
+                    events.push(WatchEvent::Put(kv));
+                }
+                Change::Delete { key, revision } => {
+                    if let Some(old) = self.keys.remove(&key) {
+                        if let Some(lease) = old.lease.and_then(|id| self.leases.get_mut(&id)) {
+                            lease.keys.remove(&key);
+                        }
+                    }
+                    self.revision = revision;
+                    events.push(WatchEvent::Delete { key, revision });
+                }
+            }
+        }
+        for id in batch.ended_leases {
+            self.leases.remove(&id);
+        }
+        events
+    }
+}
+
+impl EmbeddedStore {
+    /// A store that lives in memory only: nothing survives the process.
+    pub fn in_memory() -> EmbeddedStore {
+        EmbeddedStore::new(State::default(), None)
+    }
+
+    /// Opens (or creates) the redb database at `path` and loads its keys and revision. The
+    /// parent directory must exist. This blocks on file I/O: call it at startup, or from
+    /// `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::create(path).map_err(io(format_args!(
+            "cannot open state file {}",
+            path.display()
+        )))?;
+        let state = load(&db)?;
+        tracing::debug!(
+            path = %path.display(),
+            keys = state.keys.len(),
+            revision = state.revision,
+            "state store loaded"
+        );
+        Ok(EmbeddedStore::new(state, Some(db)))
+    }
+
+    fn new(state: State, db: Option<Database>) -> EmbeddedStore {
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        EmbeddedStore {
+            shared: Arc::new(Shared {
+                state: RwLock::new(state),
+                writer: Arc::new(Mutex::new(())),
+                db,
+                events,
+                lease_changed: Arc::new(Notify::new()),
+                sweeper_started: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.lease_changed.notify_one();
+    }
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Nothing panics while holding the lock; recover the state if something ever did.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn lock_writer(&self) -> OwnedMutexGuard<()> {
+        self.writer.clone().lock_owned().await
+    }
+
+    /// Makes `batch` durable, then visible, then releases the write lock.
+    async fn commit(
+        self: &Arc<Self>,
+        writer: OwnedMutexGuard<()>,
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        if self.db.is_none() || batch.changes.is_empty() {
+            self.apply(batch);
+            drop(writer);
+            return Ok(());
+        }
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _writer = writer;
+            if let Some(db) = &shared.db {
+                persist(db, &batch)?;
+            }
+            shared.apply(batch);
+            Ok(())
+        })
+        .await
+        .map_err(io("state store write task failed"))?
+    }
+
+    fn apply(&self, batch: Batch) {
+        let mut state = self.write();
+        for event in state.apply(batch) {
+            // An error only means that nobody is watching.
+            let _ = self.events.send(event);
+        }
+    }
+
+    async fn put(
+        self: &Arc<Self>,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>, StoreError> {
+        let writer = self.lock_writer().await;
+        let kv = {
+            let state = self.read();
+            let current = state.keys.get(key);
+            if let Some(expected) = expected {
+                if current.map_or(0, |kv| kv.mod_revision) != expected {
+                    return Ok(None);
+                }
+            }
+            if let Some(id) = lease {
+                if !state.lease_alive(id, Instant::now()) {
+                    return Err(StoreError::LeaseNotFound(id));
+                }
+            }
+            let revision = state.revision + 1;
+            KeyValue {
+                key: key.to_owned(),
+                value,
+                create_revision: current.map_or(revision, |kv| kv.create_revision),
+                mod_revision: revision,
+                version: current.map_or(1, |kv| kv.version + 1),
+                lease,
+            }
+        };
+        let revision = kv.mod_revision;
+        let batch = Batch {
+            changes: vec![Change::Put(kv)],
+            ended_leases: Vec::new(),
+        };
+        self.commit(writer, batch).await?;
+        Ok(Some(revision))
+    }
+
+    async fn delete(self: &Arc<Self>, key: &str) -> Result<Option<Revision>, StoreError> {
+        let writer = self.lock_writer().await;
+        let revision = {
+            let state = self.read();
+            if !state.keys.contains_key(key) {
+                return Ok(None);
+            }
+            state.revision + 1
+        };
+        let batch = Batch {
+            changes: vec![Change::Delete {
+                key: key.to_owned(),
+                revision,
+            }],
+            ended_leases: Vec::new(),
+        };
+        self.commit(writer, batch).await?;
+        Ok(Some(revision))
+    }
+
+    fn grant_lease(self: &Arc<Self>, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.start_sweeper()?;
+        let id = {
+            let mut state = self.write();
+            state.last_lease += 1;
+            let id = state.last_lease;
+            let lease = Lease {
+                ttl,
+                deadline: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            };
+            state.leases.insert(id, lease);
+            id
+        };
+        self.lease_changed.notify_one();
+        Ok(id)
+    }
+
+    fn keep_alive(&self, id: LeaseId) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = self.write();
+        match state.leases.get_mut(&id) {
+            // The deadline only moves later, so the sweeper need not be woken.
+            Some(lease) if lease.alive(now) => {
+                lease.deadline = now + lease.ttl;
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    async fn revoke(self: &Arc<Self>, id: LeaseId) -> Result<(), StoreError> {
+        let writer = self.lock_writer().await;
+        let changes = {
+            let state = self.read();
+            if !state.lease_alive(id, Instant::now()) {
+                return Err(StoreError::LeaseNotFound(id));
+            }
+            state.delete_lease_keys(&[id])
+        };
+        let batch = Batch {
+            changes,
+            ended_leases: vec![id],
+        };
+        self.commit(writer, batch).await
+    }
+
+    /// Ends every lease past its deadline, deleting its keys.
+    async fn expire_leases(self: &Arc<Self>) -> Result<(), StoreError> {
+        let writer = self.lock_writer().await;
+        let batch = {
+            let state = self.read();
+            let now = Instant::now();
+            let mut expired: Vec<LeaseId> = state
+                .leases
+                .iter()
+                .filter(|(_, lease)| !lease.alive(now))
+                .map(|(id, _)| *id)
+                .collect();
+            if expired.is_empty() {
+                return Ok(());
+            }
+            expired.sort_unstable();
+            Batch {
+                changes: state.delete_lease_keys(&expired),
+                ended_leases: expired,
+            }
+        };
+        for id in &batch.ended_leases {
+            tracing::debug!(lease = id, "lease expired");
+        }
+        self.commit(writer, batch).await
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.read().leases.values().map(|l| l.deadline).min()
+    }
+
+    fn start_sweeper(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.sweeper_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::Unavailable(format!("leases need a tokio runtime: {e}")))?;
+        if !self.sweeper_started.swap(true, Ordering::AcqRel) {
+            runtime.spawn(sweep(Arc::downgrade(self), Arc::clone(&self.lease_changed)));
+        }
+        Ok(())
+    }
+
+    fn watch(&self, prefix: &str) -> WatchStream {
+        let events = {
+            // Subscribing under the read lock starts the watch between two writes.
+            let _state = self.read();
+            self.events.subscribe()
+        };
+        let stream = futures::stream::unfold(
+            (events, prefix.to_owned()),
+            |(mut events, prefix)| async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) if event.key().starts_with(&prefix) => {
+                            return Some((event, (events, prefix)));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                prefix = %prefix,
+                                missed,
+                                "watcher fell behind, ending its watch"
+                            );
+                            return None;
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        Box::pin(stream)
+    }
+}
+
+/// The lease sweeper: sleeps until the earliest lease deadline (or until a lease is granted)
+/// and ends the expired leases. Holds the store only weakly; stops once it is dropped.
+async fn sweep(shared: Weak<Shared>, lease_changed: Arc<Notify>) {
+    loop {
+        let next = match shared.upgrade() {
+            Some(shared) if !shared.closed.load(Ordering::Acquire) => shared.next_deadline(),
+            _ => return,
+        };
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = lease_changed.notified() => {}
+                }
+            }
+            None => lease_changed.notified().await,
+        }
+        let Some(store) = shared.upgrade() else {
+            return;
+        };
+        if store.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = store.expire_leases().await {
+            tracing::warn!(%error, "cannot end expired leases, will retry");
+            drop(store);
+            tokio::time::sleep(SWEEP_RETRY).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.shared.read().keys.get(key).cloned())
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let state = self.shared.read();
+        Ok(state
+            .keys
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(_, kv)| kv.clone())
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError> {
+        let revision = self.shared.put(key, value, None, lease).await?;
+        revision.ok_or_else(|| StoreError::Io("unconditional put was not applied".to_owned()))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.shared.put(key, value, Some(expected), lease).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+        self.shared.delete(key).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.shared.grant_lease(ttl)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.shared.keep_alive(lease)
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.shared.revoke(lease).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        Ok(self.shared.watch(prefix))
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared.read().revision)
+    }
+}
+
+/// Maps an error to [`StoreError::Io`], saying what failed.
+fn io<E: Display>(what: impl Display) -> impl FnOnce(E) -> StoreError {
+    move |error| StoreError::Io(format!("{what}: {error}"))
+}
+
+/// Writes `batch` to the file in one transaction (committed with an fsync).
+fn persist(db: &Database, batch: &Batch) -> Result<(), StoreError> {
+    let Some(last) = batch.changes.last() else {
+        return Ok(());
+    };
+    let revision = match last {
+        Change::Put(kv) => kv.mod_revision,
+        Change::Delete { revision, .. } => *revision,
+    };
+    let txn = db
+        .begin_write()
+        .map_err(io("cannot begin a state file transaction"))?;
+    {
+        let mut keys = txn
+            .open_table(KV_TABLE)
+            .map_err(io("cannot open the state file's key table"))?;
+        for change in &batch.changes {
+            match change {
+                Change::Put(kv) if kv.lease.is_none() => {
+                    keys.insert(kv.key.as_str(), encode(kv).as_slice())
+                        .map_err(io(format_args!("cannot write key {:?}", kv.key)))?;
+                }
+                // Leased keys are volatile: drop any durable copy of the key instead.
+                Change::Put(KeyValue { key, .. }) | Change::Delete { key, .. } => {
+                    keys.remove(key.as_str())
+                        .map_err(io(format_args!("cannot delete key {key:?}")))?;
+                }
+            }
+        }
+        let mut meta = txn
+            .open_table(META_TABLE)
+            .map_err(io("cannot open the state file's meta table"))?;
+        meta.insert(REVISION_KEY, revision)
+            .map_err(io("cannot write the revision"))?;
+    }
+    txn.commit().map_err(io("cannot commit to the state file"))
+}
+
+/// Reads every durable key and the revision counter; creates the tables in a new file.
+fn load(db: &Database) -> Result<State, StoreError> {
+    let mut state = State::default();
+    let txn = db
+        .begin_write()
+        .map_err(io("cannot begin a state file transaction"))?;
+    {
+        let keys = txn
+            .open_table(KV_TABLE)
+            .map_err(io("cannot open the state file's key table"))?;
+        for entry in keys.iter().map_err(io("cannot read the state file"))? {
+            let (key, record) = entry.map_err(io("cannot read the state file"))?;
+            let kv = decode(key.value(), record.value())?;
+            state.revision = state.revision.max(kv.mod_revision);
+            state.keys.insert(kv.key.clone(), kv);
+        }
+        let meta = txn
+            .open_table(META_TABLE)
+            .map_err(io("cannot open the state file's meta table"))?;
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(io("cannot read the revision"))?;
+        if let Some(revision) = revision {
+            state.revision = state.revision.max(revision.value());
+        }
+    }
+    txn.commit()
+        .map_err(io("cannot commit to the state file"))?;
+    Ok(state)
+}
+
+/// A durable record: create_revision, mod_revision and version (little-endian i64s), then
+/// the value.
+fn encode(kv: &KeyValue) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER_LEN + kv.value.len());
+    record.extend_from_slice(&kv.create_revision.to_le_bytes());
+    record.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    record.extend_from_slice(&kv.version.to_le_bytes());
+    record.extend_from_slice(&kv.value);
+    record
+}
+
+fn decode(key: &str, record: &[u8]) -> Result<KeyValue, StoreError> {
+    let corrupt = || StoreError::Io(format!("corrupt record for key {key:?} in the state file"));
+    let (header, value) = record.split_at_checked(HEADER_LEN).ok_or_else(corrupt)?;
+    let field = |i: usize| -> Result<i64, StoreError> {
+        let bytes = header.get(i * 8..i * 8 + 8).ok_or_else(corrupt)?;
+        Ok(i64::from_le_bytes(bytes.try_into().map_err(|_| corrupt())?))
+    };
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: value.to_vec(),
+        create_revision: field(0)?,
+        mod_revision: field(1)?,
+        version: field(2)?,
+        lease: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Deref;
+
+    use futures::StreamExt;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::store::conformance::store_conformance_suite;
+
+    /// An on-disk store with the temporary directory that holds its file.
+    struct OnDisk {
+        store: EmbeddedStore,
+        _dir: TempDir,
+    }
+
+    impl Deref for OnDisk {
+        type Target = EmbeddedStore;
+
+        fn deref(&self) -> &EmbeddedStore {
+            &self.store
+        }
+    }
+
+    fn on_disk() -> OnDisk {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(&dir.path().join("state.redb")).expect("open store");
+        OnDisk { store, _dir: dir }
+    }
+
+    store_conformance_suite!(embedded_in_memory, async { EmbeddedStore::in_memory() });
+    store_conformance_suite!(embedded_on_disk, async { on_disk() });
+
+    #[tokio::test(start_paused = true)]
+    async fn revisions_count_every_write_from_zero() {
+        let store = EmbeddedStore::in_memory();
+        assert_eq!(store.revision().await.expect("revision"), 0);
+        assert_eq!(store.put("/a", Vec::new(), None).await.expect("put"), 1);
+        assert_eq!(store.put("/a", Vec::new(), None).await.expect("put"), 2);
+        // Writes that do not happen do not count.
+        assert_eq!(
+            store
+                .put_if("/a", Vec::new(), 1, None)
+                .await
+                .expect("put_if"),
+            None
+        );
+        assert_eq!(store.delete("/missing").await.expect("delete"), None);
+        let lease = store
+            .grant_lease(Duration::from_secs(5))
+            .await
+            .expect("grant");
+        assert!(store.put("/x", Vec::new(), Some(lease + 1)).await.is_err());
+        assert_eq!(store.revision().await.expect("revision"), 2);
+
+        // A lease ending with three keys makes three deletes.
+        for key in ["/l/1", "/l/2", "/l/3"] {
+            store.put(key, Vec::new(), Some(lease)).await.expect("put");
+        }
+        assert_eq!(store.revision().await.expect("revision"), 5);
+        let mut events = store.watch("/l/").await.expect("watch");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (key, revision) in [("/l/1", 6), ("/l/2", 7), ("/l/3", 8)] {
+            let event = events.next().await.expect("event");
+            assert_eq!(
+                event,
+                WatchEvent::Delete {
+                    key: key.to_owned(),
+                    revision
+                }
+            );
+        }
+        assert_eq!(store.revision().await.expect("revision"), 8);
+        assert_eq!(store.delete("/a").await.expect("delete"), Some(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reopen_keeps_durable_keys_and_revision_but_not_leased_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+
+        let store = EmbeddedStore::open(&path).expect("open");
+        store
+            .put("/models/a", b"a1".to_vec(), None)
+            .await
+            .expect("put");
+        store
+            .put("/models/a", b"a2".to_vec(), None)
+            .await
+            .expect("put");
+        store
+            .put("/models/b", b"b".to_vec(), None)
+            .await
+            .expect("put");
+        store.put("/gone", b"x".to_vec(), None).await.expect("put");
+        store.delete("/gone").await.expect("delete");
+        let lease = store
+            .grant_lease(Duration::from_secs(60))
+            .await
+            .expect("grant");
+        store
+            .put("/nodes/n1", b"up".to_vec(), Some(lease))
+            .await
+            .expect("leased put");
+        // A durable key that becomes leased must not come back after a restart either.
+        store
+            .put("/models/b", b"b-leased".to_vec(), Some(lease))
+            .await
+            .expect("leased put");
+        let a = store.get("/models/a").await.expect("get").expect("a");
+        let revision = store.revision().await.expect("revision");
+        drop(store);
+
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.revision().await.expect("revision"), revision);
+        assert_eq!(store.get("/models/a").await.expect("get"), Some(a));
+        assert_eq!(store.get("/models/b").await.expect("get"), None);
+        assert_eq!(store.get("/nodes/n1").await.expect("get"), None);
+        assert_eq!(store.get("/gone").await.expect("get"), None);
+        assert!(matches!(
+            store.keep_alive(lease).await,
+            Err(StoreError::LeaseNotFound(id)) if id == lease
+        ));
+        // Revisions continue from where they were.
+        let next = store
+            .put("/models/c", b"c".to_vec(), None)
+            .await
+            .expect("put");
+        assert_eq!(next, revision + 1);
+        drop(store);
+
+        let store = EmbeddedStore::open(&path).expect("reopen again");
+        let keys: Vec<String> = store
+            .range("/")
+            .await
+            .expect("range")
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, ["/models/a", "/models/c"]);
+        assert_eq!(store.revision().await.expect("revision"), next);
+    }
+
+    #[tokio::test]
+    async fn open_fails_when_the_parent_directory_is_missing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let result = EmbeddedStore::open(&dir.path().join("missing").join("state.redb"));
+        assert!(matches!(result, Err(StoreError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_ends_its_stream_without_blocking_writers() {
+        let store = EmbeddedStore::in_memory();
+        let mut lagging = store.watch("/").await.expect("watch");
+        for i in 0..WATCH_BUFFER + 10 {
+            store
+                .put(&format!("/k{i}"), Vec::new(), None)
+                .await
+                .expect("put");
+        }
+        assert_eq!(lagging.next().await, None);
+        // A new watcher works as usual.
+        let mut fresh = store.watch("/").await.expect("watch");
+        let revision = store.put("/k", Vec::new(), None).await.expect("put");
+        let event = fresh.next().await.expect("event");
+        assert_eq!(event.revision(), revision);
+    }
+
+    #[tokio::test]
+    async fn watch_ends_when_the_store_is_dropped() {
+        let store = EmbeddedStore::in_memory();
+        let mut events = store.watch("/").await.expect("watch");
+        let _lease = store
+            .grant_lease(Duration::from_secs(5))
+            .await
+            .expect("grant");
+        drop(store);
+        let end = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+        assert_eq!(end.expect("stream ends"), None);
+    }
+}

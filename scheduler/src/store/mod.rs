@@ -1,0 +1,130 @@
+//! The state store: an etcd-shaped key-value store with revisions, leases and watches.
+//!
+//! The scheduler keeps its whole state (model catalog, placements, node records) behind
+//! [`Store`]. The embedded implementation ([`EmbeddedStore`]) needs nothing installed and
+//! survives a restart; an etcd implementation backs the same trait for HA. Every
+//! implementation runs the same conformance suite (`conformance.rs`).
+//!
+//! Semantics follow etcd v3:
+//! - one global revision counter, incremented by every put and every delete (a lease ending
+//!   with three keys attached makes three deletes, each with its own revision);
+//! - `create_revision`, `mod_revision` and `version` per key; `version` starts again at 1 when
+//!   a deleted key is created again;
+//! - a key put with a lease is deleted when the lease ends (expiry or revoke); a put without a
+//!   lease detaches the key from the lease it had;
+//! - keys are plain strings and a prefix is a plain string prefix (`"/a"` matches `"/ab"`).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+pub mod embedded;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use embedded::EmbeddedStore;
+
+/// A point in the store's history: the revision of the write that produced it.
+pub type Revision = i64;
+/// Identifies a lease granted by [`Store::grant_lease`]. Never 0 (etcd's "no lease").
+pub type LeaseId = i64;
+
+/// A key with its value and history, as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the put that created the key (since it last did not exist).
+    pub create_revision: Revision,
+    /// Revision of the last put to the key.
+    pub mod_revision: Revision,
+    /// Number of puts since the key was created (1 after the first).
+    pub version: i64,
+    /// The lease the key is attached to, if any.
+    pub lease: Option<LeaseId>,
+}
+
+/// A change seen by a watcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, revision: Revision },
+}
+
+impl WatchEvent {
+    /// The key the event is about.
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the write that produced the event.
+    pub fn revision(&self) -> Revision {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// The events of one watch, in revision order. The stream ends when the watch can no longer
+/// be served without a gap (the watcher lagged, or the store went away); the watcher should
+/// then read the current state with [`Store::range`] and watch again.
+pub type WatchStream = Pin<Box<dyn futures::Stream<Item = WatchEvent> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lease {0} not found (expired or revoked)")]
+    LeaseNotFound(LeaseId),
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("state store: {0}")]
+    Io(String),
+}
+
+/// An etcd-shaped key-value store: keys, revisions, leases and watches.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key starting with `prefix`, sorted by key.
+    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Returns the revision of the write. With a lease, the key is deleted when the lease ends.
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError>;
+
+    /// Puts only when the key's current mod_revision equals `expected` (0 = the key must not
+    /// exist), as an etcd transaction would; Ok(None) when the comparison fails. (Leader
+    /// election uses this.) The lease is checked only when the comparison succeeds.
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>, StoreError>;
+
+    /// Ok(None) when there was no such key.
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+
+    /// Renews the lease for another ttl.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Ends the lease now, deleting its keys.
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Events for keys under `prefix` that happen after this call, in revision order.
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError>;
+
+    /// The store's current revision (the revision of the last write; 0 before any).
+    async fn revision(&self) -> Result<Revision, StoreError>;
+}

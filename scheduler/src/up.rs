@@ -1,0 +1,88 @@
+//! `herd up`: a scheduler and an agent in one process — the whole cluster on one
+//! machine. The agent serves the scheduler's own repository (no file is copied) and
+//! joins over loopback like any other; more machines join with `herd agent --scheduler`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_agent::session::Loader;
+use tokio::net::TcpListener;
+
+use crate::SchedulerConfig;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpConfig {
+    #[command(flatten)]
+    pub scheduler: SchedulerConfig,
+
+    /// Path of libonnxruntime.so (ONNX Runtime 1.31). Default: the project's
+    /// .cache/onnxruntime (filled by scripts/setup.sh), then the system library path.
+    #[arg(long, env = "HERD_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Memory the local agent offers, when less than the host has (e.g. 4GiB).
+    #[arg(long, env = "HERD_MEMORY_LIMIT")]
+    pub memory_limit: Option<bytesize::ByteSize>,
+
+    /// The local node's name. Default: the host name.
+    #[arg(long, env = "HERD_NAME")]
+    pub name: Option<String>,
+}
+
+pub async fn run(
+    config: UpConfig,
+    loader: Arc<dyn Loader>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let scheduler = crate::start(&config.scheduler).await?;
+    let scheduler_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+    let agent_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen for the local agent: {e}"))?;
+    let agent_addr = agent_listener.local_addr().map_err(|e| e.to_string())?;
+    let options = herd_agent::AgentOptions {
+        name: config.name.clone().unwrap_or_else(herd_agent::default_name),
+        model_repository: config.scheduler.model_repository.clone(),
+        model_defaults: herd_agent::ModelSettings::default(),
+        memory_limit: config.memory_limit.map(|b| b.as_u64()),
+        max_message_size: 256 << 20,
+        token: Some(scheduler.settings.token.clone()),
+        require_token_for_inference: false,
+        data_dir: Some(config.scheduler.data_dir().join("agent")),
+    };
+    let agent = herd_agent::Agent::new(options, loader);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_agent = stop_rx.clone();
+    let agent_server = herd_agent::serve(agent.clone(), agent_listener, async move {
+        let _ = stop_agent.wait_for(|s| *s).await;
+    });
+    let link = herd_agent::cluster::Link {
+        scheduler: scheduler_addr.to_string(),
+        token: Some(scheduler.settings.token.clone()),
+        advertise: Some(agent_addr.to_string()),
+        listen: agent_addr,
+    };
+    tracing::info!(addr = %scheduler_addr, agent = %agent_addr, "herd up: scheduler and local agent serving");
+    let mut stop_scheduler = stop_rx;
+    let served = crate::serve(
+        scheduler,
+        grpc,
+        http,
+        config.scheduler.require_token_for_inference,
+        async move {
+            let _ = stop_scheduler.wait_for(|s| *s).await;
+        },
+    );
+    tokio::select! {
+        r = served => r,
+        r = agent_server => r.map_err(|e| format!("local agent: {e}")),
+        r = herd_agent::cluster::join_and_report(agent, link) => r,
+    }
+}

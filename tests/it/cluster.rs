@@ -1,0 +1,461 @@
+//! The scheduler with real agents (child `herd agent` processes) over loopback:
+//! placement by memory, on-demand loading, failover, restarts, and the token.
+
+use std::time::Duration;
+
+use herd_proto::herd::scheduler_client::SchedulerClient;
+use herd_proto::herd::{AdminLoadRequest, AdminUnloadRequest, DrainNodeRequest, JoinRequest};
+use herd_scheduler::config::PolicyArg;
+use tonic::Code;
+
+use crate::cluster_support::*;
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+const HINT_60: &str = "memory_hint = \"60MiB\"\n";
+
+async fn infer_ok(cluster: &TestCluster, request: herd_proto::inference::ModelInferRequest) {
+    let mut client = cluster.client().await;
+    client
+        .model_infer(request)
+        .await
+        .unwrap_or_else(|e| panic!("inference failed: {e:?}"));
+}
+
+fn fixed_request() -> herd_proto::inference::ModelInferRequest {
+    raw_request("tiny_fixed", "x", "FP32", &[2, 4], f32_bytes(&[1.0; 8]))
+}
+
+fn multi_request() -> herd_proto::inference::ModelInferRequest {
+    let mut r = raw_request("tiny_multi", "a", "FP32", &[1, 4], f32_bytes(&[1.0; 4]));
+    r.inputs.push(
+        herd_proto::inference::model_infer_request::InferInputTensor {
+            name: "b".into(),
+            datatype: "INT64".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        },
+    );
+    r.raw_input_contents.push(bytes::Bytes::from(vec![0u8; 32]));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
+    let settings = [
+        ("tiny_mlp", HINT_60),
+        ("tiny_fixed", HINT_60),
+        ("tiny_multi", HINT_60),
+    ];
+    let cluster = TestCluster::start(
+        &["200MiB", "200MiB", "200MiB"],
+        &settings,
+        PolicyArg::Spread,
+    )
+    .await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    infer_ok(&cluster, fixed_request()).await;
+    infer_ok(&cluster, multi_request()).await;
+    let mut nodes: Vec<String> = ["tiny_mlp", "tiny_fixed", "tiny_multi"]
+        .iter()
+        .flat_map(|m| cluster.ready_on(m))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["a", "b", "c"], "one model per node");
+    let loads = cluster.events("loaded", "");
+    assert_eq!(
+        loads.len(),
+        3,
+        "{:#?}",
+        cluster.scheduler.lock().events.recent(100)
+    );
+    for e in loads {
+        assert!(
+            e.message.contains("file fetched from the scheduler"),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binpack_fills_one_node_first() {
+    let settings = [
+        ("tiny_mlp", HINT_60),
+        ("tiny_fixed", HINT_60),
+        ("tiny_multi", HINT_60),
+    ];
+    let cluster = TestCluster::start(
+        &["200MiB", "200MiB", "200MiB"],
+        &settings,
+        PolicyArg::Binpack,
+    )
+    .await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    infer_ok(&cluster, fixed_request()).await;
+    infer_ok(&cluster, multi_request()).await;
+    let nodes: Vec<String> = ["tiny_mlp", "tiny_fixed", "tiny_multi"]
+        .iter()
+        .flat_map(|m| cluster.ready_on(m))
+        .collect();
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        nodes.iter().all(|n| *n == nodes[0]),
+        "all on one node: {nodes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_evicts_the_least_recently_used_idle_model_never_a_pinned_one() {
+    let settings = [
+        ("tiny_mlp", HINT_60),
+        ("tiny_fixed", HINT_60),
+        ("tiny_multi", "memory_hint = \"60MiB\"\nmin_replicas = 1\n"),
+    ];
+    // Room for one 60 MiB model per node; tiny_multi is pinned on one of the two.
+    let cluster = TestCluster::start(&["100MiB", "100MiB"], &settings, PolicyArg::Spread).await;
+    let s = cluster.scheduler.clone();
+    eventually("the pinned model placed", LONG, || {
+        s.lock()
+            .replicas_of("tiny_multi")
+            .iter()
+            .any(|(_, r)| r.state == herd_scheduler::cluster::ReplicaState::Ready)
+    })
+    .await;
+    let pinned_on = cluster.ready_on("tiny_multi");
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    let mlp_on = cluster.ready_on("tiny_mlp");
+    assert_ne!(mlp_on, pinned_on, "placed on the free node");
+    // No room left: tiny_fixed evicts idle tiny_mlp, not the pinned tiny_multi.
+    infer_ok(&cluster, fixed_request()).await;
+    assert_eq!(cluster.ready_on("tiny_fixed"), mlp_on);
+    assert!(cluster.ready_on("tiny_mlp").is_empty());
+    assert_eq!(cluster.ready_on("tiny_multi"), pinned_on);
+    let evicted = cluster.events("evicted", "tiny_mlp");
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert!(
+        evicted[0].message.contains("tiny_fixed"),
+        "the reason names who needed the room: {:?}",
+        evicted[0]
+    );
+    // A model bigger than any node: RESOURCE_EXHAUSTED naming the need and the room.
+    write(
+        cluster.repo.path(),
+        "huge/1/model.onnx",
+        &std::fs::read(cluster.repo.path().join("tiny_mlp/1/model.onnx")).expect("read"),
+    );
+    write(
+        cluster.repo.path(),
+        "huge/herd.toml",
+        b"memory_hint = \"500MiB\"\n",
+    );
+    let mut admin = cluster.admin(Some(TOKEN)).await;
+    let status = admin
+        .load_model(AdminLoadRequest {
+            model: "huge".into(),
+        })
+        .await
+        .expect_err("does not fit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("model 'huge'") && status.message().contains("500.0 MiB"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("largest free space"),
+        "{}",
+        status.message()
+    );
+    let placements = cluster.scheduler.lock().nodes.len();
+    assert_eq!(placements, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_load() {
+    let cluster = TestCluster::start(&["1GiB", "1GiB"], &[], PolicyArg::Spread).await;
+    let client = cluster.client().await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.model_infer(mlp_request(1, i as f32)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every first request is answered");
+    }
+    assert_eq!(cluster.events("placed", "tiny_mlp").len(), 1);
+    assert_eq!(cluster.events("loaded", "tiny_mlp").len(), 1);
+    let cold = cluster
+        .scheduler
+        .lock()
+        .models
+        .get("tiny_mlp")
+        .map(|m| m.cold_starts);
+    assert_eq!(cold, Some(1));
+}
+
+/// Sends requests from 4 tasks until `stop`, returning (answered, failed).
+fn load_loop(
+    cluster: &TestCluster,
+    client: herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    let _ = cluster;
+    (0..4)
+        .map(|i| {
+            let mut c = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !*stop.borrow() {
+                    match c.model_infer(mlp_request(1, i as f32)).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(format!("{:?}: {}", e.code(), e.message())),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_under_load_loses_no_request_with_two_replicas() {
+    let settings = [("tiny_mlp", "min_replicas = 2\n")];
+    let mut cluster = TestCluster::start(&["1GiB", "1GiB"], &settings, PolicyArg::Spread).await;
+    let s = cluster.scheduler.clone();
+    eventually("two replicas ready", LONG, || {
+        s.lock().ready_replicas("tiny_mlp").len() == 2
+    })
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = load_loop(&cluster, cluster.client().await, stopped);
+    let before = total_requests(&cluster);
+    eventually("load flowing", LONG, || {
+        total_requests(&cluster) > before + 50
+    })
+    .await;
+    cluster.agents[1]
+        .child
+        .kill()
+        .await
+        .expect("SIGKILL agent b");
+    let after_kill = total_requests(&cluster);
+    eventually("load flowing after the kill", LONG, || {
+        total_requests(&cluster) > after_kill + 200
+    })
+    .await;
+    stop.send(true).expect("stop");
+    let mut answered = 0;
+    for w in workers {
+        let (ok, failed) = w.await.expect("worker");
+        assert!(failed.is_empty(), "requests failed: {failed:?}");
+        answered += ok;
+    }
+    assert!(answered > 250);
+    assert!(cluster.events("down", "").iter().any(|e| e.node == "b"));
+}
+
+fn total_requests(cluster: &TestCluster) -> u64 {
+    cluster
+        .scheduler
+        .lock()
+        .models
+        .get("tiny_mlp")
+        .map_or(0, |m| m.requests_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_replica_a_killed_agent_s_model_is_placed_again() {
+    let mut cluster = TestCluster::start(&["1GiB", "1GiB"], &[], PolicyArg::Spread).await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    let first = cluster.ready_on("tiny_mlp");
+    assert_eq!(first.len(), 1);
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.name == first[0])
+        .expect("agent");
+    cluster.agents[index].child.kill().await.expect("SIGKILL");
+    // Whatever happens to requests in flight, later ones are served elsewhere.
+    let mut client = cluster.client().await;
+    let _ = client.model_infer(mlp_request(1, 1.0)).await;
+    infer_ok(&cluster, mlp_request(1, 2.0)).await;
+    let now = cluster.ready_on("tiny_mlp");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_gets_its_model_back_without_fetching_it_again() {
+    let settings = [("tiny_mlp", "min_replicas = 1\n")];
+    let mut cluster = TestCluster::start(&["1GiB"], &settings, PolicyArg::Spread).await;
+    let s = cluster.scheduler.clone();
+    eventually("placed", LONG, || {
+        s.lock().ready_replicas("tiny_mlp").len() == 1
+    })
+    .await;
+    cluster.agents[0].child.kill().await.expect("SIGKILL");
+    let _ = cluster.agents[0].child.wait().await;
+    let again = cluster.spawn_agent("a", "1GiB", TOKEN).await;
+    cluster.agents[0] = again;
+    eventually("placed again", LONG, || {
+        s.lock().ready_replicas("tiny_mlp").len() == 1
+            && cluster.events("loaded", "tiny_mlp").len() == 2
+    })
+    .await;
+    let loads = cluster.events("loaded", "tiny_mlp");
+    assert!(loads[0].message.contains("fetched"), "{:?}", loads[0]);
+    assert!(
+        loads[1].message.contains("file already on the node"),
+        "{:?}",
+        loads[1]
+    );
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_keeps_its_catalog_and_learns_the_cluster_back() {
+    let mut cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    let mut admin = cluster.admin(Some(TOKEN)).await;
+    admin
+        .load_model(AdminLoadRequest {
+            model: "tiny_fixed".into(),
+        })
+        .await
+        .expect("load");
+    assert_eq!(cluster.ready_on("tiny_fixed"), vec!["a"]);
+    cluster.restart_scheduler().await;
+    let s = cluster.scheduler.clone();
+    assert!(
+        s.lock().models.get("tiny_fixed").is_some_and(|m| m.wanted),
+        "the catalog remembers the load"
+    );
+    cluster.wait_for_nodes(1).await;
+    eventually("the replica adopted from the agent's report", LONG, || {
+        !cluster.ready_on("tiny_fixed").is_empty()
+    })
+    .await;
+    assert!(
+        cluster.events("loaded", "tiny_fixed").is_empty(),
+        "nothing was loaded again"
+    );
+    assert_eq!(cluster.events("adopted", "tiny_fixed").len(), 1);
+    infer_ok(&cluster, fixed_request()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_token_nothing_joins_loads_unloads_or_drains() {
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    let mut joins = SchedulerClient::connect(format!("http://{}", cluster.addr))
+        .await
+        .expect("connect");
+    let refused = joins
+        .join(JoinRequest {
+            name: "intruder".into(),
+            address: "127.0.0.1:1".into(),
+            status: None,
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    for token in [None, Some("wrong")] {
+        let mut admin = cluster.admin(token).await;
+        let calls = [
+            admin
+                .load_model(AdminLoadRequest {
+                    model: "tiny_mlp".into(),
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .unload_model(AdminUnloadRequest {
+                    model: "tiny_mlp".into(),
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .drain_node(DrainNodeRequest { node: "a".into() })
+                .await
+                .map(|_| ()),
+        ];
+        for call in calls {
+            let status = call.expect_err("refused");
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(
+                status.message().contains("cluster token"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+    assert!(cluster.ready_on("tiny_mlp").is_empty());
+    assert!(cluster
+        .scheduler
+        .lock()
+        .nodes
+        .get("a")
+        .is_some_and(|n| !n.draining));
+    // An agent with a wrong token says so and exits non-zero instead of retrying.
+    let out = tokio::process::Command::new(HERD)
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "x",
+            "--scheduler",
+            &cluster.addr,
+            "--token",
+            "wrong",
+        ])
+        .arg("--data-dir")
+        .arg(cluster.data.path().join("x"))
+        .env("NO_COLOR", "1")
+        .output();
+    let out = tokio::time::timeout(LONG, out)
+        .await
+        .expect("exits promptly")
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused this agent") && stderr.contains("wrong"),
+        "{stderr}"
+    );
+    assert!(!cluster.scheduler.lock().nodes.contains_key("x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_moves_its_replicas() {
+    let settings = [("tiny_mlp", "min_replicas = 1\n")];
+    let cluster = TestCluster::start(&["1GiB", "1GiB"], &settings, PolicyArg::Spread).await;
+    let s = cluster.scheduler.clone();
+    eventually("placed", LONG, || {
+        s.lock().ready_replicas("tiny_mlp").len() == 1
+    })
+    .await;
+    let from = cluster.ready_on("tiny_mlp")[0].clone();
+    let mut admin = cluster.admin(Some(TOKEN)).await;
+    let moved = admin
+        .drain_node(DrainNodeRequest { node: from.clone() })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(moved.moved_models, vec!["tiny_mlp".to_string()]);
+    eventually("moved", LONG, || {
+        cluster.ready_on("tiny_mlp").iter().any(|n| *n != from)
+    })
+    .await;
+    assert!(!cluster.ready_on("tiny_mlp").contains(&from));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_tritonclient_works_against_a_three_agent_cluster() {
+    let cluster = TestCluster::start(&["1GiB", "1GiB", "1GiB"], &[], PolicyArg::Spread).await;
+    crate::binary::tritonclient_check(&cluster.addr, Some(TOKEN)).await;
+}

@@ -1,0 +1,273 @@
+//! A cluster for tests: the scheduler in this process (so tests can look at its
+//! state), agents as real `herd agent` child processes (so they can be killed for
+//! real), all on loopback ports chosen by the kernel.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_scheduler::cluster::ReplicaState;
+use herd_scheduler::{Scheduler, SchedulerConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::support::*;
+
+pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+pub const TOKEN: &str = "test-token";
+
+pub struct TestCluster {
+    pub scheduler: Arc<Scheduler>,
+    pub addr: String,
+    pub agents: Vec<AgentProcess>,
+    pub repo: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    policy: herd_scheduler::config::PolicyArg,
+}
+
+pub struct AgentProcess {
+    pub name: String,
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+pub fn scheduler_config(
+    repo: &Path,
+    data: &Path,
+    policy: herd_scheduler::config::PolicyArg,
+) -> SchedulerConfig {
+    SchedulerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        http: "127.0.0.1:0".parse().expect("addr"),
+        model_repository: repo.to_path_buf(),
+        token: Some(TOKEN.into()),
+        require_token_for_inference: false,
+        data_dir: Some(data.join("scheduler")),
+        report_interval: Duration::from_millis(100),
+        down_after: 3,
+        policy,
+        headroom: 0.05,
+        load_timeout: Duration::from_secs(30),
+        target_ongoing_requests: 2.0,
+        upscale_delay: Duration::from_secs(3600),
+    }
+}
+
+impl TestCluster {
+    /// A scheduler over a copy of tests/models, with `settings` written as herd.toml
+    /// files, and agents named a, b, c... with the given memory limits.
+    pub async fn start(
+        limits: &[&str],
+        settings: &[(&str, &str)],
+        policy: herd_scheduler::config::PolicyArg,
+    ) -> TestCluster {
+        let repo = repository();
+        for (model, toml) in settings {
+            write(repo.path(), &format!("{model}/herd.toml"), toml.as_bytes());
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut cluster = TestCluster {
+            scheduler: herd_scheduler::start(&scheduler_config(repo.path(), data.path(), policy))
+                .await
+                .expect("scheduler state"),
+            addr: String::new(),
+            agents: Vec::new(),
+            repo,
+            data,
+            stop: None,
+            served: None,
+            policy,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        cluster.serve(listener).await;
+        for (i, limit) in limits.iter().enumerate() {
+            let name = ((b'a' + i as u8) as char).to_string();
+            let agent = cluster.spawn_agent(&name, limit, TOKEN).await;
+            cluster.agents.push(agent);
+        }
+        cluster.wait_for_nodes(limits.len()).await;
+        cluster
+    }
+
+    async fn serve(&mut self, listener: TcpListener) {
+        self.addr = listener.local_addr().expect("addr").to_string();
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.served = Some(tokio::spawn(herd_scheduler::serve(
+            self.scheduler.clone(),
+            listener,
+            http,
+            false,
+            async {
+                let _ = stopped.await;
+            },
+        )));
+        self.stop = Some(stop);
+    }
+
+    /// Stops the scheduler and starts a new one on the same port and data directory.
+    pub async fn restart_scheduler(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+        let listener = TcpListener::bind(&self.addr)
+            .await
+            .expect("bind the same port again");
+        // The old state holds the store's file lock until its last holder lets go.
+        let placeholder = herd_scheduler::start(&scheduler_config(
+            self.repo.path(),
+            &self.data.path().join("placeholder"),
+            self.policy,
+        ))
+        .await
+        .expect("placeholder state");
+        drop(std::mem::replace(&mut self.scheduler, placeholder));
+        let config = scheduler_config(self.repo.path(), self.data.path(), self.policy);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        self.scheduler = loop {
+            match herd_scheduler::start(&config).await {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("scheduler state: {e}"),
+            }
+        };
+        self.serve(listener).await;
+    }
+
+    pub async fn spawn_agent(&self, name: &str, limit: &str, token: &str) -> AgentProcess {
+        let data_dir = self.data.path().join(format!("agent-{name}"));
+        let mut child = Command::new(HERD)
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+                "--memory-limit",
+                limit,
+            ])
+            .args(["--scheduler", &self.addr, "--token", token, "--data-dir"])
+            .arg(&data_dir)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start herd agent");
+        let addr = serving_addr(&mut child, "agent serving").await;
+        AgentProcess {
+            name: name.to_string(),
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    /// Waits until `n` nodes are up.
+    pub async fn wait_for_nodes(&self, n: usize) {
+        let s = self.scheduler.clone();
+        eventually(&format!("{n} nodes up"), Duration::from_secs(60), || {
+            s.lock().nodes.values().filter(|node| !node.down).count() >= n
+        })
+        .await;
+    }
+
+    /// The nodes holding a ready replica of `model`.
+    pub fn ready_on(&self, model: &str) -> Vec<String> {
+        let c = self.scheduler.lock();
+        let mut nodes: Vec<String> = c
+            .replicas_of(model)
+            .into_iter()
+            .filter(|(_, r)| r.state == ReplicaState::Ready)
+            .map(|(n, _)| n)
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    pub fn events(&self, kind: &str, model: &str) -> Vec<herd_proto::herd::Event> {
+        self.scheduler
+            .lock()
+            .events
+            .recent(1000)
+            .into_iter()
+            .filter(|e| e.kind == kind && (model.is_empty() || e.model == model))
+            .collect()
+    }
+
+    pub async fn client(
+        &self,
+    ) -> herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    > {
+        herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+            format!("http://{}", self.addr),
+        )
+        .await
+        .expect("connect to the scheduler")
+    }
+
+    pub async fn admin(
+        &self,
+        token: Option<&str>,
+    ) -> herd_proto::herd::admin_client::AdminClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            herd_agent::auth::SendToken,
+        >,
+    > {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        herd_proto::herd::admin_client::AdminClient::with_interceptor(
+            channel,
+            herd_agent::auth::SendToken::new(token).expect("ascii"),
+        )
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads a child's log until the line that says it serves, and returns its addr=.
+pub async fn serving_addr(child: &mut Child, marker: &str) -> String {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(marker) {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    return addr.to_string();
+                }
+            }
+            seen.push(line);
+        }
+        panic!("the process exited before serving:\n{}", seen.join("\n"));
+    })
+    .await
+    .expect("serves within 60 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
