@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod placement;
 pub mod reconcile;
+pub mod records;
 pub mod router;
 pub mod scaling;
 pub mod sender;

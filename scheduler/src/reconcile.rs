@@ -27,6 +27,7 @@ pub async fn run(scheduler: Arc<Scheduler>) {
         scheduler.check_liveness();
         scaling::update(&scheduler);
         once(&scheduler);
+        crate::records::sync(&scheduler).await;
     }
 }
 

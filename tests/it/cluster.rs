@@ -459,3 +459,63 @@ async fn the_stock_tritonclient_works_against_a_three_agent_cluster() {
     let cluster = TestCluster::start(&["1GiB", "1GiB", "1GiB"], &[], PolicyArg::Spread).await;
     crate::binary::tritonclient_check(&cluster.addr, Some(TOKEN)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_placements_are_recorded_in_the_store() {
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    infer_ok(&cluster, fixed_request()).await;
+    let store = cluster.scheduler.store.clone();
+    let mut recorded = Vec::new();
+    for _ in 0..3000 {
+        let nodes = store
+            .range(herd_scheduler::records::NODES)
+            .await
+            .expect("range");
+        let placements = store
+            .range(herd_scheduler::records::PLACEMENTS)
+            .await
+            .expect("range");
+        recorded = nodes
+            .into_iter()
+            .chain(placements)
+            .map(|kv| kv.key)
+            .collect::<Vec<_>>();
+        if recorded.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        recorded,
+        vec![
+            "/herd/nodes/a".to_string(),
+            "/herd/placements/tiny_fixed/a".to_string()
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_use_triton_names_and_count_what_ran() {
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    for i in 0..3 {
+        infer_ok(&cluster, mlp_request(2, i as f32)).await;
+    }
+    let s = cluster.scheduler.clone();
+    eventually("the agent reports the runs", LONG, || {
+        herd_scheduler::metrics::render(&s)
+            .contains("nv_inference_count_total{model=\"tiny_mlp\",version=\"1\"} 6")
+    })
+    .await;
+    let text = herd_scheduler::metrics::render(&s);
+    for name in [
+        "nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 3",
+        "nv_inference_request_failure_total{model=\"tiny_mlp\",version=\"1\"} 0",
+        "nv_inference_exec_count_total{model=\"tiny_mlp\",version=\"1\"} 3",
+        "nv_inference_queue_duration_us_total",
+        "nv_inference_compute_infer_duration_us_total",
+        "herd_node_memory_capacity_bytes{node=\"a\"} 1073741824",
+        "herd_node_up{node=\"a\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}

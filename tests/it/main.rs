@@ -6,6 +6,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod cluster_support;
+mod dash;
 mod serving;
 mod support;
 mod ttl;

@@ -1,0 +1,80 @@
+//! What the store keeps of the cluster besides the catalog: node records and
+//! placements, written when they change, so that a restarted scheduler (or a
+//! standby, with etcd) knows the nodes and where replicas were.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Cluster, ReplicaState};
+use crate::state::Scheduler;
+
+pub const NODES: &str = "/herd/nodes/";
+pub const PLACEMENTS: &str = "/herd/placements/";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub address: String,
+    pub draining: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PlacementRecord {
+    pub device: String,
+}
+
+/// The records the cluster should have in the store now, key → JSON.
+pub fn wanted(c: &Cluster) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for n in c.nodes.values() {
+        let r = NodeRecord {
+            address: n.address.clone(),
+            draining: n.draining,
+        };
+        if let Ok(v) = serde_json::to_vec(&r) {
+            out.insert(format!("{NODES}{}", n.name), v);
+        }
+    }
+    for ((model, node), r) in &c.replicas {
+        if r.state != ReplicaState::Ready {
+            continue;
+        }
+        let p = PlacementRecord {
+            device: format!("{:?}", r.device).to_lowercase(),
+        };
+        if let Ok(v) = serde_json::to_vec(&p) {
+            out.insert(format!("{PLACEMENTS}{model}/{node}"), v);
+        }
+    }
+    out
+}
+
+/// Writes what changed since the store last heard.
+pub async fn sync(scheduler: &Scheduler) {
+    let wanted = wanted(&scheduler.lock());
+    for prefix in [NODES, PLACEMENTS] {
+        let stored = match scheduler.store.range(prefix).await {
+            Ok(kvs) => kvs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read cluster records");
+                return;
+            }
+        };
+        for kv in &stored {
+            if !wanted.contains_key(&kv.key) && kv.key.starts_with(PLACEMENTS) {
+                let _ = scheduler.store.delete(&kv.key).await;
+            }
+        }
+        for (key, value) in wanted
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let same = stored.iter().any(|kv| &kv.key == key && &kv.value == value);
+            if !same {
+                if let Err(e) = scheduler.store.put(key, value.clone(), None).await {
+                    tracing::warn!(key, error = %e, "cannot write a cluster record");
+                }
+            }
+        }
+    }
+}
