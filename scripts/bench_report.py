@@ -1,6 +1,6 @@
 """Turns scripts/bench.sh's raw figures into the markdown of BENCHMARKS.md.
 
-Usage: bench_report.py steps.jsonl memory.json
+Usage: bench_report.py steps.jsonl memory.json scheduler_memory.json placement.txt
 """
 import json
 import sys
@@ -14,7 +14,15 @@ def local(model):
 
 
 def served(model):
-    return [s for s in steps if s["model"] == model and not s["target"].startswith("local:")]
+    return [s for s in steps if s["model"] == model and not s["target"].startswith(("local:", "cluster:", "agent1t:"))]
+
+
+def agent1t(model):
+    return [s for s in steps if s["model"] == model and s["target"].startswith("agent1t:")]
+
+
+def cluster(model):
+    return [s for s in steps if s["model"] == model and s["target"].startswith("cluster:")]
 
 
 def ms(us):
@@ -76,3 +84,35 @@ print(f"- RSS after unload vs before loading, first cycle: {change(idle['agent_k
       f"anonymous: {change(idle['agent_anon_kib'], unloaded['agent_anon_kib'])}; goal within 5%")
 print(f"- second cycle, after unload vs after the first unload: "
       f"{change(unloaded['agent_kib'], unloaded_2['agent_kib'])}")
+
+print("\n## Cluster (issue 3)\n")
+print("client → `herd scheduler` → 2 agents (2 replicas per model, `intra_op_threads = 1`: two")
+print("agents share the machine's 2 cores), beside client → one agent directly with the same")
+print("model settings, beside raw ONNX Runtime in-process (2 threads); all on one machine.\n")
+print("| model | path | concurrency | requests/s | × raw limit | p50 ms | p99 ms | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for model in ["magika", "tiny_mlp"]:
+    limit = max(s["items_per_s"] for s in local(model))
+    rows = [("agent, 1 thread", s) for s in agent1t(model)]
+    rows += [("scheduler → 2 agents", s) for s in cluster(model)]
+    for path, s in rows:
+        ratio = f"{s['items_per_s'] / limit:.2f}" if model == "magika" else "—"
+        print(f"| {model} | {path} | {s['concurrency']} | {s['throughput_rps']:.0f} | {ratio} | {ms(s['p50_us'])} | {ms(s['p99_us'])} | {s['errors']} |")
+
+smem = json.load(open(sys.argv[3]))
+placement = open(sys.argv[4]).read().strip().splitlines()
+magika_cluster = {s["concurrency"]: s for s in cluster("magika")}
+tiny_cluster = {s["concurrency"]: s for s in cluster("tiny_mlp")}
+tiny_agent = {s["concurrency"]: s for s in agent1t("tiny_mlp")}
+magika_agent = {s["concurrency"]: s for s in agent1t("magika")}
+print("\n### Goals\n")
+best = max(s["items_per_s"] for s in magika_cluster.values())
+print(f"- magika through the cluster: best {best:.0f} items/s = {best / raw_magika:.2f}× the raw limit; goal ≥ 0.85×")
+for name, c, a in [("magika", magika_cluster, magika_agent), ("tiny_mlp", tiny_cluster, tiny_agent)]:
+    hop = (c[1]["p50_us"] - a[1]["p50_us"]) / 1000
+    print(f"- {name} at concurrency 1, p50 through the scheduler minus straight to an agent: "
+          f"{ms(c[1]['p50_us'])} − {ms(a[1]['p50_us'])} = {hop:.2f} ms; goal ≤ 0.3 ms")
+print(f"- scheduler RSS with {smem['agents']} simulated agents, {smem['models']} models and {smem['replicas']} replicas: "
+      f"{smem['held_kib'] / 1024:.1f} MiB (idle with the catalog: {smem['idle_kib'] / 1024:.1f} MiB); goal ≤ 30 MB")
+for line in placement:
+    print(f"- {line}; goal ≤ 50 ms")

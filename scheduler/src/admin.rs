@@ -121,6 +121,7 @@ pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>
         if let Some(m) = c.models.get_mut(model) {
             m.wanted = true;
             m.unplaceable = None;
+            m.load_error = None;
         }
     }
     scheduler.persist(model).await;

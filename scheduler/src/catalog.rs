@@ -41,6 +41,7 @@ pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String>
         latency: new_histogram(),
         last_placement: None,
         unplaceable: None,
+        load_error: None,
     })
 }
 

@@ -68,6 +68,8 @@ pub struct CatalogModel {
     pub last_placement: Option<Event>,
     /// Why it could not be placed, while that holds.
     pub unplaceable: Option<String>,
+    /// Why its last load failed; the next request tries again.
+    pub load_error: Option<String>,
 }
 
 impl CatalogModel {

@@ -249,7 +249,11 @@ impl GrpcInferenceService for Gateway {
                     name: m.name.clone(),
                     version: m.version.to_string(),
                     state: state.to_string(),
-                    reason: m.unplaceable.clone().unwrap_or_default(),
+                    reason: m
+                        .unplaceable
+                        .clone()
+                        .or_else(|| m.load_error.clone())
+                        .unwrap_or_default(),
                 }
             })
             .filter(|i| !only_ready || i.state == "READY")

@@ -175,7 +175,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let scheduler = start(&config).await?;
     tracing::info!(
-        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "scheduler serving"
     );

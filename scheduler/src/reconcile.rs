@@ -258,11 +258,13 @@ async fn load(
             c.events
                 .push("load_failed", &node, &model, status.message().to_string());
             if let Some(m) = c.models.get_mut(&model) {
-                m.unplaceable = Some(format!(
+                m.load_error = Some(format!(
                     "model '{model}' failed to load on {node}: {}",
                     status.message()
                 ));
             }
+            // Not placed again on its own: the next request or load call tries again.
+            c.demand_ends_if_gone(&model);
             if matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::Unknown

@@ -31,8 +31,10 @@ impl Drop for Picked {
 }
 
 /// Power of two choices: of two replicas drawn at random, the one with less work.
-/// Cheaper than tracking every replica's load exactly, and nearly as good.
-fn choose(loads: &[usize], rng: &mut impl Rng) -> usize {
+/// Cheaper than tracking every replica's load exactly, and nearly as good. On a tie
+/// the one used last wins: its caches are warm, and at low load the others go idle
+/// (and their memory back, through the TTL).
+fn choose(loads: &[(usize, Instant)], rng: &mut impl Rng) -> usize {
     if loads.len() < 2 {
         return 0;
     }
@@ -41,7 +43,9 @@ fn choose(loads: &[usize], rng: &mut impl Rng) -> usize {
     if b >= a {
         b += 1;
     }
-    if loads[b] < loads[a] {
+    let (la, ua) = loads[a];
+    let (lb, ub) = loads[b];
+    if lb < la || (lb == la && ub > ua) {
         b
     } else {
         a
@@ -66,19 +70,24 @@ impl Scheduler {
                         "model '{model}' is not in the catalog"
                     )));
                 };
-                if let Some(why) = &m.unplaceable {
-                    if asked || c.ready_replicas(model).is_empty() {
+                // Once this request has asked for a placement, the answer may be that
+                // nothing fits, or that the load failed.
+                if asked {
+                    if let Some(why) = &m.unplaceable {
                         return Err(Status::resource_exhausted(why.clone()));
                     }
+                    if let Some(why) = &m.load_error {
+                        return Err(Status::failed_precondition(why.clone()));
+                    }
                 }
-                let ready: Vec<(String, usize)> = c
+                let ready: Vec<(String, (usize, Instant))> = c
                     .ready_replicas(model)
                     .into_iter()
                     .filter(|(n, _)| Some(n.as_str()) != avoid)
-                    .map(|(n, r)| (n, r.outstanding.load(Ordering::Relaxed)))
+                    .map(|(n, r)| (n, (r.outstanding.load(Ordering::Relaxed), r.last_used)))
                     .collect();
                 if !ready.is_empty() {
-                    let loads: Vec<usize> = ready.iter().map(|(_, l)| *l).collect();
+                    let loads: Vec<(usize, Instant)> = ready.iter().map(|(_, l)| *l).collect();
                     let node = ready[choose(&loads, &mut rand::rng())].0.clone();
                     let key = (model.to_string(), node.clone());
                     let link = c.nodes.get(&node).map(|n| n.link.clone());
@@ -102,6 +111,7 @@ impl Scheduler {
                         }
                         m.wanted = true;
                         m.unplaceable = None;
+                        m.load_error = None;
                     }
                     drop(c);
                     self.changed_and_reconcile();
@@ -131,7 +141,21 @@ impl Scheduler {
         let started = Instant::now();
         let model = request.model_name.clone();
         let deadline = started + timeout.unwrap_or(self.settings.load_timeout);
-        let result = self.infer_once(&request, None, deadline, timeout).await;
+        let attempt = self.infer_once(&request, None, deadline, timeout);
+        // The caller's deadline bounds the whole request, load and retry included.
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err((
+                    None,
+                    SendError::Answer(Status::deadline_exceeded(format!(
+                        "the request's deadline ({} ms) passed",
+                        t.as_millis()
+                    ))),
+                )),
+            },
+            None => attempt.await,
+        };
         let result = match result {
             Err((Some(node), SendError::Transport(status))) if retryable(&status) => {
                 self.node_unreachable(&node, status.message());
@@ -185,10 +209,9 @@ impl Scheduler {
 }
 
 fn retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    // The connection failed, not the request: another replica may well answer. (A
+    // deadline or a cancellation is the request's own, and says nothing of the node.)
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
 }
 
 #[cfg(test)]
@@ -198,11 +221,21 @@ mod tests {
     #[test]
     fn two_choices_prefer_the_less_loaded_replica() {
         let mut rng = rand::rng();
-        let loads = [10, 0, 10, 10];
+        let t = Instant::now();
+        let loads = [(10, t), (0, t), (10, t), (10, t)];
         let picks: Vec<usize> = (0..2000).map(|_| choose(&loads, &mut rng)).collect();
         let idle = picks.iter().filter(|&&i| i == 1).count();
         // Replica 1 is chosen whenever it is drawn: with probability 1/2, not 1/4.
         assert!(idle > 800, "{idle} of 2000");
-        assert_eq!(choose(&[3], &mut rng), 0);
+        assert_eq!(choose(&[(3, t)], &mut rng), 0);
+    }
+
+    #[test]
+    fn on_equal_load_the_replica_used_last_wins() {
+        let mut rng = rand::rng();
+        let t = Instant::now();
+        let later = t + std::time::Duration::from_millis(1);
+        let loads = [(0, t), (0, later)];
+        assert!((0..100).all(|_| choose(&loads, &mut rng) == 1));
     }
 }

@@ -79,13 +79,11 @@ async fn run(agent: AgentRpc, mut rx: mpsc::Receiver<Queued>) {
         let mut agent = agent.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let timeout = batch.iter().map(|q| q.item.timeout_us).max().unwrap_or(0);
+            // Each item carries its own deadline, which the agent enforces; a timeout
+            // on the whole RPC would look like a failed connection.
             let (items, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.item, q.reply)).unzip();
-            let mut request = tonic::Request::new(InferBatchRequest { items });
-            if timeout > 0 && replies.len() == 1 {
-                request.set_timeout(Duration::from_micros(timeout));
-            }
+            let request = tonic::Request::new(InferBatchRequest { items });
             match agent.infer_batch(request).await {
                 Ok(response) => {
                     let mut results = response.into_inner().results.into_iter();

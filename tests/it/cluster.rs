@@ -519,3 +519,147 @@ async fn metrics_use_triton_names_and_count_what_ran() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_to_load_is_reported_and_tried_again_only_when_asked() {
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    write(
+        cluster.repo.path(),
+        "broken/1/model.onnx",
+        b"not an onnx model",
+    );
+    let mut admin = cluster.admin(Some(TOKEN)).await;
+    let status = admin
+        .load_model(AdminLoadRequest {
+            model: "broken".into(),
+        })
+        .await
+        .expect_err("cannot load");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("model 'broken' failed to load on a"),
+        "{}",
+        status.message()
+    );
+    // No retry loop: one attempt per ask.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.events("load_failed", "broken").len(), 1);
+    admin
+        .load_model(AdminLoadRequest {
+            model: "broken".into(),
+        })
+        .await
+        .expect_err("still cannot load");
+    assert_eq!(cluster.events("load_failed", "broken").len(), 2);
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_model_scales_up_to_max_replicas() {
+    let settings = [("tiny_mlp", "max_replicas = 2\n")];
+    let cluster = TestCluster::start_with(
+        &["1GiB", "1GiB", "1GiB"],
+        &settings,
+        PolicyArg::Spread,
+        |c| {
+            c.upscale_delay = Duration::from_millis(300);
+            c.target_ongoing_requests = 1.0;
+        },
+    )
+    .await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    assert_eq!(cluster.ready_on("tiny_mlp").len(), 1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = load_loop(&cluster, cluster.client().await, stopped);
+    let s = cluster.scheduler.clone();
+    eventually("a second replica", LONG, || {
+        s.lock().ready_replicas("tiny_mlp").len() == 2
+    })
+    .await;
+    stop.send(true).expect("stop");
+    for w in workers {
+        let (_, failed) = w.await.expect("worker");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    assert!(!cluster.events("scaled", "tiny_mlp").is_empty());
+    // max_replicas holds: a third node stays free of it.
+    assert_eq!(cluster.ready_on("tiny_mlp").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_deadline_travels_with_the_request() {
+    let settings = [(
+        "tiny_mlp",
+        "max_batch_delay = \"2s\"\nmax_batch_size = 32\n",
+    )];
+    let cluster = TestCluster::start(&["1GiB"], &settings, PolicyArg::Spread).await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    // The agent would hold a lone request 2 s to fill a batch; the caller allows 300 ms.
+    let mut request = tonic::Request::new(mlp_request(1, 1.0));
+    request.set_timeout(Duration::from_millis(300));
+    let mut client = cluster.client().await;
+    let status = client
+        .model_infer(request)
+        .await
+        .expect_err("past its deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // Without a deadline a request waits out the batch delay and succeeds. Had the
+    // expired one reached the model, it would have run by then (same batch or before).
+    client
+        .model_infer(mlp_request(1, 2.0))
+        .await
+        .expect("no deadline, no failure");
+    let stats = client
+        .model_statistics(herd_proto::inference::ModelStatisticsRequest {
+            name: "tiny_mlp".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner()
+        .model_stats;
+    assert_eq!(
+        stats[0].inference_count, 2,
+        "the agent dropped the expired request: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served_over_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+    let s = cluster.scheduler.clone();
+    eventually("the agent reports the request", LONG, || {
+        herd_scheduler::metrics::render(&s)
+            .contains("nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 1")
+    })
+    .await;
+    for path in ["/health", "/metrics"] {
+        let mut stream = tokio::net::TcpStream::connect(&cluster.http_addr)
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        if path == "/metrics" {
+            assert!(
+                response.contains("herd_node_up{node=\"a\"} 1"),
+                "{response}"
+            );
+            assert!(
+                response.contains(
+                    "nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 1"
+                ),
+                "{response}"
+            );
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub const TOKEN: &str = "test-token";
 pub struct TestCluster {
     pub scheduler: Arc<Scheduler>,
     pub addr: String,
+    pub http_addr: String,
     pub agents: Vec<AgentProcess>,
     pub repo: tempfile::TempDir,
     pub data: tempfile::TempDir,
@@ -67,16 +68,29 @@ impl TestCluster {
         settings: &[(&str, &str)],
         policy: herd_scheduler::config::PolicyArg,
     ) -> TestCluster {
+        TestCluster::start_with(limits, settings, policy, |_| {}).await
+    }
+
+    /// As `start`, with the scheduler's settings adjusted by `adjust`.
+    pub async fn start_with(
+        limits: &[&str],
+        settings: &[(&str, &str)],
+        policy: herd_scheduler::config::PolicyArg,
+        adjust: impl Fn(&mut SchedulerConfig),
+    ) -> TestCluster {
         let repo = repository();
         for (model, toml) in settings {
             write(repo.path(), &format!("{model}/herd.toml"), toml.as_bytes());
         }
         let data = tempfile::tempdir().expect("tempdir");
+        let mut config = scheduler_config(repo.path(), data.path(), policy);
+        adjust(&mut config);
         let mut cluster = TestCluster {
-            scheduler: herd_scheduler::start(&scheduler_config(repo.path(), data.path(), policy))
+            scheduler: herd_scheduler::start(&config)
                 .await
                 .expect("scheduler state"),
             addr: String::new(),
+            http_addr: String::new(),
             agents: Vec::new(),
             repo,
             data,
@@ -98,6 +112,7 @@ impl TestCluster {
     async fn serve(&mut self, listener: TcpListener) {
         self.addr = listener.local_addr().expect("addr").to_string();
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.http_addr = http.local_addr().expect("addr").to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         self.served = Some(tokio::spawn(herd_scheduler::serve(
             self.scheduler.clone(),
