@@ -166,7 +166,7 @@ pub async fn unload(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<Strin
             .filter_map(|n| c.nodes.get(n).map(|node| node.link.clone()))
             .collect();
         for n in &nodes {
-            c.replicas.remove(&(model.to_string(), n.clone()));
+            c.unload_replica(model, n);
             c.events.push("unloaded", n, model, "unloaded on request");
         }
         (nodes, links)

@@ -135,6 +135,9 @@ pub struct Cluster {
     pub models: BTreeMap<String, CatalogModel>,
     /// (model, node) → replica.
     pub replicas: BTreeMap<(String, String), ReplicaEntry>,
+    /// Replicas the scheduler unloaded, and when: a report sent before the unload
+    /// finished must not bring them back.
+    pub unloaded: BTreeMap<(String, String), Instant>,
     pub events: EventLog,
 }
 
@@ -180,6 +183,13 @@ impl Cluster {
             held.insert(m.name.clone());
             model.measured = model.measured.max(m.memory_bytes);
             let key = (m.name.clone(), node.to_string());
+            if self
+                .unloaded
+                .get(&key)
+                .is_some_and(|t| t.elapsed() <= grace)
+            {
+                continue;
+            }
             match self.replicas.get_mut(&key) {
                 Some(r) if r.state != ReplicaState::Ready => {
                     r.state = ReplicaState::Ready;
@@ -309,6 +319,15 @@ impl Cluster {
             s.ttl = Ttl::Never;
         }
         s
+    }
+
+    /// Takes a replica out because the scheduler unloads it (evicted, dropped, asked to).
+    pub fn unload_replica(&mut self, model: &str, node: &str) {
+        let key = (model.to_string(), node.to_string());
+        self.replicas.remove(&key);
+        self.unloaded
+            .retain(|_, t| t.elapsed() < std::time::Duration::from_secs(60));
+        self.unloaded.insert(key, Instant::now());
     }
 
     /// A model whose last replica went (evicted, unloaded for idleness) is no longer

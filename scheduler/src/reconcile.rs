@@ -121,7 +121,7 @@ pub fn once(scheduler: &Arc<Scheduler>) {
         .cloned()
         .collect();
     for (model, node) in going {
-        c.replicas.remove(&(model.clone(), node.clone()));
+        c.unload_replica(&model, &node);
         changed = true;
         if let Some(n) = c.nodes.get(&node).filter(|n| !n.down) {
             let mut agent = n.link.agent.clone();
