@@ -133,6 +133,9 @@ impl Agent {
     }
 }
 
+/// The largest batch message between the scheduler and an agent.
+pub const BATCH_MESSAGE: usize = 256 << 20;
+
 /// Serves the agent's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
     agent: Arc<Agent>,
@@ -153,8 +156,11 @@ pub async fn serve(
             .max_encoding_message_size(size),
         inference_token,
     );
-    let control = AgentServer::with_interceptor(
-        control::ControlService::new(agent.clone()),
+    // A scheduler's batch carries many requests at once.
+    let control = InterceptedService::new(
+        AgentServer::new(control::ControlService::new(agent.clone()))
+            .max_decoding_message_size(size.max(BATCH_MESSAGE))
+            .max_encoding_message_size(size.max(BATCH_MESSAGE)),
         auth::RequireToken::new(agent.token.clone(), "herd.v1 agent calls"),
     );
     // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's

@@ -54,6 +54,11 @@ impl Repository {
     /// or a herd.toml that does not parse.
     pub fn find(&self, name: &str) -> Result<ModelFiles, AgentError> {
         check_name(name)?;
+        // No repository (an agent whose models all come from the scheduler): never
+        // look for models relative to the working directory.
+        if self.root.as_os_str().is_empty() {
+            return Err(AgentError::ModelNotFound(name.to_string()));
+        }
         let dir = self.root.join(name);
         let version =
             latest_version(&dir).ok_or_else(|| AgentError::ModelNotFound(name.to_string()))?;

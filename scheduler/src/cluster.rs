@@ -271,7 +271,13 @@ impl Cluster {
                 want: m.want(),
                 min_replicas: m.policy.min_replicas,
                 max_replicas: m.policy.max_replicas,
-                desired_replicas: m.target(self.replicas_of(&m.name).len() as u32),
+                // Replicas on nodes that take no new ones (draining) are moving away.
+                desired_replicas: m.target(
+                    self.replicas_of(&m.name)
+                        .iter()
+                        .filter(|(n, _)| self.nodes.get(n).is_some_and(|n| n.schedulable()))
+                        .count() as u32,
+                ),
             })
             .collect();
         let previous = self

@@ -103,9 +103,9 @@ pub fn once(scheduler: &Arc<Scheduler>) {
         .decisions
         .iter()
         .filter_map(|d| match d {
-            Decision::Evicted { model, .. } | Decision::Dropped { model, .. } => {
-                Some(model.clone())
-            }
+            // A replica dropped from a draining or lost node moves instead: its
+            // demand stays.
+            Decision::Evicted { model, .. } => Some(model.clone()),
             _ => None,
         })
         .collect();

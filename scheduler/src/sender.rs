@@ -30,6 +30,8 @@ pub struct BatchSender {
 }
 
 const MAX_BATCH: usize = 256;
+/// Tensor bytes in one batch RPC, well under the agent's message limit.
+const MAX_BATCH_BYTES: usize = 32 << 20;
 const IN_FLIGHT: usize = 2;
 
 impl BatchSender {
@@ -58,16 +60,27 @@ impl BatchSender {
     }
 }
 
+fn payload(q: &Queued) -> usize {
+    q.item
+        .request
+        .as_ref()
+        .map_or(0, |r| r.raw_input_contents.iter().map(|b| b.len()).sum())
+}
+
 async fn run(agent: AgentRpc, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = payload(&first);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(q) => batch.push(q),
+                Ok(q) => {
+                    bytes += payload(&q);
+                    batch.push(q);
+                }
                 Err(_) => break,
             }
         }

@@ -4,6 +4,7 @@
 
 mod binary;
 mod cli;
+mod cli_cluster;
 mod cluster;
 mod cluster_support;
 mod dash;
