@@ -71,6 +71,17 @@ pub async fn infer(agent: &Agent, r: ModelInferRequest) -> Result<ModelInferResp
     Ok(response)
 }
 
+/// What herd says of itself as a Triton server, agent or scheduler alike.
+pub fn server_metadata() -> ServerMetadataResponse {
+    ServerMetadataResponse {
+        name: "herd".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        extensions: ["model_repository", "model_configuration", "statistics"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
 /// A hold on the model a request names, checking the version if one is given.
 fn lease(agent: &Agent, name: &str, version: &str) -> Result<Lease, AgentError> {
     let lease = agent.cache.lease(name)?;
@@ -120,13 +131,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(ServerMetadataResponse {
-            name: "herd".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            extensions: ["model_repository", "model_configuration", "statistics"]
-                .map(String::from)
-                .to_vec(),
-        }))
+        Ok(Response::new(server_metadata()))
     }
 
     async fn model_metadata(

@@ -26,7 +26,7 @@ use crate::error::{connect_reason, ClientError};
 use crate::tensor::{NamedTensor, TensorData};
 
 /// How to connect.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Sent as `authorization: Bearer <token>` on every request.
     pub token: Option<String>,
@@ -35,6 +35,18 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// What the server is, for messages: "scheduler" or "agent".
     pub role: String,
+}
+
+/// Never prints the token: options end up in logs.
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 impl Default for ConnectOptions {

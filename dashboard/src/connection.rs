@@ -1,16 +1,13 @@
 //! The scheduler side: the watch stream, kept open with reconnects and backoff, and the
-//! unload and drain calls. Every call carries the cluster token as
-//! `authorization: Bearer <token>` metadata.
+//! unload and drain calls, all through [`herd_client::Client`], which sends the cluster
+//! token as `authorization: Bearer <token>` and says in its errors what failed and where.
 
 use std::time::Duration;
 
-use herd_proto::herd::admin_client::AdminClient;
-use herd_proto::herd::{AdminUnloadRequest, ClusterUpdate, DrainNodeRequest, WatchRequest};
+use futures::StreamExt;
+use herd_client::{Client, ClientError, ConnectOptions};
+use herd_proto::herd::ClusterUpdate;
 use tokio::sync::mpsc;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
 
 /// What the connection tells the dashboard.
 #[derive(Debug)]
@@ -28,108 +25,66 @@ pub enum Message {
 }
 
 /// Where the scheduler is and how to authenticate to it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
-    endpoint: String,
-    auth: Auth,
+    address: String,
+    options: ConnectOptions,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("address", &self.address)
+            .field("token", &self.options.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Target {
     /// `address` is HOST:PORT or a URL; the token, when given, must be printable ASCII.
+    ///
+    /// Both are checked here, before the terminal is taken over, although the client
+    /// checks them again on every connect: `herd_client` has no way to check them
+    /// without connecting.
     pub fn new(address: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let endpoint = if address.contains("://") {
+        let url = if address.contains("://") {
             address.to_string()
         } else {
             format!("http://{address}")
         };
-        Endpoint::from_shared(endpoint.clone())
+        let uri: tonic::transport::Uri = url
+            .parse()
             .map_err(|e| anyhow::anyhow!("bad scheduler address {address:?}: {e}"))?;
-        let header = match token {
-            Some(t) if !t.is_empty() => Some(
-                MetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?,
-            ),
-            _ => None,
-        };
+        if uri.host().is_none() {
+            anyhow::bail!("bad scheduler address {address:?}: expected HOST:PORT");
+        }
+        let token = token.filter(|t| !t.is_empty());
+        if let Some(t) = token {
+            tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(format!(
+                "Bearer {t}"
+            ))
+            .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
+        }
         Ok(Target {
-            endpoint,
-            auth: Auth(header),
+            address: address.to_string(),
+            options: ConnectOptions {
+                token: token.map(str::to_string),
+                ..ConnectOptions::default()
+            },
         })
     }
-}
 
-/// Adds the token to each call.
-#[derive(Clone)]
-struct Auth(Option<MetadataValue<Ascii>>);
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Auth(<redacted>)"
-        } else {
-            "Auth(none)"
-        })
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect_with(&self.address, self.options.clone()).await
     }
 }
 
-impl Interceptor for Auth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = AdminClient<InterceptedService<Channel, Auth>>;
-
-async fn connect(target: &Target) -> Result<Client, String> {
-    let channel = Endpoint::from_shared(target.endpoint.clone())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    Ok(AdminClient::with_interceptor(channel, target.auth.clone()))
-}
-
-/// An error with its causes, since a transport error alone says only "transport error".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn describe(status: &tonic::Status) -> String {
-    match status.code() {
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => format!(
-            "the scheduler refused the token (--token or HERD_TOKEN): {}",
-            status.message()
-        ),
-        tonic::Code::Unimplemented => {
-            "this scheduler does not serve herd.v1.Admin/Watch".to_string()
-        }
-        code => {
-            let message = status.message();
-            if message.is_empty() {
-                format!("{code}")
-            } else {
-                format!("{code}: {message}")
-            }
-        }
+/// The error as the dashboard shows it: a refused token also says where the token came
+/// from.
+fn describe(error: &ClientError) -> String {
+    match error {
+        ClientError::Unauthenticated { .. } => format!("{error} (check --token or HERD_TOKEN)"),
+        _ => error.to_string(),
     }
 }
 
@@ -169,23 +124,22 @@ pub async fn watch(target: Target, tx: mpsc::Sender<Message>) {
         if tx.send(Message::Connecting).await.is_err() {
             return;
         }
-        let error = match connect(&target).await {
-            Err(e) => e,
-            Ok(mut client) => match client.watch(WatchRequest {}).await {
-                Err(status) => describe(&status),
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(update)) => {
-                                backoff.reset();
-                                if tx.send(Message::Update(update)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) => break "the scheduler closed the watch stream".to_string(),
-                            Err(status) => break describe(&status),
+        let error = match open(&target).await {
+            Err(e) => describe(&e),
+            Ok(mut stream) => loop {
+                match stream.next().await {
+                    Some(Ok(update)) => {
+                        backoff.reset();
+                        if tx.send(Message::Update(update)).await.is_err() {
+                            return;
                         }
+                    }
+                    Some(Err(e)) => break describe(&e),
+                    None => {
+                        break format!(
+                            "the scheduler at {} closed the watch stream",
+                            target.address
+                        )
                     }
                 }
             },
@@ -203,33 +157,30 @@ pub async fn watch(target: Target, tx: mpsc::Sender<Message>) {
     }
 }
 
+async fn open(
+    target: &Target,
+) -> Result<impl futures::Stream<Item = Result<ClusterUpdate, ClientError>> + Unpin, ClientError> {
+    let client = target.connect().await?;
+    Ok(Box::pin(client.watch().await?))
+}
+
 /// Unloads every replica of `model`; says where it was unloaded.
 pub async fn unload(target: &Target, model: &str) -> Result<String, String> {
-    let mut client = connect(target).await?;
-    let response = client
-        .unload_model(AdminUnloadRequest {
-            model: model.to_string(),
-        })
+    let nodes = async { target.connect().await?.unload_model(model).await }
         .await
-        .map_err(|s| format!("unload {model} failed: {}", describe(&s)))?
-        .into_inner();
-    Ok(if response.nodes.is_empty() {
+        .map_err(|e| format!("unload {model} failed: {}", describe(&e)))?;
+    Ok(if nodes.is_empty() {
         format!("{model} was not loaded anywhere")
     } else {
-        format!("unloaded {model} from {}", response.nodes.join(", "))
+        format!("unloaded {model} from {}", nodes.join(", "))
     })
 }
 
 /// Drains `node`; says which models moved.
 pub async fn drain(target: &Target, node: &str) -> Result<String, String> {
-    let mut client = connect(target).await?;
-    let response = client
-        .drain_node(DrainNodeRequest {
-            node: node.to_string(),
-        })
+    let response = async { target.connect().await?.drain_node(node).await }
         .await
-        .map_err(|s| format!("drain {node} failed: {}", describe(&s)))?
-        .into_inner();
+        .map_err(|e| format!("drain {node} failed: {}", describe(&e)))?;
     Ok(if response.moved_models.is_empty() {
         format!("drained {node}; no model had to move")
     } else {
@@ -272,7 +223,10 @@ mod tests {
         match rx.recv().await {
             Some(Message::Disconnected { retry_in, error }) => {
                 assert_eq!(retry_in, Duration::from_secs(1));
-                assert!(!error.is_empty());
+                assert!(
+                    error.starts_with(&format!("cannot reach scheduler at {address}: ")),
+                    "{error}"
+                );
             }
             other => panic!("expected a disconnection, got {other:?}"),
         }

@@ -121,13 +121,7 @@ impl GrpcInferenceService for Gateway {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(ServerMetadataResponse {
-            name: "herd".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            extensions: ["model_repository", "model_configuration", "statistics"]
-                .map(String::from)
-                .to_vec(),
-        }))
+        Ok(Response::new(herd_agent::service::server_metadata()))
     }
 
     async fn model_metadata(

@@ -182,3 +182,63 @@ async fn bad_flags_are_refused_with_usage() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_without_a_token_generates_one_keeps_it_and_prints_it_once() {
+    let repo = repository();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut printed = Vec::new();
+    for _ in 0..2 {
+        let mut child = Command::new(HERD)
+            .args([
+                "scheduler",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--model-repository")
+            .arg(repo.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("NO_COLOR", "1")
+            .env_remove("HERD_TOKEN")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start herd scheduler");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let serving = line.contains("scheduler serving");
+            seen.push(line);
+            if serving {
+                break;
+            }
+        }
+        assert!(
+            seen.iter().any(|l| l.contains("scheduler serving")),
+            "{seen:?}"
+        );
+        printed.push(
+            seen.iter()
+                .any(|l| l.contains("generated the cluster token")),
+        );
+        child.kill().await.expect("stop the scheduler");
+        let _ = child.wait().await;
+    }
+    assert_eq!(printed, vec![true, false], "printed on first start only");
+    let token =
+        std::fs::read_to_string(data.path().join("token")).expect("token kept in the data dir");
+    assert_eq!(token.trim().len(), 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join("token"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "only its owner may read the token");
+    }
+}
