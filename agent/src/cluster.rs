@@ -99,11 +99,7 @@ async fn status_now(agent: &Arc<Agent>) -> Result<herd_proto::herd::AgentStatus,
 }
 
 async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
-    let url = if link.scheduler.contains("://") {
-        link.scheduler.clone()
-    } else {
-        format!("http://{}", link.scheduler)
-    };
+    let url = herd_proto::grpc_url(&link.scheduler);
     let endpoint = Endpoint::from_shared(url)
         .map_err(|e| {
             tonic::Status::invalid_argument(format!("scheduler address {:?}: {e}", link.scheduler))

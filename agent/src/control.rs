@@ -33,24 +33,27 @@ impl ControlService {
 
 /// The agent's status right now.
 pub fn snapshot(agent: &Agent) -> AgentStatus {
-    let files = agent.files.inventory(agent.cache.repository());
-    let digest_of = |path: &std::path::Path| {
-        files
-            .iter()
-            .find(|(_, p)| p.as_path() == path)
-            .map(|(d, _)| d.clone())
-    };
-    let models = agent
-        .cache
-        .views()
-        .into_iter()
+    // The views list every model of the repository and every assigned one, so their
+    // files and the cache make the node's whole inventory: each model is looked up once.
+    let views = agent.cache.views();
+    let mut files = agent.files.cached();
+    let digests: Vec<String> = views
+        .iter()
         .map(|v| {
-            let digest = agent
-                .cache
-                .find(&v.name)
-                .ok()
-                .and_then(|f| f.digest.clone().or_else(|| digest_of(&f.path)))
-                .unwrap_or_default();
+            let f = agent.cache.find(&v.name).ok()?;
+            let digest = f
+                .digest
+                .clone()
+                .or_else(|| agent.files.digest_of(&f.path))?;
+            files.insert(digest.clone(), f.path);
+            Some(digest)
+        })
+        .map(Option::unwrap_or_default)
+        .collect();
+    let models = views
+        .into_iter()
+        .zip(digests)
+        .map(|(v, digest)| {
             let mut m = ModelStatus {
                 state: match v.state {
                     State::Available => ModelState::Available,

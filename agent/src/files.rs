@@ -50,7 +50,8 @@ impl FileStore {
         }
     }
 
-    fn digest_of(&self, path: &Path) -> Option<String> {
+    /// sha256 of a file, remembered while its size and mtime stay the same.
+    pub fn digest_of(&self, path: &Path) -> Option<String> {
         let meta = std::fs::metadata(path).ok()?;
         let stamp = (meta.len(), meta.modified().ok()?);
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -66,7 +67,7 @@ impl FileStore {
 
     /// Every file this node holds, digest → path.
     pub fn inventory(&self, repo: &Repository) -> HashMap<String, PathBuf> {
-        let mut files = HashMap::new();
+        let mut files = self.cached();
         for name in repo.names() {
             if let Ok(f) = repo.find(&name) {
                 if let Some(d) = self.digest_of(&f.path) {
@@ -74,6 +75,12 @@ impl FileStore {
                 }
             }
         }
+        files
+    }
+
+    /// The files fetched into the cache, digest → path.
+    pub fn cached(&self) -> HashMap<String, PathBuf> {
+        let mut files = HashMap::new();
         if let Some(dir) = &self.cache_dir {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.filter_map(|e| e.ok()) {

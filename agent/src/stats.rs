@@ -40,6 +40,12 @@ pub struct Counters {
     pub memory_bytes: u64,
 }
 
+/// A request-latency histogram in microseconds, as agents report and the scheduler
+/// keeps them: 1 µs to 1 hour at 2 significant digits, a few KB, fixed size.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant histogram bounds are valid")
+}
+
 impl Default for Counters {
     fn default() -> Self {
         Counters {
@@ -51,9 +57,7 @@ impl Default for Counters {
             execution_count: 0,
             last_inference_ms: 0,
             batches: BTreeMap::new(),
-            // 1 µs to 1 hour at 2 significant digits: a few KB, fixed size.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                .expect("constant histogram bounds are valid"),
+            latency_us: latency_histogram(),
             loads: 0,
             last_error: None,
             memory_bytes: 0,

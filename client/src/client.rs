@@ -106,11 +106,7 @@ impl Client {
 
     /// Connects to `addr` (HOST:PORT or a URL).
     pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let url = herd_proto::grpc_url(addr);
         let address_error = |reason: String| ClientError::Address {
             role: options.role.clone(),
             addr: addr.to_string(),

@@ -47,11 +47,7 @@ impl Target {
     /// checks them again on every connect: `herd_client` has no way to check them
     /// without connecting.
     pub fn new(address: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let url = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
+        let url = herd_proto::grpc_url(address);
         let uri: tonic::transport::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("bad scheduler address {address:?}: {e}"))?;

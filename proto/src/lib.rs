@@ -19,3 +19,12 @@ pub mod herd {
 }
 
 pub use datatype::DataType;
+
+/// The URL of a gRPC server given as HOST:PORT (plain HTTP/2) or as a URL already.
+pub fn grpc_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}

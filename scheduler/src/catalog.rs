@@ -5,18 +5,12 @@
 
 use std::path::Path;
 
-use hdrhistogram::Histogram;
 use herd_agent::files::sha256_file;
 use herd_agent::settings::ModelSettings;
 use herd_agent::Repository;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::CatalogModel;
-
-pub fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 1 hour at 2 significant digits: a few KB, fixed size.
-    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant histogram bounds are valid")
-}
 
 /// Reads one model of the repository: its files, settings and digest.
 pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String> {
@@ -38,7 +32,7 @@ pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String>
         requests_total: 0,
         failures_total: 0,
         cold_starts: 0,
-        latency: new_histogram(),
+        latency: herd_agent::stats::latency_histogram(),
         last_placement: None,
         unplaceable: None,
         load_error: None,

@@ -24,11 +24,7 @@ impl AgentLink {
     /// Connects lazily: the first call opens the connection, and a dropped one is
     /// opened again on the next call.
     pub fn new(address: &str, token: Option<&str>) -> Result<AgentLink, String> {
-        let url = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
+        let url = herd_proto::grpc_url(address);
         let channel = Endpoint::from_shared(url)
             .map_err(|e| format!("agent address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3))

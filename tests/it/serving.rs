@@ -50,18 +50,12 @@ async fn batched_outputs_equal_unbatched_and_concurrent_requests_share_runs() {
 
     // Hold the first run so that the other 63 requests gather behind it.
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
     let tasks: Vec<_> = requests
         .into_iter()
-        .map(|r| {
-            let mut c = client.clone();
-            tokio::spawn(async move { c.model_infer(r).await })
-        })
+        .map(|r| spawn_infer(&client, r))
         .collect();
     gate_reached(&gate, 1).await;
     eventually("64 requests queued", LONG, || {
@@ -109,17 +103,11 @@ async fn batched_outputs_equal_unbatched_and_concurrent_requests_share_runs() {
 async fn concurrent_first_requests_share_one_load() {
     let repo = repository();
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        load_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::load_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
     let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let mut c = client.clone();
-            tokio::spawn(async move { c.model_infer(mlp_request(1, i as f32)).await })
-        })
+        .map(|i| spawn_infer(&client, mlp_request(1, i as f32)))
         .collect();
     gate_reached(&gate, 1).await;
     eventually("32 requests waiting for the load", LONG, || {
@@ -138,14 +126,10 @@ async fn concurrent_first_requests_share_one_load() {
 async fn a_slow_load_does_not_stall_other_models() {
     let repo = repository();
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        load_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::load_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let mut client = agent.client().await;
-    let mut c = client.clone();
-    let slow = tokio::spawn(async move { c.model_infer(mlp_request(1, 0.0)).await });
+    let slow = spawn_infer(&client, mlp_request(1, 0.0));
     gate_reached(&gate, 1).await;
     // tiny_mlp is still loading; tiny_fixed loads and answers meanwhile.
     let fixed = raw_request("tiny_fixed", "x", "FP32", &[2, 4], f32_bytes(&[1.0; 8]));
@@ -276,16 +260,10 @@ async fn bad_requests_get_clear_statuses_and_the_agent_keeps_serving() {
 async fn a_bad_request_never_fails_the_batch_it_would_have_joined() {
     let repo = repository();
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
-    let spawn = |r: ModelInferRequest| {
-        let mut c = client.clone();
-        tokio::spawn(async move { c.model_infer(r).await })
-    };
+    let spawn = |r: ModelInferRequest| spawn_infer(&client, r);
     let first = spawn(mlp_request(1, 0.0));
     gate_reached(&gate, 1).await;
     let good: Vec<_> = (0..4).map(|i| spawn(mlp_request(1, i as f32))).collect();
@@ -315,17 +293,12 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     let repo = repository();
     write(repo.path(), "tiny_mlp/herd.toml", b"queue_capacity = 2\n");
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
-    let mut c1 = client.clone();
-    let running = tokio::spawn(async move { c1.model_infer(mlp_request(1, 0.0)).await });
+    let running = spawn_infer(&client, mlp_request(1, 0.0));
     gate_reached(&gate, 1).await;
-    let mut c2 = client.clone();
-    let queued = tokio::spawn(async move { c2.model_infer(mlp_request(1, 1.0)).await });
+    let queued = spawn_infer(&client, mlp_request(1, 1.0));
     eventually("second request queued", LONG, || {
         view(&agent, "tiny_mlp").queue_len == 2
     })
@@ -355,17 +328,12 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
 async fn a_request_whose_caller_left_never_runs() {
     let repo = repository();
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
-    let mut c1 = client.clone();
-    let first = tokio::spawn(async move { c1.model_infer(mlp_request(1, 0.0)).await });
+    let first = spawn_infer(&client, mlp_request(1, 0.0));
     gate_reached(&gate, 1).await;
-    let mut c2 = client.clone();
-    let gone = tokio::spawn(async move { c2.model_infer(mlp_request(5, 1.0)).await });
+    let gone = spawn_infer(&client, mlp_request(5, 1.0));
     eventually("second request queued", LONG, || {
         view(&agent, "tiny_mlp").queue_len == 2
     })
@@ -390,19 +358,12 @@ async fn a_request_whose_caller_left_never_runs() {
 async fn a_model_without_a_batch_dimension_is_served_unbatched() {
     let repo = repository();
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_fixed".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_fixed", &gate);
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let client = agent.client().await;
     let request = |v: f32| raw_request("tiny_fixed", "x", "FP32", &[2, 4], f32_bytes(&[v; 8]));
     let tasks: Vec<_> = (0..3)
-        .map(|i| {
-            let mut c = client.clone();
-            let r = request(i as f32);
-            tokio::spawn(async move { c.model_infer(r).await })
-        })
+        .map(|i| spawn_infer(&client, request(i as f32)))
         .collect();
     gate_reached(&gate, 1).await;
     eventually("three requests queued", LONG, || {

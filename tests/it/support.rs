@@ -102,6 +102,34 @@ impl GatedLoader {
             run_gate: None,
         }
     }
+
+    /// Loads of `model` wait at `gate`.
+    pub fn load_gated(model: &str, gate: &Arc<Gate>) -> GatedLoader {
+        GatedLoader {
+            load_gate: Some((model.into(), gate.clone())),
+            ..GatedLoader::plain()
+        }
+    }
+
+    /// Runs of `model` wait at `gate`.
+    pub fn run_gated(model: &str, gate: &Arc<Gate>) -> GatedLoader {
+        GatedLoader {
+            run_gate: Some((model.into(), gate.clone())),
+            ..GatedLoader::plain()
+        }
+    }
+}
+
+/// Sends `request` from a task of its own, so that the test can arrange what happens
+/// while it waits.
+pub fn spawn_infer(
+    client: &GrpcInferenceServiceClient<Channel>,
+    request: ModelInferRequest,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<herd_proto::inference::ModelInferResponse>, tonic::Status>,
+> {
+    let mut c = client.clone();
+    tokio::spawn(async move { c.model_infer(request).await })
 }
 
 struct GatedSession {

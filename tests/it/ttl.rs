@@ -58,10 +58,7 @@ async fn a_model_with_work_in_flight_is_never_unloaded() {
     let repo = repository();
     write(repo.path(), "tiny_mlp/herd.toml", b"ttl = \"10s\"\n");
     let gate = Arc::new(Gate::default());
-    let loader = GatedLoader {
-        run_gate: Some(("tiny_mlp".into(), gate.clone())),
-        ..GatedLoader::plain()
-    };
+    let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let cache = cache(&repo, loader);
     let submit =
         |lease: &herd_agent::cache::Lease, loaded: &herd_agent::cache::Loaded, seed: f32| {

@@ -2,13 +2,13 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
 use herd_proto::herd::{ModelState, NodeState};
 
 use super::nodes::{gauge, gpu_gauges, state_style, state_word};
-use super::{format, window, Theme, WIDE};
+use super::{draw_table, format, widths, window, Theme, WIDE};
 use crate::app::{App, NodeModelRow};
 
 /// A model's state as a word.
@@ -116,31 +116,14 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .take(height)
         .map(|m| row(&t, m, wide));
     let header = Row::new(columns.iter().map(|(name, _)| *name)).style(theme.header());
-    let widths = columns.iter().map(|(_, w)| match w {
-        0 => Constraint::Fill(1),
-        w => Constraint::Length(*w),
-    });
-    let table = Table::new(rows, widths)
-        .header(header)
-        .column_spacing(1)
-        .row_highlight_style(theme.selected());
-    let mut state = TableState::default().with_selected((!models.is_empty()).then_some(selected));
-    frame.render_stateful_widget(table, table_area, &mut state);
-    if models.is_empty() {
-        let text = if app.filter.is_empty() {
-            " no model loaded on this node"
-        } else {
-            " no model matches the filter"
-        };
-        frame.render_widget(
-            Paragraph::new(text).style(theme.faint()),
-            Rect {
-                y: table_area.y + 1,
-                height: table_area.height.saturating_sub(1),
-                ..table_area
-            },
-        );
-    }
+    let empty = if app.filter.is_empty() {
+        " no model loaded on this node"
+    } else {
+        " no model matches the filter"
+    };
+    let table = Table::new(rows, widths(&columns)).header(header);
+    let selected = (!models.is_empty()).then_some(selected);
+    draw_table(frame, table_area, table, selected, empty, theme);
 }
 
 fn row<'a>(theme: &Theme, m: &NodeModelRow, wide: bool) -> Row<'a> {

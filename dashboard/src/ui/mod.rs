@@ -375,6 +375,44 @@ fn render_help(frame: &mut Frame, theme: &Theme, area: Rect) {
 }
 
 /// The rows of a list to draw so that the cursor shows: (first row, cursor within).
+/// Widths of `(name, width)` columns: 0 takes what is left.
+pub(crate) fn widths(columns: &[(&str, u16)]) -> Vec<Constraint> {
+    columns
+        .iter()
+        .map(|(_, w)| match w {
+            0 => Constraint::Fill(1),
+            w => Constraint::Length(*w),
+        })
+        .collect()
+}
+
+/// A table (rows and header) with the cursor's row highlighted; without rows, `empty`
+/// says why under the header. The three views draw their tables through it.
+pub(crate) fn draw_table(
+    frame: &mut Frame,
+    area: Rect,
+    table: ratatui::widgets::Table<'_>,
+    selected: Option<usize>,
+    empty: &str,
+    theme: &Theme,
+) {
+    let table = table
+        .column_spacing(1)
+        .row_highlight_style(theme.selected());
+    let mut state = ratatui::widgets::TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut state);
+    if selected.is_none() {
+        frame.render_widget(
+            Paragraph::new(empty).style(theme.faint()),
+            Rect {
+                y: area.y + 1,
+                height: area.height.saturating_sub(1),
+                ..area
+            },
+        );
+    }
+}
+
 pub(crate) fn window(cursor: usize, rows: usize, height: usize) -> (usize, usize) {
     if height == 0 || rows <= height {
         return (0, cursor);

@@ -1,13 +1,13 @@
 //! The models view: per model, its replicas, traffic and last placement.
 
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Row, Table};
 use ratatui::Frame;
 
 use herd_proto::herd::ModelState;
 
-use super::{format, window, Theme, WIDE};
+use super::{draw_table, format, widths, window, Theme, WIDE};
 use crate::app::{App, ModelRow};
 
 /// Replicas as `2 node-a node-b↑`: ready plain, loading ↑, unloading ↓, failed !.
@@ -103,29 +103,12 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Row::new(cells)
     });
     let header = Row::new(columns.iter().map(|(name, _)| *name)).style(theme.header());
-    let widths = columns.iter().map(|(_, w)| match w {
-        0 => Constraint::Fill(1),
-        w => Constraint::Length(*w),
-    });
-    let table = Table::new(rows, widths)
-        .header(header)
-        .column_spacing(1)
-        .row_highlight_style(theme.selected());
-    let mut state = TableState::default().with_selected((!models.is_empty()).then_some(selected));
-    frame.render_stateful_widget(table, area, &mut state);
-    if models.is_empty() {
-        let text = if app.filter.is_empty() {
-            "no model in the catalog"
-        } else {
-            "no model matches the filter"
-        };
-        frame.render_widget(
-            Paragraph::new(text).style(theme.faint()),
-            Rect {
-                y: area.y + 1,
-                height: area.height.saturating_sub(1),
-                ..area
-            },
-        );
-    }
+    let empty = if app.filter.is_empty() {
+        "no model in the catalog"
+    } else {
+        "no model matches the filter"
+    };
+    let selected = (!models.is_empty()).then_some(selected);
+    let table = Table::new(rows, widths(&columns)).header(header);
+    draw_table(frame, area, table, selected, empty, theme);
 }

@@ -2,12 +2,12 @@
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Row, Table, TableState};
+use ratatui::widgets::{Row, Table};
 use ratatui::Frame;
 
 use herd_proto::herd::NodeState;
 
-use super::{format, window, Theme, WIDE};
+use super::{draw_table, format, window, Theme, WIDE};
 use crate::app::{App, GpuRow, NodeRow};
 
 /// A node's state as a word.
@@ -121,27 +121,14 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .skip(first)
         .take(height)
         .map(|node| row(app, theme, node, wide, spark_width as usize));
-    let table = Table::new(rows, widths)
-        .header(header)
-        .column_spacing(1)
-        .row_highlight_style(theme.selected());
-    let mut state = TableState::default().with_selected((!nodes.is_empty()).then_some(selected));
-    if nodes.is_empty() {
-        let text = if app.filter.is_empty() {
-            "no nodes have joined"
-        } else {
-            "no node matches the filter"
-        };
-        frame.render_widget(
-            ratatui::widgets::Paragraph::new(text).style(theme.faint()),
-            Rect {
-                y: area.y + 1,
-                height: area.height.saturating_sub(1),
-                ..area
-            },
-        );
-    }
-    frame.render_stateful_widget(table, area, &mut state);
+    let empty = if app.filter.is_empty() {
+        "no nodes have joined"
+    } else {
+        "no node matches the filter"
+    };
+    let selected = (!nodes.is_empty()).then_some(selected);
+    let table = Table::new(rows, widths).header(header);
+    draw_table(frame, area, table, selected, empty, theme);
 }
 
 fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: usize) -> Row<'a> {
