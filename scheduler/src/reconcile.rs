@@ -224,12 +224,10 @@ async fn load(
     match result {
         Ok(r) => {
             let r = r.into_inner();
-            let still_wanted = c
-                .replicas
-                .get(&key)
-                .is_some_and(|e| e.state == ReplicaState::Loading);
-            if still_wanted {
-                if let Some(e) = c.replicas.get_mut(&key) {
+            // The agent's report may have shown it ready already; the load still
+            // happened and is recorded, unless the replica was let go meanwhile.
+            if let Some(e) = c.replicas.get_mut(&key) {
+                if e.state == ReplicaState::Loading {
                     e.state = ReplicaState::Ready;
                     e.since = Instant::now();
                 }

@@ -40,28 +40,43 @@ fn multi_request() -> herd_proto::inference::ModelInferRequest {
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
+/// Three 60 MiB models asked for, one after another, on three 200 MiB nodes under
+/// `policy`; returns the cluster and the nodes they went to.
+async fn place_three(policy: PolicyArg) -> (TestCluster, Vec<String>) {
     let settings = [
         ("tiny_mlp", HINT_60),
         ("tiny_fixed", HINT_60),
         ("tiny_multi", HINT_60),
     ];
-    let cluster = TestCluster::start(
-        &["200MiB", "200MiB", "200MiB"],
-        &settings,
-        PolicyArg::Spread,
-    )
-    .await;
+    let cluster = TestCluster::start(&["200MiB", "200MiB", "200MiB"], &settings, policy).await;
     infer_ok(&cluster, mlp_request(1, 0.0)).await;
     infer_ok(&cluster, fixed_request()).await;
     infer_ok(&cluster, multi_request()).await;
-    let mut nodes: Vec<String> = ["tiny_mlp", "tiny_fixed", "tiny_multi"]
+    let nodes = ["tiny_mlp", "tiny_fixed", "tiny_multi"]
         .iter()
         .flat_map(|m| cluster.ready_on(m))
         .collect();
+    (cluster, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
+    let (cluster, mut nodes) = place_three(PolicyArg::Spread).await;
     nodes.sort();
     assert_eq!(nodes, vec!["a", "b", "c"], "one model per node");
+    // A replica can serve (the agent reported it ready) just before the scheduler hears
+    // its load answer and records the event.
+    let s = cluster.scheduler.clone();
+    eventually("three load events", LONG, || {
+        s.lock()
+            .events
+            .recent(100)
+            .iter()
+            .filter(|e| e.kind == "loaded")
+            .count()
+            >= 3
+    })
+    .await;
     let loads = cluster.events("loaded", "");
     assert_eq!(
         loads.len(),
@@ -79,24 +94,7 @@ async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binpack_fills_one_node_first() {
-    let settings = [
-        ("tiny_mlp", HINT_60),
-        ("tiny_fixed", HINT_60),
-        ("tiny_multi", HINT_60),
-    ];
-    let cluster = TestCluster::start(
-        &["200MiB", "200MiB", "200MiB"],
-        &settings,
-        PolicyArg::Binpack,
-    )
-    .await;
-    infer_ok(&cluster, mlp_request(1, 0.0)).await;
-    infer_ok(&cluster, fixed_request()).await;
-    infer_ok(&cluster, multi_request()).await;
-    let nodes: Vec<String> = ["tiny_mlp", "tiny_fixed", "tiny_multi"]
-        .iter()
-        .flat_map(|m| cluster.ready_on(m))
-        .collect();
+    let (_cluster, nodes) = place_three(PolicyArg::Binpack).await;
     assert_eq!(nodes.len(), 3);
     assert!(
         nodes.iter().all(|n| *n == nodes[0]),
@@ -175,10 +173,7 @@ async fn concurrent_first_requests_share_one_load() {
     let cluster = TestCluster::start(&["1GiB", "1GiB"], &[], PolicyArg::Spread).await;
     let client = cluster.client().await;
     let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let mut c = client.clone();
-            tokio::spawn(async move { c.model_infer(mlp_request(1, i as f32)).await })
-        })
+        .map(|i| spawn_infer(&client, mlp_request(1, i as f32)))
         .collect();
     for t in tasks {
         t.await
@@ -186,6 +181,10 @@ async fn concurrent_first_requests_share_one_load() {
             .expect("every first request is answered");
     }
     assert_eq!(cluster.events("placed", "tiny_mlp").len(), 1);
+    eventually("the load recorded", LONG, || {
+        !cluster.events("loaded", "tiny_mlp").is_empty()
+    })
+    .await;
     assert_eq!(cluster.events("loaded", "tiny_mlp").len(), 1);
     let cold = cluster
         .scheduler

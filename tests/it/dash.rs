@@ -152,9 +152,10 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
     tmux.until("the drain question", |s| s.contains("Drain node second"))
         .await;
     tmux.keys("y");
+    // The node's own row (it starts with its name), not the footer's "draining second…".
     tmux.until("the node shown draining", |s| {
         s.lines()
-            .any(|l| l.contains("second") && l.contains("drain") && !l.contains("Drain node"))
+            .any(|l| l.starts_with("second") && l.contains("drain"))
     })
     .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
