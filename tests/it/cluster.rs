@@ -662,3 +662,80 @@ async fn metrics_and_health_are_served_over_http() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
+    use herd_proto::herd::agent_client::AgentClient;
+    use herd_proto::herd::{FetchModelRequest, LoadModelRequest, ModelSource};
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    let mut admin = cluster.admin(Some(TOKEN)).await;
+    let status = admin
+        .load_model(AdminLoadRequest {
+            model: "no_such_model".into(),
+        })
+        .await
+        .expect_err("unknown model");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("no_such_model"),
+        "{}",
+        status.message()
+    );
+    let status = admin
+        .drain_node(DrainNodeRequest {
+            node: "nowhere".into(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut joins = SchedulerClient::with_interceptor(
+        channel,
+        herd_agent::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
+    );
+    let fetch = joins
+        .fetch_model(FetchModelRequest {
+            digest: "0".repeat(64),
+            offset: 0,
+        })
+        .await
+        .expect_err("no such file");
+    assert_eq!(fetch.code(), Code::NotFound, "{fetch:?}");
+
+    // An agent asked to load a file by something that is not a sha256 refuses it
+    // before touching its disk.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.agents[0].addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+    let mut agent = AgentClient::with_interceptor(
+        channel,
+        herd_agent::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
+    );
+    let load = agent
+        .load(LoadModelRequest {
+            model: Some(ModelSource {
+                name: "x".into(),
+                version: 1,
+                digest: "../../etc/passwd".into(),
+                file_bytes: 1,
+                settings: None,
+            }),
+        })
+        .await
+        .expect_err("not a digest");
+    assert_eq!(load.code(), Code::InvalidArgument, "{load:?}");
+    assert!(
+        load.message().contains("is not a sha256"),
+        "{}",
+        load.message()
+    );
+    infer_ok(&cluster, mlp_request(1, 0.0)).await;
+}
