@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herd_agent::process::{ProcessLoader, WorkerProgram};
+use herd_agent::{ProcessLoader, WorkerProgram};
 
 /// herd serves ONNX models across the machines of a small cluster, over the
 /// KServe v2 / Triton gRPC protocol.
@@ -23,7 +23,7 @@ enum Command {
     /// Run a whole cluster on this machine: a scheduler and an agent in one process,
     /// serving the model repository over the Triton/KServe v2 gRPC protocol. Other
     /// machines join it with `herd agent --scheduler` (listen on 0.0.0.0 for that).
-    Up(herd_scheduler::up::UpConfig),
+    Up(herd_cli::up::UpConfig),
     /// Run the central scheduler: agents join it, it places models on them by the
     /// memory they report, and it routes requests to them as one Triton.
     Scheduler(herd_scheduler::SchedulerConfig),
@@ -31,15 +31,15 @@ enum Command {
     /// loading models on first use, batching concurrent requests, unloading idle models.
     Agent(herd_agent::AgentConfig),
     /// Run a model once on inputs from .npy files or JSON arrays; print or save its outputs.
-    Infer(herd_client::infer::InferArgs),
+    Infer(herd_cli::infer::InferArgs),
     /// The cluster's models: list, show, load, unload.
-    Models(herd_client::cluster::ModelsArgs),
+    Models(herd_cli::cluster_commands::ModelsArgs),
     /// The cluster's nodes: list, show, drain.
-    Nodes(herd_client::cluster::NodesArgs),
+    Nodes(herd_cli::cluster_commands::NodesArgs),
     /// Measure a model's throughput and latency under load (closed loop over a
     /// concurrency sweep, or open loop at --rate), against a server or ONNX Runtime
     /// in-process (--local).
-    Bench(herd_client::bench::BenchConfig),
+    Bench(herd_cli::bench::BenchConfig),
     /// A live terminal dashboard of the cluster: load and memory per node, models, events.
     Dash(herd_dashboard::DashConfig),
     /// Hold one model's ONNX Runtime session for an agent, which starts it (internal).
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     init_tracing();
     if let Command::Worker(args) = &cli.command {
         // A worker is plain threads and pipes; it needs no async runtime.
-        return match herd_agent::worker::serve(args.ort_lib.as_deref()) {
+        return match herd_agent::serve_worker(args.ort_lib.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("herd worker: pipe to the agent failed: {e}");
@@ -97,11 +97,11 @@ fn init_tracing() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(config) => {
-            herd_agent::memory::return_large_allocations();
+            herd_agent::return_large_allocations();
             let (loader, _) = checked_loader(config.ort_lib.as_deref()).await?;
             let grpc = bind(config.scheduler.listen).await?;
             let http = bind(config.scheduler.http).await?;
-            herd_scheduler::up::run(config, Arc::new(loader), grpc, http, shutdown_signal())
+            herd_cli::up::run(config, Arc::new(loader), grpc, http, shutdown_signal())
                 .await
                 .map_err(anyhow::Error::msg)
         }
@@ -113,7 +113,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
         }
         Command::Agent(config) => {
-            herd_agent::memory::return_large_allocations();
+            herd_agent::return_large_allocations();
             let (loader, onnxruntime) = checked_loader(config.ort_lib.as_deref()).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -129,10 +129,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             Ok(())
         }
-        Command::Infer(args) => herd_client::infer::run(args).await,
-        Command::Models(args) => herd_client::cluster::run_models(args).await,
-        Command::Nodes(args) => herd_client::cluster::run_nodes(args).await,
-        Command::Bench(config) => herd_client::bench::run(config).await,
+        Command::Infer(args) => herd_cli::infer::run(args).await,
+        Command::Models(args) => herd_cli::cluster_commands::run_models(args).await,
+        Command::Nodes(args) => herd_cli::cluster_commands::run_nodes(args).await,
+        Command::Bench(config) => herd_cli::bench::run(config).await,
         Command::Dash(config) => herd_dashboard::run(config).await,
         Command::Worker(_) => {
             anyhow::bail!("herd worker is started by an agent, before the async runtime")

@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::tensor::Tensor;
+use herd_core::tensor::Tensor;
 
 /// Concatenates each input of several requests along the first dimension. All
 /// requests share a batch key, so their non-batch dimensions and dtypes agree.

@@ -43,10 +43,6 @@ impl<T> BatchQueue<T> {
         self.items.push_back(queued);
     }
 
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -16,12 +16,12 @@ use tracing::{info, warn};
 
 use crate::error::AgentError;
 use crate::memory;
-use crate::repository::{ModelFiles, Repository};
 use crate::runner::{BatchPolicy, Runner};
 use crate::session::Loader;
-use crate::settings::Ttl;
 use crate::stats::ModelStats;
-use crate::tensor::ModelSpec;
+use herd_core::repository::{ModelFiles, Repository};
+use herd_core::settings::Ttl;
+use herd_core::tensor::ModelSpec;
 
 /// A model in memory.
 pub struct Loaded {
@@ -78,7 +78,7 @@ impl Slot {
 
 /// Where a model stands, for status and the repository index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub enum LoadState {
     Available,
     Loading,
     Ready,
@@ -87,10 +87,10 @@ pub enum State {
 }
 
 /// A model as the cache sees it, for status reports.
-pub struct ModelView {
+pub struct CachedModel {
     pub name: String,
     pub version: Option<u64>,
-    pub state: State,
+    pub state: LoadState,
     pub stats: Option<Arc<ModelStats>>,
     pub in_flight: usize,
     pub queue_len: usize,
@@ -150,14 +150,14 @@ impl ModelCache {
         if let Some(files) = lock(&self.inner.assigned).get(name) {
             return Ok(files.clone());
         }
-        self.inner.repo.find(name)
+        Ok(self.inner.repo.find(name)?)
     }
 
     /// Serves `files` under its name from now on. A model already in memory from other
     /// files (another digest or settings) is unloaded first, so the next request loads
     /// the new one.
     pub async fn assign(&self, files: ModelFiles) -> Result<(), AgentError> {
-        crate::repository::check_name(&files.name)?;
+        herd_core::repository::check_name(&files.name)?;
         let name = files.name.clone();
         let changed = {
             let slots = lock(&self.inner.slots);
@@ -239,7 +239,7 @@ impl ModelCache {
     }
 
     /// Every model in the repository or in memory, with its state.
-    pub fn views(&self) -> Vec<ModelView> {
+    pub fn views(&self) -> Vec<CachedModel> {
         let slots: Vec<(String, Arc<Slot>)> = lock(&self.inner.slots)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -255,11 +255,11 @@ impl ModelCache {
             .into_iter()
             .map(|name| {
                 let slot = slots.iter().find(|(n, _)| *n == name).map(|(_, s)| s);
-                let mut view = ModelView {
+                let mut view = CachedModel {
                     state: if unloading.contains(&name) {
-                        State::Unloading
+                        LoadState::Unloading
                     } else {
-                        State::Available
+                        LoadState::Available
                     },
                     stats: stats.get(&name).cloned(),
                     version: None,
@@ -284,10 +284,10 @@ impl ModelCache {
                         Some(loaded) => {
                             view.queue_len = loaded.runner.queue_len();
                             view.memory_bytes = loaded.memory_now();
-                            State::Ready
+                            LoadState::Ready
                         }
-                        None if slot.load_lock.try_lock().is_err() => State::Loading,
-                        None if lock(&slot.last_failure).is_some() => State::Failed,
+                        None if slot.load_lock.try_lock().is_err() => LoadState::Loading,
+                        None if lock(&slot.last_failure).is_some() => LoadState::Failed,
                         None => view.state,
                     };
                 }

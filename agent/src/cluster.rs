@@ -12,9 +12,9 @@ use tonic::transport::Endpoint;
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::auth::SendToken;
 use crate::control::snapshot;
 use crate::{Agent, SchedulerRpc};
+use herd_core::auth::SendToken;
 
 pub struct Link {
     pub scheduler: String,
@@ -113,10 +113,11 @@ async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
             link.scheduler
         ))
     })?;
-    let token = SendToken::new(link.token.as_deref()).map_err(tonic::Status::invalid_argument)?;
+    let token = SendToken::new(link.token.as_deref())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     Ok(SchedulerClient::with_interceptor(channel, token)
         .max_decoding_message_size(1 << 30)
-        .max_encoding_message_size(64 << 20))
+        .max_encoding_message_size(herd_core::limits::LINK_MESSAGE))
 }
 
 /// The address the scheduler should call this agent at.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::{ModelSettings, Ttl};
+use herd_core::settings::{ModelSettings, Ttl};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentConfig {

@@ -15,11 +15,11 @@ use herd_proto::herd::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::cache::State;
-use crate::files::valid_digest;
-use crate::repository::ModelFiles;
-use crate::settings::{ClusterPolicy, ModelSettings, Ttl};
+use crate::cache::LoadState;
 use crate::Agent;
+use herd_core::digest::valid_digest;
+use herd_core::repository::ModelFiles;
+use herd_core::settings::{ClusterPolicy, ModelSettings, Ttl};
 
 pub struct ControlService {
     agent: Arc<Agent>,
@@ -56,11 +56,11 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
         .map(|(v, digest)| {
             let mut m = ModelStatus {
                 state: match v.state {
-                    State::Available => ModelState::Available,
-                    State::Loading => ModelState::Loading,
-                    State::Ready => ModelState::Ready,
-                    State::Unloading => ModelState::Unloading,
-                    State::Failed => ModelState::Failed,
+                    LoadState::Available => ModelState::Available,
+                    LoadState::Loading => ModelState::Loading,
+                    LoadState::Ready => ModelState::Ready,
+                    LoadState::Unloading => ModelState::Unloading,
+                    LoadState::Failed => ModelState::Failed,
                 } as i32,
                 version: v.version.map(|v| v.to_string()).unwrap_or_default(),
                 memory_bytes: v.memory_bytes,

@@ -26,6 +26,24 @@ pub enum AgentError {
     Stopped(String),
 }
 
+impl From<herd_core::RepositoryError> for AgentError {
+    fn from(e: herd_core::RepositoryError) -> AgentError {
+        use herd_core::RepositoryError as R;
+        match e {
+            R::ModelNotFound(name) => AgentError::ModelNotFound(name),
+            R::InvalidModelName(name) => AgentError::InvalidModelName(name),
+            R::BadSettings {
+                model,
+                path,
+                reason,
+            } => AgentError::LoadFailed {
+                model,
+                reason: format!("{}: {reason}", path.display()),
+            },
+        }
+    }
+}
+
 impl AgentError {
     pub fn code(&self) -> Code {
         match self {

@@ -3,37 +3,15 @@
 //! the scheduler assigns when the node has no copy.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::repository::Repository;
-
-/// sha256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// A digest is 64 lowercase hex digits; anything else could name a path.
-pub fn valid_digest(digest: &str) -> bool {
-    digest.len() == 64
-        && digest
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+use herd_core::digest::{sha256_file, valid_digest};
+use herd_core::repository::Repository;
 
 pub struct FileStore {
     /// Where fetched files go: `<dir>/<sha256>.onnx`. None: the agent keeps no cache.

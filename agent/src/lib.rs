@@ -2,29 +2,25 @@
 //! loading them on demand, batching concurrent requests and unloading models left
 //! idle; alone on a model repository, or as a node of a scheduler's cluster.
 
-pub mod auth;
-pub mod batch;
-pub mod batcher;
-pub mod cache;
-pub mod cluster;
-pub mod config;
-pub mod control;
-pub mod error;
-pub mod files;
-pub mod memory;
-pub mod onnx;
-pub mod probe;
-pub mod process;
-pub mod repository;
-pub mod runner;
-pub mod service;
-pub mod session;
-pub mod settings;
-pub mod stats;
-pub mod tensor;
-pub mod validate;
-pub mod wire;
-pub mod worker;
+mod batch;
+mod batcher;
+mod cache;
+mod cluster;
+mod config;
+mod control;
+mod error;
+mod files;
+mod memory;
+mod onnx;
+mod probe;
+mod process;
+mod runner;
+mod service;
+mod session;
+mod stats;
+mod validate;
+mod wire;
+mod worker;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,12 +34,21 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 
-pub use cache::ModelCache;
+// The agent's entry points; everything else stays inside the crate.
+pub use cache::{CachedModel, Lease, LoadState, Loaded, ModelCache};
+pub use cluster::{join_and_report, Link};
 pub use config::AgentConfig;
-pub use repository::Repository;
-pub use settings::ModelSettings;
+pub use error::AgentError;
+pub use herd_core::{ModelSettings, Repository};
+pub use memory::return_large_allocations;
+pub use onnx::OrtRuntime;
+pub use process::{ProcessLoader, WorkerProgram};
+pub use session::{Loader, Session};
+pub use validate::{validate, ValidRequest};
+pub use worker::serve as serve_worker;
 
-pub type SchedulerRpc = SchedulerClient<InterceptedService<Channel, auth::SendToken>>;
+pub(crate) type SchedulerRpc =
+    SchedulerClient<InterceptedService<Channel, herd_core::auth::SendToken>>;
 
 /// One agent: its models and what it knows of its node.
 pub struct Agent {
@@ -89,21 +94,7 @@ impl AgentOptions {
     }
 }
 
-/// The host's name, the default node name.
-pub fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "agent".to_string())
-}
-
-/// A per-user data directory: $XDG_DATA_HOME/herd, ~/.local/share/herd, or ./.herd.
-pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .map(|d| d.join("herd"))
-        .unwrap_or_else(|| PathBuf::from(".herd"))
-}
+pub use herd_core::paths::{default_data_dir, default_name};
 
 impl Agent {
     pub fn new(options: AgentOptions, loader: Arc<dyn session::Loader>) -> Arc<Agent> {
@@ -133,8 +124,7 @@ impl Agent {
     }
 }
 
-/// The largest batch message between the scheduler and an agent.
-pub const BATCH_MESSAGE: usize = 256 << 20;
+use herd_core::limits::BATCH_MESSAGE;
 
 /// Serves the agent's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -143,7 +133,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let size = agent.max_message_size;
-    let inference_token = auth::RequireToken::new(
+    let inference_token = herd_core::auth::RequireToken::new(
         agent
             .token
             .clone()
@@ -161,7 +151,7 @@ pub async fn serve(
         AgentServer::new(control::ControlService::new(agent.clone()))
             .max_decoding_message_size(size.max(BATCH_MESSAGE))
             .max_encoding_message_size(size.max(BATCH_MESSAGE)),
-        auth::RequireToken::new(agent.token.clone(), "herd.v1 agent calls"),
+        herd_core::auth::RequireToken::new(agent.token.clone(), "herd.v1 agent calls"),
     );
     // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's
     // tcp_nodelay applies only to listeners it binds itself).

@@ -7,9 +7,9 @@ use herd_proto::DataType;
 use ort::session::Session as OrtSession;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
-use crate::repository::ModelFiles;
 use crate::session::{Loader, Session};
-use crate::tensor::{ModelSpec, Tensor, TensorSpec};
+use herd_core::repository::ModelFiles;
+use herd_core::tensor::{ModelSpec, Tensor, TensorSpec};
 
 /// The ONNX Runtime version herd is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";

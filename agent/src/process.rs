@@ -10,10 +10,10 @@ use herd_proto::herd::{
     worker_command, worker_reply, WorkerCommand, WorkerLoad, WorkerReply, WorkerRun,
 };
 
-use crate::repository::ModelFiles;
 use crate::session::{Loader, Session};
-use crate::tensor::{ModelSpec, Tensor};
 use crate::wire::{read_frame, spec_from_wire, tensor_from_wire, tensor_to_wire, write_frame};
+use herd_core::repository::ModelFiles;
+use herd_core::tensor::{ModelSpec, Tensor};
 
 /// How to start a worker: a program and its arguments (`herd worker --ort-lib ...`).
 #[derive(Clone, Debug)]

@@ -18,8 +18,8 @@ use crate::batcher::{BatchQueue, Next, Queued};
 use crate::error::AgentError;
 use crate::session::Session;
 use crate::stats::ModelStats;
-use crate::tensor::Tensor;
 use crate::validate::ValidRequest;
+use herd_core::tensor::Tensor;
 
 pub type Reply = Result<Vec<Tensor>, AgentError>;
 

@@ -9,11 +9,11 @@ use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
 use tonic::{Request, Response, Status};
 
-use crate::cache::{Lease, State};
+use crate::cache::{Lease, LoadState};
 use crate::error::AgentError;
-use crate::tensor::TensorSpec;
 use crate::validate::validate;
 use crate::Agent;
+use herd_core::tensor::TensorSpec;
 
 pub struct InferenceService {
     agent: Arc<Agent>,
@@ -72,16 +72,6 @@ pub async fn infer(agent: &Agent, r: ModelInferRequest) -> Result<ModelInferResp
 }
 
 /// What herd says of itself as a Triton server, agent or scheduler alike.
-pub fn server_metadata() -> ServerMetadataResponse {
-    ServerMetadataResponse {
-        name: "herd".to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        extensions: ["model_repository", "model_configuration", "statistics"]
-            .map(String::from)
-            .to_vec(),
-    }
-}
-
 /// A hold on the model a request names, checking the version if one is given.
 fn lease(agent: &Agent, name: &str, version: &str) -> Result<Lease, AgentError> {
     let lease = agent.cache.lease(name)?;
@@ -131,7 +121,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(server_metadata()))
+        Ok(Response::new(herd_core::metadata::server_metadata()))
     }
 
     async fn model_metadata(
@@ -278,14 +268,14 @@ impl GrpcInferenceService for InferenceService {
             .cache
             .views()
             .into_iter()
-            .filter(|v| !only_ready || v.state == State::Ready)
+            .filter(|v| !only_ready || v.state == LoadState::Ready)
             .map(|v| {
                 let (state, reason) = match v.state {
-                    State::Ready => ("READY", String::new()),
-                    State::Loading => ("LOADING", String::new()),
-                    State::Unloading => ("UNLOADING", String::new()),
-                    State::Available => ("UNAVAILABLE", "unloaded".to_string()),
-                    State::Failed => (
+                    LoadState::Ready => ("READY", String::new()),
+                    LoadState::Loading => ("LOADING", String::new()),
+                    LoadState::Unloading => ("UNLOADING", String::new()),
+                    LoadState::Available => ("UNAVAILABLE", "unloaded".to_string()),
+                    LoadState::Failed => (
                         "UNAVAILABLE",
                         v.stats
                             .as_ref()

@@ -1,8 +1,8 @@
 //! What the runner needs from an inference engine: load a model file into a session,
 //! then run batches on it. Synchronous on purpose: sessions live on their own threads.
 
-use crate::repository::ModelFiles;
-use crate::tensor::{ModelSpec, Tensor};
+use herd_core::repository::ModelFiles;
+use herd_core::tensor::{ModelSpec, Tensor};
 
 pub trait Session: Send + 'static {
     /// Runs one batch. `inputs` are in the order of the model's inputs; the outputs

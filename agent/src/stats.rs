@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
+use herd_core::histogram::latency_histogram;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Total {
@@ -38,12 +39,6 @@ pub struct Counters {
     pub loads: u64,
     pub last_error: Option<String>,
     pub memory_bytes: u64,
-}
-
-/// A request-latency histogram in microseconds, as agents report and the scheduler
-/// keeps them: 1 µs to 1 hour at 2 significant digits, a few KB, fixed size.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant histogram bounds are valid")
 }
 
 impl Default for Counters {

@@ -2,12 +2,12 @@
 //! batch: names, datatypes, shapes and byte lengths. Pure; the service calls it.
 
 use bytes::Bytes;
-use herd_proto::datatype::contents_to_raw;
+use herd_core::contents::contents_to_raw;
 use herd_proto::inference::ModelInferRequest;
 use herd_proto::DataType;
 
 use crate::error::AgentError;
-use crate::tensor::{element_count, shape_string, ModelSpec, Tensor, TensorSpec};
+use herd_core::tensor::{element_count, shape_string, ModelSpec, Tensor, TensorSpec};
 
 /// Requests batch together only when every input agrees on its non-batch dimensions.
 pub type BatchKey = Vec<Vec<i64>>;

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use herd_proto::herd::{WorkerTensor, WorkerTensorSpec};
 use prost::Message;
 
-use crate::tensor::{Tensor, TensorSpec};
+use herd_core::tensor::{Tensor, TensorSpec};
 
 /// Writes one frame: a 4-byte little-endian length, then the message.
 pub fn write_frame(out: &mut impl Write, message: &impl Message) -> io::Result<()> {

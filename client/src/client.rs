@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use herd_core::auth::SendToken;
+use herd_core::contents::contents_to_raw;
+use herd_core::limits::MAX_MESSAGE;
 use herd_proto::herd::admin_client::AdminClient;
 use herd_proto::herd::{
     AdminLoadRequest, AdminUnloadRequest, ClusterUpdate, DrainNodeRequest, DrainNodeResponse,
@@ -18,7 +21,6 @@ use herd_proto::inference::{
     ModelStatistics, ModelStatisticsRequest,
 };
 use herd_proto::DataType;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -60,25 +62,7 @@ impl Default for ConnectOptions {
     }
 }
 
-/// Adds the bearer token to every request.
-#[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Transport = InterceptedService<Channel, Auth>;
+type Transport = InterceptedService<Channel, SendToken>;
 
 struct Target {
     role: String,
@@ -94,9 +78,6 @@ pub struct Client {
     inference: GrpcInferenceServiceClient<Transport>,
     admin: AdminClient<Transport>,
 }
-
-/// The largest message the client sends or accepts.
-const MAX_MESSAGE: usize = 256 << 20;
 
 impl Client {
     /// Connects to `addr` (HOST:PORT or a URL) with default options.
@@ -116,16 +97,9 @@ impl Client {
         if endpoint.uri().host().is_none() {
             return Err(address_error("expected HOST:PORT".to_string()));
         }
-        let auth = match &options.token {
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| {
-                        ClientError::Token("it must be printable ASCII without newlines".into())
-                    })?,
-            ),
-            None => None,
-        };
+        let auth = SendToken::new(options.token.as_deref()).map_err(|_| {
+            ClientError::Token("it must be printable ASCII without newlines".into())
+        })?;
         let channel = endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
@@ -136,7 +110,7 @@ impl Client {
                 addr: addr.to_string(),
                 reason: connect_reason(&e),
             })?;
-        let transport = InterceptedService::new(channel, Auth(auth));
+        let transport = InterceptedService::new(channel, auth);
         Ok(Client {
             target: Arc::new(Target {
                 role: options.role,
@@ -375,7 +349,7 @@ pub fn outputs(response: ModelInferResponse) -> Result<Vec<NamedTensor>, String>
                 Some(b) => b.clone(),
                 None => {
                     let contents = out.contents.clone().unwrap_or_default();
-                    herd_proto::datatype::contents_to_raw(dtype, &contents)
+                    contents_to_raw(dtype, &contents)
                         .map_err(|e| format!("output '{}': {e}", out.name))?
                         .into()
                 }

@@ -56,7 +56,7 @@ impl ClientError {
         }
     }
 
-    pub(crate) fn file(path: impl Into<PathBuf>, reason: impl ToString) -> ClientError {
+    pub fn file(path: impl Into<PathBuf>, reason: impl ToString) -> ClientError {
         ClientError::File {
             path: path.into(),
             reason: reason.to_string(),

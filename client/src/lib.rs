@@ -1,17 +1,13 @@
-//! herd's Rust client: talk to the scheduler (or an agent serving alone) over the
-//! KServe v2 / Triton gRPC protocol and herd's Admin service, with typed tensors; and
-//! the client commands of the `herd` binary: `infer`, `models`, `nodes` and `bench`,
-//! the project's load generator.
+//! herd's Rust client library, for applications that offload ML work: a connection to
+//! the scheduler (or an agent serving alone) over the KServe v2 / Triton gRPC protocol
+//! and herd's Admin service, typed tensors, errors that say what failed and where, and
+//! the one view-model of the cluster that the CLI and the dashboard share. No ONNX
+//! Runtime inside.
 
-pub mod bench;
-pub mod cli;
 pub mod client;
-pub mod cluster;
 pub mod error;
-pub mod infer;
-pub mod inputs;
-pub mod table;
 pub mod tensor;
+pub mod view;
 
 pub use client::{Client, ConnectOptions};
 pub use error::ClientError;

@@ -6,6 +6,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use bytes::Bytes;
+use herd_core::tensor::{decode, encode};
 use herd_proto::DataType;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
@@ -80,18 +81,6 @@ macro_rules! from_array {
 from_array!(bool => Bool, u8 => U8, u16 => U16, u32 => U32, u64 => U64, i8 => I8,
     i16 => I16, i32 => I32, i64 => I64, f32 => F32, f64 => F64);
 
-/// Decodes little-endian elements of a fixed size.
-fn decode<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|c| {
-            let mut b = [0u8; N];
-            b.copy_from_slice(c);
-            from(b)
-        })
-        .collect()
-}
-
 fn array<T>(shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>, String> {
     ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| e.to_string())
 }
@@ -145,17 +134,17 @@ impl TensorData {
         }
         let b = &bytes[..];
         Ok(match dtype {
-            DataType::Bool => TensorData::Bool(array(&shape, b.iter().map(|&v| v != 0).collect())?),
-            DataType::Uint8 => TensorData::U8(array(&shape, b.to_vec())?),
-            DataType::Uint16 => TensorData::U16(array(&shape, decode(b, u16::from_le_bytes))?),
-            DataType::Uint32 => TensorData::U32(array(&shape, decode(b, u32::from_le_bytes))?),
-            DataType::Uint64 => TensorData::U64(array(&shape, decode(b, u64::from_le_bytes))?),
-            DataType::Int8 => TensorData::I8(array(&shape, decode(b, i8::from_le_bytes))?),
-            DataType::Int16 => TensorData::I16(array(&shape, decode(b, i16::from_le_bytes))?),
-            DataType::Int32 => TensorData::I32(array(&shape, decode(b, i32::from_le_bytes))?),
-            DataType::Int64 => TensorData::I64(array(&shape, decode(b, i64::from_le_bytes))?),
-            DataType::Fp32 => TensorData::F32(array(&shape, decode(b, f32::from_le_bytes))?),
-            DataType::Fp64 => TensorData::F64(array(&shape, decode(b, f64::from_le_bytes))?),
+            DataType::Bool => TensorData::Bool(array(&shape, decode(b))?),
+            DataType::Uint8 => TensorData::U8(array(&shape, decode(b))?),
+            DataType::Uint16 => TensorData::U16(array(&shape, decode(b))?),
+            DataType::Uint32 => TensorData::U32(array(&shape, decode(b))?),
+            DataType::Uint64 => TensorData::U64(array(&shape, decode(b))?),
+            DataType::Int8 => TensorData::I8(array(&shape, decode(b))?),
+            DataType::Int16 => TensorData::I16(array(&shape, decode(b))?),
+            DataType::Int32 => TensorData::I32(array(&shape, decode(b))?),
+            DataType::Int64 => TensorData::I64(array(&shape, decode(b))?),
+            DataType::Fp32 => TensorData::F32(array(&shape, decode(b))?),
+            DataType::Fp64 => TensorData::F64(array(&shape, decode(b))?),
             DataType::Fp16 | DataType::Bf16 | DataType::Bytes => TensorData::Raw {
                 dtype,
                 shape,
@@ -166,23 +155,8 @@ impl TensorData {
 
     /// The protocol's raw form: elements in row-major order, little-endian.
     pub fn to_raw(&self) -> Bytes {
-        fn encode<T: Copy, const N: usize>(a: &ArrayD<T>, to: fn(T) -> [u8; N]) -> Bytes {
-            Bytes::from(a.iter().flat_map(|&v| to(v)).collect::<Vec<u8>>())
-        }
-        match self {
-            TensorData::Bool(a) => Bytes::from(a.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
-            TensorData::U8(a) => encode(a, u8::to_le_bytes),
-            TensorData::U16(a) => encode(a, u16::to_le_bytes),
-            TensorData::U32(a) => encode(a, u32::to_le_bytes),
-            TensorData::U64(a) => encode(a, u64::to_le_bytes),
-            TensorData::I8(a) => encode(a, i8::to_le_bytes),
-            TensorData::I16(a) => encode(a, i16::to_le_bytes),
-            TensorData::I32(a) => encode(a, i32::to_le_bytes),
-            TensorData::I64(a) => encode(a, i64::to_le_bytes),
-            TensorData::F32(a) => encode(a, f32::to_le_bytes),
-            TensorData::F64(a) => encode(a, f64::to_le_bytes),
-            TensorData::Raw { bytes, .. } => bytes.clone(),
-        }
+        typed!(self, a => Bytes::from(encode(a.iter().copied())),
+            raw TensorData::Raw { bytes, .. } => bytes.clone())
     }
 
     /// Values as f64, row-major (for summaries and top-k); `None` for raw types.

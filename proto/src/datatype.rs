@@ -1,10 +1,7 @@
-//! Tensor element types as the KServe v2 protocol names them, and the conversion of
-//! typed `InferTensorContents` into the raw little-endian bytes herd works with.
+//! Tensor element types as the KServe v2 protocol names them.
 
 use std::fmt;
 use std::str::FromStr;
-
-use crate::inference::InferTensorContents;
 
 /// An element type of a tensor, named as on the KServe v2 wire ("FP32", "INT64", ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,18 +20,6 @@ pub enum DataType {
     Fp64,
     Bf16,
     Bytes,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ContentsError {
-    #[error("datatype {0} cannot be sent as typed contents")]
-    Unsupported(DataType),
-    #[error("value {value} in `{field}` does not fit {datatype}")]
-    OutOfRange {
-        datatype: DataType,
-        field: &'static str,
-        value: i128,
-    },
 }
 
 impl DataType {
@@ -128,66 +113,6 @@ impl FromStr for DataType {
     }
 }
 
-/// Converts typed contents into raw little-endian bytes for `datatype`.
-/// Values that do not fit the type are refused rather than truncated.
-pub fn contents_to_raw(
-    datatype: DataType,
-    c: &InferTensorContents,
-) -> Result<Vec<u8>, ContentsError> {
-    fn narrow<T: TryFrom<i128> + Copy, const N: usize>(
-        datatype: DataType,
-        field: &'static str,
-        values: impl Iterator<Item = i128>,
-        to_le: impl Fn(T) -> [u8; N],
-    ) -> Result<Vec<u8>, ContentsError> {
-        let mut out = Vec::new();
-        for value in values {
-            let v = T::try_from(value).map_err(|_| ContentsError::OutOfRange {
-                datatype,
-                field,
-                value,
-            })?;
-            out.extend_from_slice(&to_le(v));
-        }
-        Ok(out)
-    }
-    let ints = || c.int_contents.iter().map(|&v| v as i128);
-    let uints = || c.uint_contents.iter().map(|&v| v as i128);
-    let raw = match datatype {
-        DataType::Bool => c.bool_contents.iter().map(|&b| b as u8).collect(),
-        DataType::Int8 => narrow::<i8, 1>(datatype, "int_contents", ints(), i8::to_le_bytes)?,
-        DataType::Int16 => narrow::<i16, 2>(datatype, "int_contents", ints(), i16::to_le_bytes)?,
-        DataType::Int32 => narrow::<i32, 4>(datatype, "int_contents", ints(), i32::to_le_bytes)?,
-        DataType::Int64 => c
-            .int64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::Uint8 => narrow::<u8, 1>(datatype, "uint_contents", uints(), u8::to_le_bytes)?,
-        DataType::Uint16 => narrow::<u16, 2>(datatype, "uint_contents", uints(), u16::to_le_bytes)?,
-        DataType::Uint32 => narrow::<u32, 4>(datatype, "uint_contents", uints(), u32::to_le_bytes)?,
-        DataType::Uint64 => c
-            .uint64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::Fp32 => c
-            .fp32_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::Fp64 => c
-            .fp64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::Fp16 | DataType::Bf16 | DataType::Bytes => {
-            return Err(ContentsError::Unsupported(datatype))
-        }
-    };
-    Ok(raw)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,34 +123,5 @@ mod tests {
             assert_eq!(d.as_str().parse::<DataType>(), Ok(d));
         }
         assert!("FLOAT".parse::<DataType>().is_err());
-    }
-
-    #[test]
-    fn typed_contents_become_little_endian_bytes() {
-        let c = InferTensorContents {
-            fp32_contents: vec![1.0, -2.5],
-            ..Default::default()
-        };
-        let raw = contents_to_raw(DataType::Fp32, &c).expect("fp32 converts");
-        assert_eq!(
-            raw,
-            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
-        );
-    }
-
-    #[test]
-    fn narrowing_refuses_values_that_do_not_fit() {
-        let c = InferTensorContents {
-            int_contents: vec![1, 300],
-            ..Default::default()
-        };
-        assert_eq!(
-            contents_to_raw(DataType::Int8, &c),
-            Err(ContentsError::OutOfRange {
-                datatype: DataType::Int8,
-                field: "int_contents",
-                value: 300
-            })
-        );
     }
 }

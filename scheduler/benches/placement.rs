@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use herd_scheduler::placement::{
-    solve, Decision, GpuView, ModelView, NodeView, Policy, Problem, Replica, Want,
+    solve, Decision, GpuView, ModelDemand, NodeView, Policy, Problem, Replica, Want,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,8 +47,8 @@ fn cluster(nodes: usize, models: usize, policy: Policy, tight: bool) -> (Problem
             }
         })
         .collect();
-    let mut models: Vec<ModelView> = (0..models)
-        .map(|i| ModelView {
+    let mut models: Vec<ModelDemand> = (0..models)
+        .map(|i| ModelDemand {
             name: format!("model-{i:05}"),
             digest: format!("{:064x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             memory: rng.random_range(50..=4096) * MIB,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use herd_agent::auth::SendToken;
+use herd_core::auth::SendToken;
 use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::herd::{
     AgentStatus, JoinRequest, ModelState, ModelStatus, NodeResources, ReportRequest,

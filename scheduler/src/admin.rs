@@ -98,7 +98,7 @@ pub fn models(c: &Cluster) -> Vec<ModelInfo> {
                 policy: Some(ModelPolicy {
                     min_replicas: m.policy.min_replicas,
                     max_replicas: m.policy.max_replicas,
-                    device: m.policy.device.clone(),
+                    device: m.policy.device.to_string(),
                     memory_hint_bytes: m.policy.memory_hint.unwrap_or(0),
                 }),
                 replicas,
@@ -139,7 +139,7 @@ fn refresh_catalog(scheduler: &Arc<Scheduler>, model: &str) -> Result<(), Status
     if scheduler.lock().models.contains_key(model) {
         return Ok(());
     }
-    let repo = herd_agent::Repository::new(scheduler.repository.clone(), Default::default());
+    let repo = herd_core::Repository::new(scheduler.repository.clone(), Default::default());
     let entry = crate::catalog::read_model(&repo, model).map_err(Status::not_found)?;
     let mut c = scheduler.lock();
     c.events

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use herd_agent::files::sha256_file;
-use herd_agent::settings::ModelSettings;
-use herd_agent::Repository;
+use herd_core::digest::sha256_file;
+use herd_core::settings::ModelSettings;
+use herd_core::Repository;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::CatalogModel;
@@ -32,7 +32,7 @@ pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String>
         requests_total: 0,
         failures_total: 0,
         cold_starts: 0,
-        latency: herd_agent::stats::latency_histogram(),
+        latency: herd_core::histogram::latency_histogram(),
         last_placement: None,
         unplaceable: None,
         load_error: None,
@@ -77,7 +77,7 @@ impl Record {
             measured: m.measured,
             min_replicas: m.policy.min_replicas,
             max_replicas: m.policy.max_replicas,
-            device: m.policy.device.clone(),
+            device: m.policy.device.to_string(),
         }
     }
 

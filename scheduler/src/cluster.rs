@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use herd_agent::settings::{ClusterPolicy, ModelSettings, Ttl};
+use herd_core::settings::{ClusterPolicy, ModelSettings, Ttl};
 use herd_proto::herd::{AgentStatus, Event, ModelState};
 use tokio::time::Instant;
 
+use crate::agent_link::AgentLink;
 use crate::events::EventLog;
-use crate::nodes::AgentLink;
 use crate::placement::{
-    Assignment, Device, ModelView, NodeView, Policy, Problem, Replica as PlacedReplica, Want,
+    Assignment, Device, ModelDemand, NodeView, Policy, Problem, Replica as PlacedReplica, Want,
 };
 use crate::sender::BatchSender;
 
@@ -102,10 +102,10 @@ impl CatalogModel {
     }
 
     pub fn want(&self) -> Want {
-        match self.policy.device.as_str() {
-            "gpu" => Want::Gpu,
-            "any" => Want::Any,
-            _ => Want::Cpu,
+        match self.policy.device {
+            herd_core::Device::Gpu => Want::Gpu,
+            herd_core::Device::Any => Want::Any,
+            herd_core::Device::Cpu => Want::Cpu,
         }
     }
 }
@@ -264,7 +264,7 @@ impl Cluster {
         let models = self
             .models
             .values()
-            .map(|m| ModelView {
+            .map(|m| ModelDemand {
                 name: m.name.clone(),
                 digest: m.digest.clone(),
                 memory: m.memory_needed(),

@@ -76,6 +76,6 @@ impl SchedulerConfig {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| herd_agent::default_data_dir().join("scheduler"))
+            .unwrap_or_else(|| herd_core::paths::default_data_dir().join("scheduler"))
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use herd_agent::auth::RequireToken;
+use herd_core::auth::RequireToken;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
@@ -121,7 +121,7 @@ impl GrpcInferenceService for Gateway {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(herd_agent::service::server_metadata()))
+        Ok(Response::new(herd_core::metadata::server_metadata()))
     }
 
     async fn model_metadata(

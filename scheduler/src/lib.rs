@@ -2,6 +2,7 @@
 //! toward agents and the client-facing gateway.
 
 pub mod admin;
+pub mod agent_link;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
@@ -9,7 +10,6 @@ pub mod events;
 pub mod gateway;
 pub mod joins;
 pub mod metrics;
-pub mod nodes;
 pub mod placement;
 pub mod reconcile;
 pub mod records;
@@ -19,12 +19,11 @@ pub mod sender;
 pub mod state;
 pub mod store;
 pub mod token;
-pub mod up;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use herd_agent::auth::RequireToken;
+use herd_core::auth::RequireToken;
 use herd_proto::herd::admin_server::AdminServer;
 use herd_proto::herd::scheduler_server::SchedulerServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -39,7 +38,7 @@ use crate::cluster::Cluster;
 use crate::placement::Policy;
 use crate::store::Store;
 
-const MAX_MESSAGE: usize = 256 << 20;
+use herd_core::limits::MAX_MESSAGE;
 
 /// Builds the scheduler's state: token, store, catalog (the repository, with what the
 /// store remembers).
@@ -53,7 +52,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
             .map_err(|e| e.to_string())?,
     );
     let mut cluster = Cluster::default();
-    let defaults = herd_agent::ModelSettings::default();
+    let defaults = herd_core::ModelSettings::default();
     let repository = config.model_repository.clone();
     let scanned = tokio::task::spawn_blocking(move || catalog::scan(&repository, &defaults))
         .await

@@ -211,7 +211,7 @@ async fn load(
     model: String,
     node: String,
     source: ModelSource,
-    mut agent: crate::nodes::AgentRpc,
+    mut agent: crate::agent_link::AgentRpc,
 ) {
     let started = Instant::now();
     let mut request = tonic::Request::new(LoadModelRequest {

@@ -12,7 +12,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::nodes::AgentLink;
+use crate::agent_link::AgentLink;
 use crate::sender::{BatchSender, SendError};
 use crate::state::Scheduler;
 

@@ -10,7 +10,7 @@ use herd_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
-use crate::nodes::AgentRpc;
+use crate::agent_link::AgentRpc;
 
 /// Why a request failed: the replica's answer (final), or the way there (retryable).
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::agent_link::AgentLink;
 use crate::cluster::{Cluster, Node};
-use crate::nodes::AgentLink;
 use crate::placement::Policy;
 use crate::sender::BatchSender;
 use crate::store::Store;

@@ -696,7 +696,7 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
         .expect("connect");
     let mut joins = SchedulerClient::with_interceptor(
         channel,
-        herd_agent::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
+        herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
     );
     let fetch = joins
         .fetch_model(FetchModelRequest {
@@ -717,7 +717,7 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
             .expect("connect");
     let mut agent = AgentClient::with_interceptor(
         channel,
-        herd_agent::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
+        herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
     );
     let load = agent
         .load(LoadModelRequest {

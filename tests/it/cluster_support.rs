@@ -239,7 +239,7 @@ impl TestCluster {
     ) -> herd_proto::herd::admin_client::AdminClient<
         tonic::service::interceptor::InterceptedService<
             tonic::transport::Channel,
-            herd_agent::auth::SendToken,
+            herd_core::auth::SendToken,
         >,
     > {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
@@ -249,7 +249,7 @@ impl TestCluster {
             .expect("connect");
         herd_proto::herd::admin_client::AdminClient::with_interceptor(
             channel,
-            herd_agent::auth::SendToken::new(token).expect("ascii"),
+            herd_core::auth::SendToken::new(token).expect("ascii"),
         )
     }
 }

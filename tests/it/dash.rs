@@ -165,7 +165,7 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
         .expect("connect");
     let mut admin = herd_proto::herd::admin_client::AdminClient::with_interceptor(
         channel,
-        herd_agent::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
+        herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
     );
     let nodes = admin
         .list_nodes(ListNodesRequest {})

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use herd_agent::cache::State;
-use herd_agent::session::Loader;
+use herd_agent::LoadState;
+use herd_agent::Loader;
 use herd_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use herd_proto::inference::{
     InferTensorContents, ModelConfigRequest, ModelInferRequest, ModelMetadataRequest,
@@ -16,7 +16,7 @@ use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn view(agent: &TestAgent, model: &str) -> herd_agent::cache::ModelView {
+fn view(agent: &TestAgent, model: &str) -> herd_agent::CachedModel {
     agent
         .agent
         .cache
@@ -30,7 +30,7 @@ fn view(agent: &TestAgent, model: &str) -> herd_agent::cache::ModelView {
 async fn batched_outputs_equal_unbatched_and_concurrent_requests_share_runs() {
     let repo = repository();
     // Reference: each request run alone on its own session, no agent involved.
-    let files = herd_agent::Repository::new(repo_path(&repo), Default::default())
+    let files = herd_core::Repository::new(repo_path(&repo), Default::default())
         .find("tiny_mlp")
         .expect("tiny_mlp");
     let (_, mut alone) = ort().load(&files).expect("load tiny_mlp");
@@ -39,7 +39,7 @@ async fn batched_outputs_equal_unbatched_and_concurrent_requests_share_runs() {
     let expected: Vec<Vec<f32>> = requests
         .iter()
         .map(|r| {
-            let input = herd_agent::tensor::Tensor {
+            let input = herd_core::Tensor {
                 dtype: herd_proto::DataType::Fp32,
                 shape: r.inputs[0].shape.clone(),
                 data: r.raw_input_contents[0].clone(),
@@ -114,7 +114,7 @@ async fn concurrent_first_requests_share_one_load() {
         view(&agent, "tiny_mlp").in_flight == 32
     })
     .await;
-    assert_eq!(view(&agent, "tiny_mlp").state, State::Loading);
+    assert_eq!(view(&agent, "tiny_mlp").state, LoadState::Loading);
     gate.open();
     for t in tasks {
         t.await.expect("task").expect("infer");
@@ -139,7 +139,7 @@ async fn a_slow_load_does_not_stall_other_models() {
             .expect("tiny_fixed must not wait for tiny_mlp's load")
             .expect("tiny_fixed answers");
     }
-    assert_eq!(view(&agent, "tiny_mlp").state, State::Loading);
+    assert_eq!(view(&agent, "tiny_mlp").state, LoadState::Loading);
     gate.open();
     slow.await
         .expect("task")

@@ -8,12 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herd_agent::onnx::OrtRuntime;
-use herd_agent::process::{ProcessLoader, WorkerProgram};
-use herd_agent::repository::ModelFiles;
-use herd_agent::session::{Loader, Session};
-use herd_agent::tensor::{ModelSpec, Tensor};
+use herd_agent::OrtRuntime;
 use herd_agent::{Agent, AgentOptions, ModelSettings};
+use herd_agent::{Loader, Session};
+use herd_agent::{ProcessLoader, WorkerProgram};
+use herd_core::ModelFiles;
+use herd_core::{ModelSpec, Tensor};
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use herd_proto::inference::model_infer_request::InferInputTensor;
 use herd_proto::inference::ModelInferRequest;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_agent::validate::validate;
+use herd_agent::validate;
 use herd_agent::{ModelCache, ModelSettings, Repository};
 use tokio::time::sleep;
 
@@ -60,18 +60,17 @@ async fn a_model_with_work_in_flight_is_never_unloaded() {
     let gate = Arc::new(Gate::default());
     let loader = GatedLoader::run_gated("tiny_mlp", &gate);
     let cache = cache(&repo, loader);
-    let submit =
-        |lease: &herd_agent::cache::Lease, loaded: &herd_agent::cache::Loaded, seed: f32| {
-            let _ = lease;
-            let valid = validate(
-                "tiny_mlp",
-                &loaded.spec,
-                loaded.max_batch_size,
-                mlp_request(1, seed),
-            )
-            .expect("valid request");
-            loaded.runner.submit(valid).expect("queued")
-        };
+    let submit = |lease: &herd_agent::Lease, loaded: &herd_agent::Loaded, seed: f32| {
+        let _ = lease;
+        let valid = validate(
+            "tiny_mlp",
+            &loaded.spec,
+            loaded.max_batch_size,
+            mlp_request(1, seed),
+        )
+        .expect("valid request");
+        loaded.runner.submit(valid).expect("queued")
+    };
     let running_lease = cache.lease("tiny_mlp").expect("lease");
     let loaded = running_lease.ready().await.expect("load");
     let running = submit(&running_lease, &loaded, 0.0);

@@ -72,7 +72,7 @@ pub struct NodeView {
 
 /// A model of the catalog.
 #[derive(Clone, Debug)]
-pub struct ModelView {
+pub struct ModelDemand {
     pub name: String,
     pub digest: String,
     /// Bytes one replica needs.
@@ -86,7 +86,7 @@ pub struct ModelView {
     pub desired_replicas: u32,
 }
 
-impl ModelView {
+impl ModelDemand {
     /// How many replicas solve aims for.
     #[must_use]
     pub fn target(&self) -> u32 {
@@ -117,7 +117,7 @@ pub struct Replica {
 #[derive(Clone, Debug)]
 pub struct Problem {
     pub nodes: Vec<NodeView>,
-    pub models: Vec<ModelView>,
+    pub models: Vec<ModelDemand>,
     pub policy: Policy,
 }
 

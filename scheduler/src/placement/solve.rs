@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use bytesize::ByteSize;
 
 use super::{
-    Assignment, Decision, Device, ModelView, NodeView, Policy, Problem, Replica, Solution, Want,
+    Assignment, Decision, Device, ModelDemand, NodeView, Policy, Problem, Replica, Solution, Want,
 };
 
 /// Pool 0 of a node is its RAM; pool g + 1 is its g-th GPU by index.
@@ -86,7 +86,7 @@ impl Node<'_> {
 }
 
 pub(super) struct Model<'a> {
-    pub view: &'a ModelView,
+    pub view: &'a ModelDemand,
     pub target: u32,
     /// Eviction never takes the model to fewer replicas than this: its target, and at least
     /// min_replicas. So only replicas beyond what a model wants can be evicted.
@@ -198,7 +198,7 @@ impl<'a> State<'a> {
         let mut node_views: Vec<&NodeView> = problem.nodes.iter().collect();
         node_views.sort_by(|a, b| a.name.cmp(&b.name));
         node_views.dedup_by(|b, a| a.name == b.name);
-        let mut model_views: Vec<&ModelView> = problem.models.iter().collect();
+        let mut model_views: Vec<&ModelDemand> = problem.models.iter().collect();
         model_views.sort_by(|a, b| a.name.cmp(&b.name));
         model_views.dedup_by(|b, a| a.name == b.name);
 

@@ -45,8 +45,8 @@ fn digest(model: &str) -> String {
     format!("sha256-{model}")
 }
 
-fn model(name: &str, memory: u64, want: Want, desired: u32) -> ModelView {
-    ModelView {
+fn model(name: &str, memory: u64, want: Want, desired: u32) -> ModelDemand {
+    ModelDemand {
         name: name.into(),
         digest: digest(name),
         memory,
@@ -58,7 +58,7 @@ fn model(name: &str, memory: u64, want: Want, desired: u32) -> ModelView {
 }
 
 /// A model nobody wants now: its replicas may be evicted.
-fn idle_model(name: &str, memory: u64) -> ModelView {
+fn idle_model(name: &str, memory: u64) -> ModelDemand {
     model(name, memory, Want::Cpu, 0)
 }
 
@@ -73,7 +73,7 @@ fn replica(model: &str, node: &str, device: Device, last_used: u64) -> Replica {
     }
 }
 
-fn problem(nodes: Vec<NodeView>, models: Vec<ModelView>, policy: Policy) -> Problem {
+fn problem(nodes: Vec<NodeView>, models: Vec<ModelDemand>, policy: Policy) -> Problem {
     Problem {
         nodes,
         models,
@@ -829,15 +829,17 @@ fn arb_problem() -> impl Strategy<Value = (Problem, Vec<RawReplica>)> {
         let models = models
             .into_iter()
             .enumerate()
-            .map(|(i, (memory, want, min, max, desired, empty))| ModelView {
-                name: format!("m{i}"),
-                digest: format!("d{i}"),
-                memory: if empty { 0 } else { memory * UNIT },
-                want: [Want::Cpu, Want::Gpu, Want::Any][want as usize],
-                min_replicas: min,
-                max_replicas: max,
-                desired_replicas: desired,
-            })
+            .map(
+                |(i, (memory, want, min, max, desired, empty))| ModelDemand {
+                    name: format!("m{i}"),
+                    digest: format!("d{i}"),
+                    memory: if empty { 0 } else { memory * UNIT },
+                    want: [Want::Cpu, Want::Gpu, Want::Any][want as usize],
+                    min_replicas: min,
+                    max_replicas: max,
+                    desired_replicas: desired,
+                },
+            )
             .collect();
         let policy = if binpack {
             Policy::Binpack

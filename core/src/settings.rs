@@ -4,6 +4,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::device::Device;
+
+/// A herd.toml (or a setting's text) that cannot be used, and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+impl From<String> for SettingsError {
+    fn from(s: String) -> SettingsError {
+        SettingsError(s)
+    }
+}
+
+impl From<&str> for SettingsError {
+    fn from(s: &str) -> SettingsError {
+        SettingsError(s.to_string())
+    }
+}
+
 /// How long an idle model stays loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ttl {
@@ -22,7 +41,7 @@ impl Ttl {
     }
 
     /// "never", a whole number of seconds (negative = never), or a duration like "5m".
-    pub fn parse(text: &str) -> Result<Ttl, String> {
+    pub fn parse(text: &str) -> Result<Ttl, SettingsError> {
         let text = text.trim();
         if text == "never" {
             return Ok(Ttl::Never);
@@ -33,7 +52,9 @@ impl Ttl {
         humantime::parse_duration(text)
             .map(Ttl::After)
             .map_err(|e| {
-                format!("ttl {text:?}: {e} (use e.g. \"300s\", \"5m\", 0, or -1 for never)")
+                SettingsError(format!(
+                    "ttl {text:?}: {e} (use e.g. \"300s\", \"5m\", 0, or -1 for never)"
+                ))
             })
     }
 
@@ -76,8 +97,7 @@ pub struct ClusterPolicy {
     pub min_replicas: u32,
     /// 0 = no limit.
     pub max_replicas: u32,
-    /// "cpu", "gpu" or "any".
-    pub device: String,
+    pub device: Device,
     pub memory_hint: Option<u64>,
 }
 
@@ -86,7 +106,7 @@ impl Default for ClusterPolicy {
         ClusterPolicy {
             min_replicas: 0,
             max_replicas: 0,
-            device: "cpu".into(),
+            device: Device::Cpu,
             memory_hint: None,
         }
     }
@@ -108,8 +128,8 @@ struct SettingsFile {
 
 impl ClusterPolicy {
     /// Reads the cluster settings of a herd.toml.
-    pub fn from_file(text: &str) -> Result<ClusterPolicy, String> {
-        let file: SettingsFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    pub fn from_file(text: &str) -> Result<ClusterPolicy, SettingsError> {
+        let file = SettingsFile::parse(text)?;
         let mut p = ClusterPolicy::default();
         if let Some(n) = file.min_replicas {
             p.min_replicas = n;
@@ -118,24 +138,29 @@ impl ClusterPolicy {
             p.max_replicas = n;
         }
         if p.max_replicas > 0 && p.min_replicas > p.max_replicas {
-            return Err(format!(
+            return Err(SettingsError(format!(
                 "min_replicas ({}) is above max_replicas ({})",
                 p.min_replicas, p.max_replicas
-            ));
+            )));
         }
         if let Some(d) = file.device {
-            if !["cpu", "gpu", "any"].contains(&d.as_str()) {
-                return Err(format!("device {d:?}: use \"cpu\", \"gpu\" or \"any\""));
-            }
-            p.device = d;
+            p.device = d
+                .parse()
+                .map_err(|e: crate::device::UnknownDevice| e.to_string())?;
         }
         if let Some(h) = file.memory_hint {
-            let bytes: bytesize::ByteSize = h
-                .parse()
-                .map_err(|e| format!("memory_hint {h:?}: {e} (use e.g. \"512MiB\")"))?;
+            let bytes: bytesize::ByteSize = h.parse().map_err(|e| {
+                SettingsError(format!("memory_hint {h:?}: {e} (use e.g. \"512MiB\")"))
+            })?;
             p.memory_hint = Some(bytes.as_u64());
         }
         Ok(p)
+    }
+}
+
+impl SettingsFile {
+    fn parse(text: &str) -> Result<SettingsFile, SettingsError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| SettingsError(e.message().to_string()))
     }
 }
 
@@ -148,8 +173,8 @@ enum TtlValue {
 
 impl ModelSettings {
     /// Applies a herd.toml over these settings.
-    pub fn with_file(&self, text: &str) -> Result<ModelSettings, String> {
-        let file: SettingsFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    pub fn with_file(&self, text: &str) -> Result<ModelSettings, SettingsError> {
+        let file = SettingsFile::parse(text)?;
         let mut s = self.clone();
         if let Some(n) = file.max_batch_size {
             if n == 0 {
@@ -158,8 +183,9 @@ impl ModelSettings {
             s.max_batch_size = n;
         }
         if let Some(d) = file.max_batch_delay {
-            s.max_batch_delay = humantime::parse_duration(&d)
-                .map_err(|e| format!("max_batch_delay {d:?}: {e} (use e.g. \"2ms\")"))?;
+            s.max_batch_delay = humantime::parse_duration(&d).map_err(|e| {
+                SettingsError(format!("max_batch_delay {d:?}: {e} (use e.g. \"2ms\")"))
+            })?;
         }
         match file.ttl {
             Some(TtlValue::Seconds(n)) => s.ttl = Ttl::from_seconds(n),
@@ -211,14 +237,17 @@ mod tests {
         assert!(d
             .with_file("max_bach_size = 8")
             .expect_err("typo")
+            .to_string()
             .contains("unknown field"));
         assert!(d
             .with_file("max_batch_size = 0")
             .expect_err("zero")
+            .to_string()
             .contains("at least 1"));
         assert!(d
             .with_file("ttl = \"soon\"")
             .expect_err("bad ttl")
+            .to_string()
             .contains("ttl \"soon\""));
     }
 }

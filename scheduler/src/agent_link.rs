@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herd_agent::auth::SendToken;
+use herd_core::auth::SendToken;
 use herd_proto::herd::agent_client::AgentClient;
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -18,7 +18,7 @@ pub struct AgentLink {
     pub inference: InferenceRpc,
 }
 
-const MAX_MESSAGE: usize = 256 << 20;
+use herd_core::limits::MAX_MESSAGE;
 
 impl AgentLink {
     /// Connects lazily: the first call opens the connection, and a dropped one is
@@ -32,7 +32,7 @@ impl AgentLink {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let token = SendToken::new(token)?;
+        let token = SendToken::new(token).map_err(|e| e.to_string())?;
         Ok(AgentLink {
             agent: AgentClient::with_interceptor(channel.clone(), token.clone())
                 .max_decoding_message_size(MAX_MESSAGE)

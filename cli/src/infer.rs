@@ -8,9 +8,9 @@ use anyhow::Context;
 use herd_proto::DataType;
 use serde::Serialize;
 
-use crate::cli::ConnectArgs;
+use crate::connect::ConnectArgs;
 use crate::inputs::{load_inputs, InputSource};
-use crate::tensor::{NamedTensor, Shape, TensorData};
+use herd_client::tensor::{NamedTensor, Shape, TensorData};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct InferArgs {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use herd_agent::session::Loader;
-use herd_agent::tensor::Tensor;
+use herd_agent::{Loader, OrtRuntime};
+use herd_core::{ModelFiles, ModelSettings, Tensor};
 use herd_proto::inference::model_metadata_response::TensorMetadata;
 use herd_proto::inference::{ModelInferRequest, ModelMetadataResponse};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -28,10 +28,10 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::ConnectArgs;
-use crate::error::code_name;
+use crate::connect::ConnectArgs;
 use crate::inputs::{load_inputs, random_request, InputSource};
-use crate::Client;
+use herd_client::error::code_name;
+use herd_client::Client;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchConfig {
@@ -330,7 +330,10 @@ fn bench_request(
     } else {
         1
     };
-    Ok((crate::client::infer_request(&config.model, &tensors), items))
+    Ok((
+        herd_client::client::infer_request(&config.model, &tensors),
+        items,
+    ))
 }
 
 /// Measures a server at each load in turn, calling `print` after each step.
@@ -480,13 +483,12 @@ pub async fn bench_local(
     path: &Path,
     mut print: impl FnMut(&StepReport) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let ort = herd_agent::onnx::OrtRuntime::init(config.ort_lib.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let files = herd_agent::repository::ModelFiles {
+    let ort = OrtRuntime::init(config.ort_lib.as_deref()).map_err(anyhow::Error::msg)?;
+    let files = ModelFiles {
         name: config.model.clone(),
         version: 1,
         file_bytes: 0,
-        settings: herd_agent::ModelSettings {
+        settings: ModelSettings {
             intra_op_threads: config.intra_op_threads,
             ..Default::default()
         },

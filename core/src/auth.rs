@@ -54,16 +54,22 @@ pub struct SendToken {
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+/// A token that cannot travel in a header.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the token must be printable ASCII")]
+pub struct BadToken;
+
 impl SendToken {
-    pub fn new(token: Option<&str>) -> Result<SendToken, String> {
+    pub fn new(token: Option<&str>) -> Result<SendToken, BadToken> {
         let header = token
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| "the token must be printable ASCII".to_string())
-            })
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| BadToken))
             .transpose()?;
         Ok(SendToken { header })
+    }
+
+    /// No token: calls go out as they are.
+    pub fn none() -> SendToken {
+        SendToken { header: None }
     }
 }
 

@@ -6,10 +6,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use herd_agent::session::Loader;
+use herd_agent::Loader;
+use herd_core::limits::MAX_MESSAGE;
+use herd_scheduler::SchedulerConfig;
 use tokio::net::TcpListener;
-
-use crate::SchedulerConfig;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpConfig {
@@ -37,18 +37,21 @@ pub async fn run(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let scheduler = crate::start(&config.scheduler).await?;
+    let scheduler = herd_scheduler::start(&config.scheduler).await?;
     let scheduler_addr = grpc.local_addr().map_err(|e| e.to_string())?;
     let agent_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen for the local agent: {e}"))?;
     let agent_addr = agent_listener.local_addr().map_err(|e| e.to_string())?;
     let options = herd_agent::AgentOptions {
-        name: config.name.clone().unwrap_or_else(herd_agent::default_name),
+        name: config
+            .name
+            .clone()
+            .unwrap_or_else(herd_core::paths::default_name),
         model_repository: config.scheduler.model_repository.clone(),
-        model_defaults: herd_agent::ModelSettings::default(),
+        model_defaults: herd_core::ModelSettings::default(),
         memory_limit: config.memory_limit.map(|b| b.as_u64()),
-        max_message_size: 256 << 20,
+        max_message_size: MAX_MESSAGE,
         token: Some(scheduler.settings.token.clone()),
         require_token_for_inference: false,
         data_dir: Some(config.scheduler.data_dir().join("agent")),
@@ -63,7 +66,7 @@ pub async fn run(
     let agent_server = herd_agent::serve(agent.clone(), agent_listener, async move {
         let _ = stop_agent.wait_for(|s| *s).await;
     });
-    let link = herd_agent::cluster::Link {
+    let link = herd_agent::Link {
         scheduler: scheduler_addr.to_string(),
         token: Some(scheduler.settings.token.clone()),
         advertise: Some(agent_addr.to_string()),
@@ -71,7 +74,7 @@ pub async fn run(
     };
     tracing::info!(addr = %scheduler_addr, agent = %agent_addr, "herd up: scheduler and local agent serving");
     let mut stop_scheduler = stop_rx;
-    let served = crate::serve(
+    let served = herd_scheduler::serve(
         scheduler,
         grpc,
         http,
@@ -83,6 +86,6 @@ pub async fn run(
     tokio::select! {
         r = served => r,
         r = agent_server => r.map_err(|e| format!("local agent: {e}")),
-        r = herd_agent::cluster::join_and_report(agent, link) => r,
+        r = herd_agent::join_and_report(agent, link) => r,
     }
 }

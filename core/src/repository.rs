@@ -3,8 +3,21 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::AgentError;
-use crate::settings::{ClusterPolicy, ModelSettings};
+use crate::settings::{ClusterPolicy, ModelSettings, SettingsError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("model '{0}' is not in the model repository")]
+    ModelNotFound(String),
+    #[error("invalid model name {0:?}: use a plain directory name of the model repository")]
+    InvalidModelName(String),
+    #[error("model '{model}' cannot be loaded: {}: {reason}", .path.display())]
+    BadSettings {
+        model: String,
+        path: PathBuf,
+        reason: SettingsError,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct Repository {
@@ -52,21 +65,22 @@ impl Repository {
 
     /// Finds a model by name. Errors name what is wrong: a bad name, no such model,
     /// or a herd.toml that does not parse.
-    pub fn find(&self, name: &str) -> Result<ModelFiles, AgentError> {
+    pub fn find(&self, name: &str) -> Result<ModelFiles, RepositoryError> {
         check_name(name)?;
         // No repository (an agent whose models all come from the scheduler): never
         // look for models relative to the working directory.
         if self.root.as_os_str().is_empty() {
-            return Err(AgentError::ModelNotFound(name.to_string()));
+            return Err(RepositoryError::ModelNotFound(name.to_string()));
         }
         let dir = self.root.join(name);
         let version =
-            latest_version(&dir).ok_or_else(|| AgentError::ModelNotFound(name.to_string()))?;
+            latest_version(&dir).ok_or_else(|| RepositoryError::ModelNotFound(name.to_string()))?;
         let path = dir.join(version.to_string()).join("model.onnx");
         let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let bad = |reason: String| AgentError::LoadFailed {
+        let bad = |reason: SettingsError| RepositoryError::BadSettings {
             model: name.to_string(),
-            reason: format!("{}: {reason}", dir.join("herd.toml").display()),
+            path: dir.join("herd.toml"),
+            reason,
         };
         let (settings, policy) = match std::fs::read_to_string(dir.join("herd.toml")) {
             Ok(text) => (
@@ -89,7 +103,7 @@ impl Repository {
 
 /// A model name is one plain path component, so that no request can reach outside
 /// the repository.
-pub fn check_name(name: &str) -> Result<(), AgentError> {
+pub fn check_name(name: &str) -> Result<(), RepositoryError> {
     let plain = !name.is_empty()
         && name != "."
         && name != ".."
@@ -98,7 +112,7 @@ pub fn check_name(name: &str) -> Result<(), AgentError> {
     if plain {
         Ok(())
     } else {
-        Err(AgentError::InvalidModelName(name.to_string()))
+        Err(RepositoryError::InvalidModelName(name.to_string()))
     }
 }
 
@@ -132,11 +146,11 @@ mod tests {
         assert_eq!(m.settings.max_batch_size, 4);
         assert!(matches!(
             repo.find("notamodel"),
-            Err(AgentError::ModelNotFound(_))
+            Err(RepositoryError::ModelNotFound(_))
         ));
         for bad in ["", "..", "../m", "a/b"] {
             assert!(
-                matches!(repo.find(bad), Err(AgentError::InvalidModelName(_))),
+                matches!(repo.find(bad), Err(RepositoryError::InvalidModelName(_))),
                 "{bad:?}"
             );
         }

@@ -13,8 +13,8 @@ use herd_proto::inference::{ModelInferRequest, ModelMetadataResponse};
 use herd_proto::DataType;
 use rand::Rng;
 
-use crate::error::ClientError;
-use crate::tensor::{NamedTensor, Shape, TensorData};
+use herd_client::tensor::{NamedTensor, Shape, TensorData};
+use herd_client::ClientError;
 
 /// The shape to send for one input: `-1` in the first place becomes `batch` (when the
 /// model batches), other `-1`s must be given through `overrides`.

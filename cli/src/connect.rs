@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use crate::client::ConnectOptions;
-use crate::{Client, ClientError};
+use herd_client::{Client, ClientError, ConnectOptions};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {

@@ -1,0 +1,21 @@
+//! What every part of herd shares, below the agent, the scheduler and the client:
+//! the tensor type and its one byte codec, model settings and herd.toml, the model
+//! repository and sha256, the cluster token rule (client and server side), limits
+//! and defaults, and where a model may run (`Device`).
+
+pub mod auth;
+pub mod contents;
+pub mod device;
+pub mod digest;
+pub mod histogram;
+pub mod limits;
+pub mod metadata;
+pub mod paths;
+pub mod repository;
+pub mod settings;
+pub mod tensor;
+
+pub use device::Device;
+pub use repository::{ModelFiles, Repository, RepositoryError};
+pub use settings::{ClusterPolicy, ModelSettings, SettingsError, Ttl};
+pub use tensor::{ModelSpec, Tensor, TensorSpec};
