@@ -50,6 +50,7 @@ impl BatchSender {
         let item = InferBatchItem {
             request: Some(request),
             timeout_us: timeout.map_or(0, |t| t.as_micros().max(1) as u64),
+            request_id: String::new(),
         };
         self.tx.send(Queued { item, reply }).await.map_err(|_| {
             SendError::Transport(Status::unavailable("the replica's sender stopped"))
