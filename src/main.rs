@@ -113,6 +113,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
         }
         Command::Agent(config) => {
+            // Refuse flags that would be ignored before starting anything.
+            config.check()?;
             herd_agent::return_large_allocations();
             let (loader, onnxruntime) = checked_loader(config.ort_lib.as_deref()).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)

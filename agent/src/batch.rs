@@ -32,9 +32,17 @@ pub fn concat(requests: &[&[Tensor]]) -> Vec<Tensor> {
         .collect()
 }
 
+/// A batched run whose outputs cannot be split back into its requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an output has {rows} rows for a batch of {total}; the model does not batch along its first dimension")]
+pub struct NotBatched {
+    pub rows: i64,
+    pub total: usize,
+}
+
 /// Splits each output of a batched run into one slice per request, by the rows each
 /// request contributed. The slices share the run's buffer; nothing is copied.
-pub fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, String> {
+pub fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, NotBatched> {
     // A lone request takes the outputs as they are; this is also how a model
     // without a batch dimension is served.
     if rows.len() == 1 {
@@ -45,9 +53,7 @@ pub fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, S
     for out in outputs {
         let batch = out.shape.first().copied().unwrap_or(-1);
         if batch != total as i64 {
-            return Err(format!(
-                "an output has {batch} rows for a batch of {total}; the model does not batch along its first dimension"
-            ));
+            return Err(NotBatched { rows: batch, total });
         }
         let row_bytes = out.data.len().checked_div(total).unwrap_or(0);
         let data: Bytes = out.data;
@@ -93,7 +99,9 @@ mod tests {
 
     #[test]
     fn split_refuses_outputs_that_are_not_batched() {
-        let err = split(vec![t(1, 0)], &[1, 1]).expect_err("1 row for 2 requests");
+        let err = split(vec![t(1, 0)], &[1, 1])
+            .expect_err("1 row for 2 requests")
+            .to_string();
         assert!(err.contains("1 rows for a batch of 2"), "{err}");
     }
 }

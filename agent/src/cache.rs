@@ -1,6 +1,7 @@
 //! The model cache: which models are in memory. A model loads on first use, once
 //! however many requests ask for it at the same moment, off the serving path; it is
-//! unloaded when idle for its TTL and nobody holds it.
+//! unloaded when idle for its TTL and nobody holds it (the policy is `idle.rs`; a
+//! watcher task per loaded model sleeps until the deadline it names).
 //!
 //! Every request holds a `Lease` from before the load until its answer. Leases are
 //! taken under the same lock that unloading takes, so an idle model is never
@@ -12,12 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::error::AgentError;
+use crate::idle::{self, Activity};
 use crate::memory;
 use crate::runner::{BatchPolicy, Runner};
-use crate::session::Loader;
+use crate::session::{LoadError, Loader};
 use crate::stats::ModelStats;
 use herd_core::repository::{ModelFiles, Repository};
 use herd_core::settings::Ttl;
@@ -45,18 +47,13 @@ impl Loaded {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Activity {
-    in_flight: usize,
-    idle_since: Instant,
-}
-
 struct Slot {
     files: ModelFiles,
     stats: Arc<ModelStats>,
     loaded: Mutex<Option<Arc<Loaded>>>,
     /// Held while loading: the one load that concurrent first requests share.
     load_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Loads finished, failed or not; counted before the load lock is released.
     attempts: AtomicU64,
     last_failure: Mutex<Option<AgentError>>,
     activity: watch::Sender<Activity>,
@@ -195,16 +192,13 @@ impl ModelCache {
                     load_lock: Arc::new(tokio::sync::Mutex::new(())),
                     attempts: AtomicU64::new(0),
                     last_failure: Mutex::new(None),
-                    activity: watch::Sender::new(Activity {
-                        in_flight: 0,
-                        idle_since: Instant::now(),
-                    }),
+                    activity: watch::Sender::new(Activity::new(Instant::now())),
                 });
                 slots.insert(name.to_string(), slot.clone());
                 slot
             }
         };
-        slot.activity.send_modify(|a| a.in_flight += 1);
+        slot.activity.send_modify(Activity::lease);
         Ok(Lease {
             slot,
             inner: self.inner.clone(),
@@ -276,8 +270,8 @@ impl ModelCache {
                     view.version = Some(slot.files.version);
                     view.file_bytes = slot.files.file_bytes;
                     view.ttl = Some(slot.files.settings.ttl);
-                    view.in_flight = activity.in_flight;
-                    if activity.in_flight == 0 {
+                    view.in_flight = activity.leases;
+                    if activity.leases == 0 {
                         view.idle = Some(activity.idle_since.elapsed());
                     }
                     view.state = match slot.loaded() {
@@ -331,18 +325,25 @@ impl Lease {
                 return Err(e);
             }
         }
-        slot.attempts.fetch_add(1, Ordering::AcqRel);
         self.inner.loads.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let slot = slot.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            inner.load_into(&slot).await
-        });
+        // The load logs in the span of the request that started it.
+        let task = tokio::spawn(
+            async move {
+                let _guard = guard;
+                let result = inner.load_into(&slot).await;
+                // Counted once finished, under the load lock: a caller that began
+                // waiting while this load ran sees the count move and shares its answer.
+                slot.attempts.fetch_add(1, Ordering::AcqRel);
+                result
+            }
+            .in_current_span(),
+        );
         task.await.unwrap_or_else(|e| {
             Err(AgentError::LoadFailed {
                 model: self.slot.files.name.clone(),
-                reason: format!("the load task ended: {e}"),
+                reason: LoadError::Stopped(e.to_string()),
             })
         })
     }
@@ -350,12 +351,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.slot.activity.send_modify(|a| {
-            a.in_flight -= 1;
-            if a.in_flight == 0 {
-                a.idle_since = Instant::now();
-            }
-        });
+        let now = Instant::now();
+        self.slot.activity.send_modify(|a| a.release(now));
     }
 }
 
@@ -367,7 +364,8 @@ impl Inner {
             Ok(loaded) => {
                 *lock(&slot.last_failure) = None;
                 *lock(&slot.loaded) = Some(loaded.clone());
-                if let Ttl::After(ttl) = slot.files.settings.ttl {
+                let ttl = slot.files.settings.ttl;
+                if ttl != Ttl::Never {
                     tokio::spawn(watch_idle(Arc::downgrade(self), slot.clone(), ttl));
                 }
                 Ok(loaded)
@@ -389,7 +387,7 @@ impl Inner {
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking(move || loader.load(&files))
             .await
-            .unwrap_or_else(|e| Err(format!("the loader stopped: {e}")));
+            .unwrap_or_else(|e| Err(LoadError::Stopped(e.to_string())));
         let (spec, session) = loaded.map_err(|reason| {
             warn!(model = %name, error = %reason, "model failed to load");
             AgentError::LoadFailed {
@@ -445,16 +443,17 @@ impl Inner {
         info!(model = %name, reason, rss_mb = memory::rss_bytes() / (1 << 20), "model unloaded");
     }
 
-    /// Removes the slot if it is still the current one for its model and has been
-    /// idle for `ttl`; returns what it held.
-    fn take_if_idle(&self, slot: &Arc<Slot>, ttl: std::time::Duration) -> Option<Arc<Loaded>> {
+    /// Removes the slot if it is still the current one for its model and is due for
+    /// unloading now; returns what it held.
+    fn take_if_idle(&self, slot: &Arc<Slot>, ttl: Ttl) -> Option<Arc<Loaded>> {
         let mut slots = lock(&self.slots);
         let current = slots.get(&slot.files.name)?;
         if !Arc::ptr_eq(current, slot) {
             return None;
         }
-        let a = *slot.activity.borrow();
-        if a.in_flight > 0 || a.idle_since.elapsed() < ttl {
+        // Leases are taken under the slots lock held here, so none can arrive between
+        // this check and the removal.
+        if !idle::is_due(*slot.activity.borrow(), ttl, Instant::now()) {
             return None;
         }
         slots.remove(&slot.files.name);
@@ -469,18 +468,17 @@ impl Inner {
 }
 
 /// Unloads the model once nobody has used it for `ttl`.
-async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: std::time::Duration) {
+async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: Ttl) {
     let mut activity = slot.activity.subscribe();
     loop {
-        let a = *activity.borrow_and_update();
-        if a.in_flight > 0 {
+        let Some(due) = idle::unload_at(*activity.borrow_and_update(), ttl) else {
             if activity.changed().await.is_err() {
                 return;
             }
             continue;
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(a.idle_since + ttl) => {
+            _ = tokio::time::sleep_until(due) => {
                 let Some(inner) = inner.upgrade() else { return };
                 if let Some(loaded) = inner.take_if_idle(&slot, ttl) {
                     inner.finish_unload(&slot.files.name, loaded, "idle ttl").await;
@@ -496,5 +494,204 @@ async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: std::time::Duratio
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::sleep;
+
+    use super::*;
+    use crate::fake::{self, FakeLoader};
+    use herd_core::settings::ModelSettings;
+
+    async fn cache_with(fake: &Arc<FakeLoader>, ttl: Ttl) -> ModelCache {
+        let cache = ModelCache::new(
+            Repository::new(Default::default(), ModelSettings::default()),
+            fake.clone(),
+        );
+        let settings = ModelSettings {
+            ttl,
+            ..Default::default()
+        };
+        cache
+            .assign(fake::files("m", settings))
+            .await
+            .expect("a valid name");
+        cache
+    }
+
+    fn state(cache: &ModelCache) -> LoadState {
+        cache
+            .views()
+            .into_iter()
+            .find(|v| v.name == "m")
+            .expect("listed")
+            .state
+    }
+
+    const TEN_S: Ttl = Ttl::After(Duration::from_secs(10));
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_first_requests_share_one_load() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_loads();
+        let cache = cache_with(&fake, TEN_S).await;
+        let leases: Vec<Lease> = (0..3).map(|_| cache.lease("m").expect("lease")).collect();
+        let (loaded, ()) = tokio::join!(
+            futures::future::join_all(leases.iter().map(Lease::ready)),
+            async {
+                gate.reached(1).await;
+                assert_eq!(state(&cache), LoadState::Loading);
+                assert_eq!(fake.loads(), 1, "the others wait for the first load");
+                gate.open();
+            }
+        );
+        let loaded: Vec<Arc<Loaded>> = loaded.into_iter().map(|l| l.expect("loads")).collect();
+        assert!(loaded.iter().all(|l| Arc::ptr_eq(l, &loaded[0])));
+        assert_eq!(fake.loads(), 1);
+        assert_eq!(cache.loads_started(), 1);
+        assert_eq!(state(&cache), LoadState::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_model_unloads_after_its_ttl_and_its_session_is_dropped() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, TEN_S).await;
+        cache.load("m").await.expect("load");
+        sleep(Duration::from_secs(9)).await;
+        assert!(cache.is_loaded("m"), "9 s idle is under the TTL");
+        sleep(Duration::from_secs(2)).await;
+        assert!(!cache.is_loaded("m"), "11 s idle is over it");
+        fake.live_sessions(0).await;
+        assert_eq!(state(&cache), LoadState::Available);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lease_keeps_the_model_and_the_ttl_counts_from_its_release() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, TEN_S).await;
+        let lease = cache.lease("m").expect("lease");
+        lease.ready().await.expect("load");
+        sleep(Duration::from_secs(3600)).await;
+        assert!(cache.is_loaded("m"), "unloaded under a held lease");
+        drop(lease);
+        sleep(Duration::from_secs(9)).await;
+        assert!(cache.is_loaded("m"), "the TTL counts from the release");
+        sleep(Duration::from_secs(2)).await;
+        assert!(!cache.is_loaded("m"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_the_idle_window_restarts_the_ttl() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, TEN_S).await;
+        cache.load("m").await.expect("load");
+        sleep(Duration::from_secs(8)).await;
+        drop(cache.lease("m").expect("lease"));
+        sleep(Duration::from_secs(8)).await;
+        assert!(cache.is_loaded("m"), "16 s since load, 8 s since last use");
+        sleep(Duration::from_secs(3)).await;
+        assert!(!cache.is_loaded("m"));
+        assert_eq!(fake.loads(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_zero_unloads_after_use_and_never_keeps_the_model() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, Ttl::After(Duration::ZERO)).await;
+        cache.load("m").await.expect("load");
+        fake.live_sessions(0).await;
+        assert!(!cache.is_loaded("m"));
+
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, Ttl::Never).await;
+        cache.load("m").await.expect("load");
+        sleep(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(cache.is_loaded("m"), "ttl = never keeps the model");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_load_answers_every_waiter_and_the_next_request_retries() {
+        let fake = FakeLoader::new();
+        fake.fail_loads(1);
+        let gate = fake.gate_loads();
+        let cache = cache_with(&fake, TEN_S).await;
+        let leases: Vec<Lease> = (0..2).map(|_| cache.lease("m").expect("lease")).collect();
+        let (results, ()) = tokio::join!(
+            futures::future::join_all(leases.iter().map(Lease::ready)),
+            async {
+                gate.reached(1).await;
+                gate.open();
+            }
+        );
+        for r in results {
+            let Err(err) = r else {
+                panic!("the load failed, yet a waiter got a model")
+            };
+            assert_eq!(
+                err.to_string(),
+                "model 'm' cannot be loaded: the fake engine refused the model"
+            );
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        }
+        assert_eq!(fake.loads(), 1, "waiters share the failed load's answer");
+        drop(leases);
+        assert_eq!(state(&cache), LoadState::Failed);
+        cache.load("m").await.expect("the next request loads it");
+        assert_eq!(fake.loads(), 2);
+        assert_eq!(state(&cache), LoadState::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_whose_session_died_is_loaded_afresh_on_the_next_request() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, TEN_S).await;
+        let lease = cache.lease("m").expect("lease");
+        let loaded = lease.ready().await.expect("load");
+        fake.die_on_next_run();
+        let valid = crate::validate::ValidRequest {
+            inputs: vec![fake::input(1, 1.0)],
+            rows: 1,
+            key: vec![vec![4]],
+            outputs: vec![0],
+        };
+        let reply = loaded
+            .runner
+            .submit(valid, crate::trace::RequestId::generate())
+            .expect("queued");
+        let err = reply.await.expect("answered").expect_err("died");
+        assert!(err.to_string().contains("died"), "{err}");
+        assert!(!cache.is_loaded("m"), "a dead model is let go");
+        drop((loaded, lease));
+        fake.live_sessions(0).await;
+        let again = cache.load("m").await.expect("loads afresh");
+        assert!(again.runner.is_alive());
+        assert_eq!(fake.loads(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unload_frees_the_session_and_the_next_request_loads_again() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, Ttl::Never).await;
+        cache.load("m").await.expect("load");
+        assert!(cache.unload("m").await.expect("known model"));
+        fake.live_sessions(0).await;
+        assert!(!cache.unload("m").await.expect("known model"), "not loaded");
+        cache.load("m").await.expect("load");
+        assert_eq!(fake.loads(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_without_a_batch_dimension_takes_one_request_per_run() {
+        let mut spec = fake::spec();
+        spec.inputs[0].shape = vec![2, 4];
+        let fake = FakeLoader::with_spec(spec.clone());
+        let cache = cache_with(&fake, TEN_S).await;
+        let loaded = cache.load("m").await.expect("load");
+        assert_eq!(loaded.spec, spec, "the spec the engine gave");
+        assert_eq!(loaded.max_batch_size, 1, "its settings say 32");
     }
 }

@@ -63,39 +63,162 @@ pub struct AgentConfig {
     pub memory_limit: Option<bytesize::ByteSize>,
 
     /// Idle time after which a model is unloaded: a duration ("300s", "5m"),
-    /// 0 to unload right after use, or -1 / "never". herd.toml `ttl` overrides it.
-    #[arg(long, env = "HERD_TTL", default_value = "300s", value_parser = Ttl::parse, allow_hyphen_values = true)]
-    pub ttl: Ttl,
+    /// 0 to unload right after use, or -1 / "never". Default 300s. herd.toml `ttl`
+    /// overrides it. Not with --scheduler: herd.toml sets it in a cluster.
+    #[arg(long, env = "HERD_TTL", value_parser = Ttl::parse, allow_hyphen_values = true)]
+    pub ttl: Option<Ttl>,
 
-    /// Most items in one model run. herd.toml `max_batch_size` overrides it.
-    #[arg(long, env = "HERD_MAX_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_batch_size: u32,
+    /// Most items in one model run. Default 32. herd.toml `max_batch_size` overrides
+    /// it. Not with --scheduler.
+    #[arg(long, env = "HERD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_size: Option<u32>,
 
-    /// How long a partial batch may wait for more requests ("2ms"); 0 runs at once.
-    #[arg(long, env = "HERD_MAX_BATCH_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
-    pub max_batch_delay: Duration,
+    /// How long a partial batch may wait for more requests ("2ms"); 0 (the default)
+    /// runs at once. Not with --scheduler.
+    #[arg(long, env = "HERD_MAX_BATCH_DELAY", value_parser = humantime::parse_duration)]
+    pub max_batch_delay: Option<Duration>,
 
     /// Requests a model may have queued or running; beyond it, RESOURCE_EXHAUSTED.
-    #[arg(long, env = "HERD_QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub queue_capacity: u32,
+    /// Default 1024. Not with --scheduler.
+    #[arg(long, env = "HERD_QUEUE_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: Option<u32>,
 
-    /// ONNX Runtime intra-op threads per model; 0 lets ONNX Runtime choose.
-    #[arg(long, env = "HERD_INTRA_OP_THREADS", default_value_t = 0)]
-    pub intra_op_threads: usize,
+    /// ONNX Runtime intra-op threads per model; 0 (the default) lets ONNX Runtime
+    /// choose. Not with --scheduler.
+    #[arg(long, env = "HERD_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
 
     /// Largest gRPC message accepted or sent (e.g. 64MiB).
     #[arg(long, env = "HERD_MAX_MESSAGE_SIZE", default_value = "64MiB")]
     pub max_message_size: bytesize::ByteSize,
 }
 
+/// Settings that cannot work together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "{} set per-model defaults, which an agent in a cluster does not use: with --scheduler, \
+         the scheduler's model repository (herd.toml) sets them. Remove {} or drop --scheduler",
+        .flags.join(", "),
+        if .flags.len() == 1 { "it" } else { "them" }
+    )]
+    DefaultsInCluster {
+        /// Each flag given, with its environment variable: "--ttl (HERD_TTL)".
+        flags: Vec<String>,
+    },
+}
+
 impl AgentConfig {
+    /// The settings of a model without a herd.toml of its own: the flags given,
+    /// else herd's defaults.
     pub fn model_defaults(&self) -> ModelSettings {
+        let d = ModelSettings::default();
         ModelSettings {
-            max_batch_size: self.max_batch_size as usize,
-            max_batch_delay: self.max_batch_delay,
-            ttl: self.ttl,
-            intra_op_threads: self.intra_op_threads,
-            queue_capacity: self.queue_capacity as usize,
+            max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
+            max_batch_delay: self.max_batch_delay.unwrap_or(d.max_batch_delay),
+            ttl: self.ttl.unwrap_or(d.ttl),
+            intra_op_threads: self.intra_op_threads.unwrap_or(d.intra_op_threads),
+            queue_capacity: self.queue_capacity.map_or(d.queue_capacity, |n| n as usize),
         }
+    }
+
+    /// The per-model default flags given (on the command line or by environment).
+    pub fn model_default_flags(&self) -> Vec<&'static str> {
+        [
+            (self.ttl.is_some(), "--ttl (HERD_TTL)"),
+            (
+                self.max_batch_size.is_some(),
+                "--max-batch-size (HERD_MAX_BATCH_SIZE)",
+            ),
+            (
+                self.max_batch_delay.is_some(),
+                "--max-batch-delay (HERD_MAX_BATCH_DELAY)",
+            ),
+            (
+                self.queue_capacity.is_some(),
+                "--queue-capacity (HERD_QUEUE_CAPACITY)",
+            ),
+            (
+                self.intra_op_threads.is_some(),
+                "--intra-op-threads (HERD_INTRA_OP_THREADS)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
+
+    /// Refuses settings that would be silently ignored: in a cluster the scheduler
+    /// sends each model's settings, so per-model default flags have no effect there.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let flags = self.model_default_flags();
+        if self.scheduler.is_some() && !flags.is_empty() {
+            return Err(ConfigError::DefaultsInCluster {
+                flags: flags.into_iter().map(String::from).collect(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentConfig,
+    }
+
+    fn parse(args: &[&str]) -> AgentConfig {
+        let args = std::iter::once("herd-agent").chain(args.iter().copied());
+        Cli::try_parse_from(args).expect("valid flags").agent
+    }
+
+    #[test]
+    fn per_model_defaults_with_a_scheduler_are_refused_by_name() {
+        let config = parse(&[
+            "--scheduler",
+            "s:8001",
+            "--ttl",
+            "5s",
+            "--queue-capacity",
+            "8",
+        ]);
+        let err = config.check().expect_err("ignored flags are refused");
+        let message = err.to_string();
+        for want in [
+            "--ttl (HERD_TTL), --queue-capacity (HERD_QUEUE_CAPACITY)",
+            "the scheduler's model repository (herd.toml) sets them",
+        ] {
+            assert!(
+                message.contains(want),
+                "{message:?} should contain {want:?}"
+            );
+        }
+        assert!(!message.contains("--max-batch-size"), "{message}");
+    }
+
+    #[test]
+    fn per_model_defaults_alone_and_a_bare_scheduler_are_accepted() {
+        let alone = parse(&[
+            "--model-repository",
+            "m",
+            "--ttl",
+            "5s",
+            "--max-batch-size",
+            "4",
+        ]);
+        alone.check().expect("an agent alone uses its flags");
+        let d = alone.model_defaults();
+        assert_eq!(d.ttl, Ttl::After(Duration::from_secs(5)));
+        assert_eq!(d.max_batch_size, 4);
+        assert_eq!(d.queue_capacity, ModelSettings::default().queue_capacity);
+        let joined = parse(&["--scheduler", "s:8001"]);
+        joined.check().expect("no per-model flags");
+        assert_eq!(joined.model_defaults(), ModelSettings::default());
     }
 }

@@ -16,6 +16,9 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::cache::LoadState;
+use crate::error::AgentError;
+use crate::files::FileError;
+use crate::trace::RequestId;
 use crate::Agent;
 use herd_core::digest::valid_digest;
 use herd_core::repository::ModelFiles;
@@ -135,7 +138,7 @@ impl ControlService {
         &self,
         digest: &str,
         expected_bytes: u64,
-    ) -> Result<(std::path::PathBuf, bool), Status> {
+    ) -> Result<(std::path::PathBuf, bool), AgentError> {
         let agent = self.agent.clone();
         let wanted = digest.to_string();
         let local = tokio::task::spawn_blocking(move || {
@@ -145,47 +148,44 @@ impl ControlService {
                 .remove(&wanted)
         })
         .await
-        .map_err(|e| Status::internal(format!("file inventory failed: {e}")))?;
+        .map_err(|e| AgentError::task("file inventory", e))?;
         if let Some(path) = local {
             return Ok((path, false));
         }
-        let mut client = self.agent.scheduler_client().ok_or_else(|| {
-            Status::failed_precondition(
-                "no copy of the model file here, and no scheduler to fetch it from",
-            )
-        })?;
-        let mut writer = self
+        let mut client = self
             .agent
-            .files
-            .writer(digest)
-            .map_err(Status::failed_precondition)?;
+            .scheduler_client()
+            .ok_or(AgentError::NoFileSource)?;
+        let mut writer = self.agent.files.writer(digest)?;
         let mut stream = client
             .fetch_model(FetchModelRequest {
                 digest: digest.to_string(),
                 offset: 0,
             })
-            .await?
+            .await
+            .map_err(AgentError::Upstream)?
             .into_inner();
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = stream.message().await.map_err(AgentError::Upstream)? {
             if chunk.offset != writer.bytes {
-                return Err(Status::data_loss(format!(
-                    "chunk at offset {} where {} was expected",
-                    chunk.offset, writer.bytes
-                )));
+                return Err(FileError::OutOfOrder {
+                    offset: chunk.offset,
+                    expected: writer.bytes,
+                }
+                .into());
             }
-            writer.write(&chunk.data).map_err(Status::internal)?;
+            writer.write(&chunk.data)?;
         }
         if expected_bytes > 0 && writer.bytes != expected_bytes {
-            return Err(Status::data_loss(format!(
-                "fetched {} bytes of a {expected_bytes}-byte model file",
-                writer.bytes
-            )));
+            return Err(FileError::Incomplete {
+                got: writer.bytes,
+                expected: expected_bytes,
+            }
+            .into());
         }
         let bytes = writer.bytes;
         let path = tokio::task::spawn_blocking(move || writer.finish())
             .await
-            .map_err(|e| Status::internal(format!("saving the model file failed: {e}")))?
-            .map_err(Status::data_loss)?;
+            .map_err(|e| AgentError::task("saving the model file", e))??;
         info!(digest, bytes, path = %path.display(), "model file fetched");
         Ok((path, true))
     }
@@ -198,7 +198,7 @@ impl AgentRpc for ControlService {
         // Reading /proc and NVML blocks briefly; keep it off the async workers.
         let status = tokio::task::spawn_blocking(move || snapshot(&agent))
             .await
-            .map_err(|e| Status::internal(format!("status probe failed: {e}")))?;
+            .map_err(|e| AgentError::task("status probe", e))?;
         Ok(Response::new(status))
     }
 
@@ -209,12 +209,13 @@ impl AgentRpc for ControlService {
         let source = request
             .into_inner()
             .model
-            .ok_or_else(|| Status::invalid_argument("load: no model given"))?;
+            .ok_or_else(|| AgentError::InvalidInput("load: no model given".into()))?;
         if !valid_digest(&source.digest) {
-            return Err(Status::invalid_argument(format!(
+            return Err(AgentError::InvalidInput(format!(
                 "load {}: digest {:?} is not a sha256 in hex",
                 source.name, source.digest
-            )));
+            ))
+            .into());
         }
         let (path, fetched) = self.file(&source.digest, source.file_bytes).await?;
         let files = ModelFiles {
@@ -253,18 +254,12 @@ impl AgentRpc for ControlService {
             let agent = self.agent.clone();
             async move {
                 let Some(request) = item.request else {
-                    return Err(Status::invalid_argument("empty batch item"));
+                    return Err(AgentError::InvalidInput("empty batch item".into()));
                 };
-                let run = crate::service::infer(&agent, request);
-                if item.timeout_us == 0 {
-                    return run.await.map_err(Status::from);
-                }
-                match tokio::time::timeout(Duration::from_micros(item.timeout_us), run).await {
-                    Ok(r) => r.map_err(Status::from),
-                    Err(_) => Err(Status::deadline_exceeded(
-                        "the request's deadline passed before it ran",
-                    )),
-                }
+                let id = RequestId::from_caller(Some(&item.request_id));
+                let deadline =
+                    (item.timeout_us > 0).then(|| Duration::from_micros(item.timeout_us));
+                crate::service::infer(&agent, request, id, deadline).await
             }
         });
         let results = futures::future::join_all(runs)
@@ -273,9 +268,9 @@ impl AgentRpc for ControlService {
             .map(|r| InferResult {
                 result: Some(match r {
                     Ok(response) => infer_result::Result::Response(response),
-                    Err(status) => infer_result::Result::Error(RpcStatus {
-                        code: status.code() as i32,
-                        message: status.message().to_string(),
+                    Err(e) => infer_result::Result::Error(RpcStatus {
+                        code: e.code() as i32,
+                        message: e.to_string(),
                     }),
                 }),
             })

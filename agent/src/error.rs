@@ -1,9 +1,42 @@
 //! The agent's errors, and the one table that maps them to gRPC status codes.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_core::settings::SettingsError;
 use tonic::{Code, Status};
+
+use crate::batch::NotBatched;
+use crate::files::FileError;
+use crate::session::{LoadError, SessionError};
+
+/// Why `herd agent` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read the listening address: {0}")]
+    Address(std::io::Error),
+    #[error("{0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Refused(#[from] crate::scheduler_link::JoinRefused),
+}
+
+/// Why a batch failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    NotBatched(#[from] NotBatched),
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
+    /// A model file the scheduler assigned could not be fetched and kept.
+    #[error(transparent)]
+    File(Arc<FileError>),
     #[error("model '{0}' is not in the model repository")]
     ModelNotFound(String),
     #[error("model '{model}' has no version '{version}' (serving version {served})")]
@@ -18,12 +51,28 @@ pub enum AgentError {
     InvalidInput(String),
     #[error("model '{model}' has {capacity} requests queued, its limit; try again later")]
     QueueFull { model: String, capacity: usize },
+    #[error("model '{model}' cannot be loaded: {}: {reason}", .path.display())]
+    BadSettings {
+        model: String,
+        path: PathBuf,
+        reason: SettingsError,
+    },
     #[error("model '{model}' cannot be loaded: {reason}")]
-    LoadFailed { model: String, reason: String },
+    LoadFailed { model: String, reason: LoadError },
     #[error("model '{model}' failed to run: {reason}")]
-    Inference { model: String, reason: String },
+    Inference { model: String, reason: BatchError },
     #[error("model '{0}' was unloaded before the request ran; retry")]
     Stopped(String),
+    #[error("the request's deadline passed before it ran")]
+    DeadlineExceeded,
+    #[error("no copy of the model file here, and no scheduler to fetch it from")]
+    NoFileSource,
+    /// The scheduler's own answer to a call the agent made for this request.
+    #[error("{}", .0.message())]
+    Upstream(Status),
+    /// A task of the agent's ended without an answer (it panicked).
+    #[error("{what} failed: {error}")]
+    Task { what: &'static str, error: String },
 }
 
 impl From<herd_core::RepositoryError> for AgentError {
@@ -36,21 +85,52 @@ impl From<herd_core::RepositoryError> for AgentError {
                 model,
                 path,
                 reason,
-            } => AgentError::LoadFailed {
+            } => AgentError::BadSettings {
                 model,
-                reason: format!("{}: {reason}", path.display()),
+                path,
+                reason,
             },
         }
     }
 }
 
+impl From<FileError> for AgentError {
+    fn from(e: FileError) -> AgentError {
+        AgentError::File(Arc::new(e))
+    }
+}
+
 impl AgentError {
+    pub fn task(what: &'static str, error: tokio::task::JoinError) -> AgentError {
+        AgentError::Task {
+            what,
+            error: error.to_string(),
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
+            AgentError::DeadlineExceeded => Code::DeadlineExceeded,
+            AgentError::NoFileSource => Code::FailedPrecondition,
+            AgentError::Upstream(status) => status.code(),
+            AgentError::Task { .. } => Code::Internal,
+            AgentError::File(e) => match **e {
+                FileError::NoDataDir => Code::FailedPrecondition,
+                FileError::DigestMismatch { .. } => Code::DataLoss,
+                FileError::CreateDir { .. } | FileError::TempFile { .. } => {
+                    Code::FailedPrecondition
+                }
+                FileError::Write(_) => Code::Internal,
+                FileError::Persist { .. }
+                | FileError::OutOfOrder { .. }
+                | FileError::Incomplete { .. } => Code::DataLoss,
+            },
             AgentError::ModelNotFound(_) | AgentError::VersionNotFound { .. } => Code::NotFound,
             AgentError::InvalidModelName(_) | AgentError::InvalidInput(_) => Code::InvalidArgument,
             AgentError::QueueFull { .. } => Code::ResourceExhausted,
-            AgentError::LoadFailed { .. } => Code::FailedPrecondition,
+            AgentError::BadSettings { .. } | AgentError::LoadFailed { .. } => {
+                Code::FailedPrecondition
+            }
             AgentError::Inference { .. } => Code::Internal,
             AgentError::Stopped(_) => Code::Unavailable,
         }
@@ -60,5 +140,59 @@ impl AgentError {
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_error_has_its_code_and_keeps_its_words() {
+        let died = SessionError::WorkerDied {
+            pid: 7,
+            how: "signal: 9 (SIGKILL)".into(),
+        };
+        let cases = [
+            (
+                AgentError::Inference {
+                    model: "m".into(),
+                    reason: died.into(),
+                },
+                Code::Internal,
+                "model 'm' failed to run: the model worker (pid 7) died: signal: 9 (SIGKILL)",
+            ),
+            (
+                AgentError::LoadFailed {
+                    model: "m".into(),
+                    reason: LoadError::Engine("bad protobuf".into()),
+                },
+                Code::FailedPrecondition,
+                "model 'm' cannot be loaded: bad protobuf",
+            ),
+            (
+                AgentError::DeadlineExceeded,
+                Code::DeadlineExceeded,
+                "the request's deadline passed before it ran",
+            ),
+            (
+                AgentError::Upstream(Status::not_found("no file with that digest")),
+                Code::NotFound,
+                "no file with that digest",
+            ),
+            (
+                FileError::Incomplete {
+                    got: 3,
+                    expected: 5,
+                }
+                .into(),
+                Code::DataLoss,
+                "fetched 3 bytes of a 5-byte model file",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! the scheduler assigns when the node has no copy.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -12,6 +12,27 @@ use sha2::{Digest, Sha256};
 
 use herd_core::digest::{sha256_file, valid_digest};
 use herd_core::repository::Repository;
+
+/// Why a fetched model file was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("this agent has no data directory to keep fetched models in")]
+    NoDataDir,
+    #[error("cannot create {}: {error}", .dir.display())]
+    CreateDir { dir: PathBuf, error: io::Error },
+    #[error("cannot write in {}: {error}", .dir.display())]
+    TempFile { dir: PathBuf, error: io::Error },
+    #[error("cannot write the model file: {0}")]
+    Write(io::Error),
+    #[error("the fetched file's sha256 is {got}, not {expected}; it was discarded")]
+    DigestMismatch { got: String, expected: String },
+    #[error("cannot keep {}: {error}", .path.display())]
+    Persist { path: PathBuf, error: io::Error },
+    #[error("chunk at offset {offset} where {expected} was expected")]
+    OutOfOrder { offset: u64, expected: u64 },
+    #[error("fetched {got} bytes of a {expected}-byte model file")]
+    Incomplete { got: u64, expected: u64 },
+}
 
 pub struct FileStore {
     /// Where fetched files go: `<dir>/<sha256>.onnx`. None: the agent keeps no cache.
@@ -81,14 +102,18 @@ impl FileStore {
 
     /// Writes a fetched file into the cache: chunks go to a temporary file, which is
     /// kept only if its sha256 is `digest`.
-    pub fn writer(&self, digest: &str) -> Result<CacheWriter, String> {
+    pub fn writer(&self, digest: &str) -> Result<CacheWriter, FileError> {
         let Some(dir) = &self.cache_dir else {
-            return Err("this agent has no data directory to keep fetched models in".into());
+            return Err(FileError::NoDataDir);
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let tmp = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|error| FileError::CreateDir {
+            dir: dir.clone(),
+            error,
+        })?;
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|error| FileError::TempFile {
+            dir: dir.clone(),
+            error,
+        })?;
         Ok(CacheWriter {
             digest: digest.to_string(),
             target: dir.join(format!("{digest}.onnx")),
@@ -108,26 +133,27 @@ pub struct CacheWriter {
 }
 
 impl CacheWriter {
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), FileError> {
         self.hasher.update(chunk);
         self.bytes += chunk.len() as u64;
-        self.tmp
-            .write_all(chunk)
-            .map_err(|e| format!("cannot write the model file: {e}"))
+        self.tmp.write_all(chunk).map_err(FileError::Write)
     }
 
     /// Checks the digest and moves the file into place.
-    pub fn finish(self) -> Result<PathBuf, String> {
+    pub fn finish(self) -> Result<PathBuf, FileError> {
         let got = hex::encode(self.hasher.finalize());
         if got != self.digest {
-            return Err(format!(
-                "the fetched file's sha256 is {got}, not {}; it was discarded",
-                self.digest
-            ));
+            return Err(FileError::DigestMismatch {
+                got,
+                expected: self.digest,
+            });
         }
         self.tmp
             .persist(&self.target)
-            .map_err(|e| format!("cannot keep {}: {e}", self.target.display()))?;
+            .map_err(|e| FileError::Persist {
+                path: self.target.clone(),
+                error: e.error,
+            })?;
         Ok(self.target)
     }
 }
@@ -148,7 +174,11 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read"), b"model bytes");
         let mut w = store.writer(&"0".repeat(64)).expect("writer");
         w.write(b"other").expect("write");
-        assert!(w.finish().expect_err("wrong digest").contains("discarded"));
+        assert!(w
+            .finish()
+            .expect_err("wrong digest")
+            .to_string()
+            .contains("discarded"));
         let repo = Repository::new(dir.path().join("none"), Default::default());
         let inv = store.inventory(&repo);
         assert_eq!(inv.len(), 1);

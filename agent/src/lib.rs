@@ -5,19 +5,23 @@
 mod batch;
 mod batcher;
 mod cache;
-mod cluster;
 mod config;
 mod control;
 mod error;
+#[cfg(test)]
+mod fake;
 mod files;
+mod idle;
 mod memory;
 mod onnx;
 mod probe;
 mod process;
 mod runner;
+mod scheduler_link;
 mod service;
 mod session;
 mod stats;
+mod trace;
 mod validate;
 mod wire;
 mod worker;
@@ -35,15 +39,19 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 
 // The agent's entry points; everything else stays inside the crate.
+pub use batch::NotBatched;
 pub use cache::{CachedModel, Lease, LoadState, Loaded, ModelCache};
-pub use cluster::{join_and_report, Link};
-pub use config::AgentConfig;
-pub use error::AgentError;
+pub use config::{AgentConfig, ConfigError};
+pub use error::{AgentError, BatchError, RunError};
+pub use files::FileError;
 pub use herd_core::{ModelSettings, Repository};
 pub use memory::return_large_allocations;
-pub use onnx::OrtRuntime;
-pub use process::{ProcessLoader, WorkerProgram};
-pub use session::{Loader, Session};
+pub use onnx::{OrtError, OrtRuntime};
+pub use process::{ProcessLoader, WorkerError, WorkerProgram};
+pub use runner::Runner;
+pub use scheduler_link::{join_and_report, JoinRefused, Link};
+pub use session::{LoadError, Loader, Session, SessionError};
+pub use trace::{RequestId, REQUEST_ID_HEADER};
 pub use validate::{validate, ValidRequest};
 pub use worker::serve as serve_worker;
 
@@ -165,18 +173,18 @@ pub async fn serve(
 
 /// Runs an agent as `herd agent` does, loading models with `loader` (worker
 /// processes, already checked), until `shutdown` completes. With --scheduler it joins
-/// the cluster; a refused token ends it with an error.
+/// the cluster; a refused token ends it with an error, and so do per-model default
+/// flags, which only an agent alone uses.
 pub async fn run(
     config: AgentConfig,
     loader: Arc<dyn session::Loader>,
     onnxruntime: String,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
+    config.check()?;
     let options = AgentOptions::from_config(&config);
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let local = listener.local_addr().map_err(RunError::Address)?;
     let models =
         Repository::new(options.model_repository.clone(), ModelSettings::default()).names();
     tracing::info!(
@@ -197,17 +205,17 @@ pub async fn run(
     let agent = Agent::new(options, loader);
     let server = serve(agent.clone(), listener, shutdown);
     match config.scheduler {
-        None => server.await.map_err(|e| e.to_string()),
+        None => Ok(server.await?),
         Some(scheduler) => {
-            let link = cluster::Link {
+            let link = Link {
                 scheduler,
                 token: config.token.clone(),
                 advertise: config.advertise.clone(),
                 listen: local,
             };
             tokio::select! {
-                served = server => served.map_err(|e| e.to_string()),
-                joined = cluster::join_and_report(agent, link) => joined,
+                served = server => Ok(served?),
+                joined = join_and_report(agent, link) => Ok(joined?),
             }
         }
     }

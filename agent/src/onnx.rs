@@ -7,12 +7,47 @@ use herd_proto::DataType;
 use ort::session::Session as OrtSession;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
-use crate::session::{Loader, Session};
+use crate::session::{LoadError, Loader, Session, SessionError};
 use herd_core::repository::ModelFiles;
 use herd_core::tensor::{ModelSpec, Tensor, TensorSpec};
 
 /// The ONNX Runtime version herd is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
+
+/// What goes wrong with ONNX Runtime in this process.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OrtError {
+    #[error(
+        "cannot load ONNX Runtime {version} ({tried}). Run scripts/setup.sh to fetch it into .cache/, \
+         or point --ort-lib / HERD_ORT_LIB at a libonnxruntime.so of version {version}",
+        version = ORT_VERSION
+    )]
+    NotFound { tried: String },
+    #[error("ONNX Runtime at {} failed to start: {error}", .path.display())]
+    Start { path: PathBuf, error: String },
+    /// ONNX Runtime's own words: a model it cannot open, a run it refused.
+    #[error("{0}")]
+    Engine(String),
+    #[error("'{name}' is not a tensor ({kind}); herd serves tensor models")]
+    NotATensor { name: String, kind: String },
+    #[error("'{name}' has element type {kind}, which herd does not serve yet")]
+    UnsupportedElement { name: String, kind: String },
+    #[error("{0} tensors are not supported")]
+    UnsupportedInput(DataType),
+    #[error("the model returned a non-tensor output ({0})")]
+    NonTensorOutput(String),
+    #[error("the model returned {0} tensors, which herd does not serve yet")]
+    UnsupportedOutput(String),
+}
+
+impl<R> From<ort::Error<R>> for OrtError
+where
+    ort::Error<R>: std::fmt::Display,
+{
+    fn from(e: ort::Error<R>) -> OrtError {
+        OrtError::Engine(e.to_string())
+    }
+}
 
 /// Where to look for libonnxruntime, in order: the explicit path (--ort-lib or
 /// HERD_ORT_LIB), the project's cache as scripts/setup.sh fills it (found from the
@@ -46,24 +81,26 @@ pub struct OrtRuntime {
 }
 
 impl OrtRuntime {
-    pub fn init(explicit: Option<&Path>) -> Result<OrtRuntime, String> {
+    pub fn init(explicit: Option<&Path>) -> Result<OrtRuntime, OrtError> {
         let mut tried = Vec::new();
         for path in candidates(explicit) {
             match ort::init_from(&path) {
                 Ok(builder) => {
-                    let env = builder.with_name("herd").build().map_err(|e| {
-                        format!("ONNX Runtime at {} failed to start: {e}", path.display())
-                    })?;
+                    let env = builder
+                        .with_name("herd")
+                        .build()
+                        .map_err(|e| OrtError::Start {
+                            path: path.clone(),
+                            error: e.to_string(),
+                        })?;
                     return Ok(OrtRuntime { env, library: path });
                 }
                 Err(e) => tried.push(format!("{}: {e}", path.display())),
             }
         }
-        Err(format!(
-            "cannot load ONNX Runtime {ORT_VERSION} ({}). Run scripts/setup.sh to fetch it into .cache/, \
-             or point --ort-lib / HERD_ORT_LIB at a libonnxruntime.so of version {ORT_VERSION}",
-            tried.join("; ")
-        ))
+        Err(OrtError::NotFound {
+            tried: tried.join("; "),
+        })
     }
 
     /// Opens a model file in a new session.
@@ -71,19 +108,17 @@ impl OrtRuntime {
         &self,
         path: &Path,
         intra_op_threads: usize,
-    ) -> Result<(ModelSpec, OnnxSession), String> {
-        let mut builder = OrtSession::builder(&self.env).map_err(|e| e.to_string())?;
+    ) -> Result<(ModelSpec, OnnxSession), OrtError> {
+        let mut builder = OrtSession::builder(&self.env)?;
         // Without the arena, memory freed by a session goes back to malloc rather than
         // staying reserved by ONNX Runtime.
-        builder = builder
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-            .map_err(|e| e.to_string())?;
+        builder = builder.with_execution_providers([ort::ep::CPU::default()
+            .with_arena_allocator(false)
+            .build()])?;
         if intra_op_threads > 0 {
-            builder = builder
-                .with_intra_threads(intra_op_threads)
-                .map_err(|e| e.to_string())?;
+            builder = builder.with_intra_threads(intra_op_threads)?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| e.to_string())?;
+        let session = builder.commit_from_file(path)?;
         let spec = ModelSpec {
             inputs: session
                 .inputs()
@@ -102,17 +137,18 @@ impl OrtRuntime {
 
 /// Sessions in this process: what `herd bench --local` and the worker process use.
 impl Loader for OrtRuntime {
-    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), String> {
+    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
         let (spec, session) = self.open(&files.path, files.settings.intra_op_threads)?;
         Ok((spec, Box::new(session)))
     }
 }
 
-fn outlet_spec(name: &str, dtype: &ValueType) -> Result<TensorSpec, String> {
+fn outlet_spec(name: &str, dtype: &ValueType) -> Result<TensorSpec, OrtError> {
     let ValueType::Tensor { ty, shape, .. } = dtype else {
-        return Err(format!(
-            "'{name}' is not a tensor ({dtype:?}); herd serves tensor models"
-        ));
+        return Err(OrtError::NotATensor {
+            name: name.to_string(),
+            kind: format!("{dtype:?}"),
+        });
     };
     let dtype = match ty {
         TensorElementType::Bool => DataType::Bool,
@@ -127,9 +163,10 @@ fn outlet_spec(name: &str, dtype: &ValueType) -> Result<TensorSpec, String> {
         TensorElementType::Float32 => DataType::Fp32,
         TensorElementType::Float64 => DataType::Fp64,
         other => {
-            return Err(format!(
-                "'{name}' has element type {other:?}, which herd does not serve yet"
-            ))
+            return Err(OrtError::UnsupportedElement {
+                name: name.to_string(),
+                kind: format!("{other:?}"),
+            })
         }
     };
     Ok(TensorSpec {
@@ -144,14 +181,18 @@ pub struct OnnxSession {
 }
 
 impl Session for OnnxSession {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, SessionError> {
+        self.run_ort(inputs)
+            .map_err(|e| SessionError::Failed(e.to_string()))
+    }
+}
+
+impl OnnxSession {
+    fn run_ort(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, OrtError> {
         let values: Vec<DynValue> = inputs.iter().map(to_ort).collect::<Result<_, _>>()?;
         let values: Vec<ort::session::SessionInputValue> =
             values.into_iter().map(Into::into).collect();
-        let outputs = self
-            .session
-            .run(values.as_slice())
-            .map_err(|e| e.to_string())?;
+        let outputs = self.session.run(values.as_slice())?;
         outputs.iter().map(|(_, v)| from_ort(&v)).collect()
     }
 }
@@ -162,7 +203,7 @@ fn le<const N: usize>(chunk: &[u8]) -> [u8; N] {
     a
 }
 
-fn to_ort(t: &Tensor) -> Result<DynValue, String> {
+fn to_ort(t: &Tensor) -> Result<DynValue, OrtError> {
     macro_rules! numeric {
         ($ty:ty) => {{
             const N: usize = std::mem::size_of::<$ty>();
@@ -189,30 +230,26 @@ fn to_ort(t: &Tensor) -> Result<DynValue, String> {
         DataType::Int64 => numeric!(i64),
         DataType::Fp32 => numeric!(f32),
         DataType::Fp64 => numeric!(f64),
-        other => return Err(format!("{other} tensors are not supported")),
+        other => return Err(OrtError::UnsupportedInput(other)),
     };
-    value.map_err(|e| e.to_string())
+    Ok(value?)
 }
 
-fn from_ort(v: &DynValue) -> Result<Tensor, String> {
+fn from_ort(v: &DynValue) -> Result<Tensor, OrtError> {
     macro_rules! numeric {
         ($ty:ty, $dt:expr) => {{
-            let (shape, data) = v.try_extract_tensor::<$ty>().map_err(|e| e.to_string())?;
+            let (shape, data) = v.try_extract_tensor::<$ty>()?;
             let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
             (shape.to_vec(), $dt, bytes)
         }};
     }
     let ty = match v.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
-        other => {
-            return Err(format!(
-                "the model returned a non-tensor output ({other:?})"
-            ))
-        }
+        other => return Err(OrtError::NonTensorOutput(format!("{other:?}"))),
     };
     let (shape, dtype, bytes) = match ty {
         TensorElementType::Bool => {
-            let (shape, data) = v.try_extract_tensor::<bool>().map_err(|e| e.to_string())?;
+            let (shape, data) = v.try_extract_tensor::<bool>()?;
             (
                 shape.to_vec(),
                 DataType::Bool,
@@ -229,11 +266,7 @@ fn from_ort(v: &DynValue) -> Result<Tensor, String> {
         TensorElementType::Int64 => numeric!(i64, DataType::Int64),
         TensorElementType::Float32 => numeric!(f32, DataType::Fp32),
         TensorElementType::Float64 => numeric!(f64, DataType::Fp64),
-        other => {
-            return Err(format!(
-                "the model returned {other:?} tensors, which herd does not serve yet"
-            ))
-        }
+        other => return Err(OrtError::UnsupportedOutput(format!("{other:?}"))),
     };
     Ok(Tensor {
         dtype,

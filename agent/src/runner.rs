@@ -2,7 +2,8 @@
 //! that owns the ONNX Runtime session. Async code never blocks on inference.
 //!
 //! A request holds a queue permit from admission until it is answered, so the queue
-//! is bounded; when every permit is taken the request is refused at once.
+//! is bounded; when every permit is taken the request is refused at once. Its span
+//! travels with it, and the batch it runs in names it in the logs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +12,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Span};
 
 use crate::batch::{concat, split};
 use crate::batcher::{BatchQueue, Next, Queued};
-use crate::error::AgentError;
-use crate::session::Session;
+use crate::error::{AgentError, BatchError};
+use crate::session::{Session, SessionError};
 use crate::stats::ModelStats;
+use crate::trace::RequestId;
 use crate::validate::ValidRequest;
 use herd_core::tensor::Tensor;
 
@@ -28,6 +30,9 @@ pub struct Pending {
     reply: oneshot::Sender<Reply>,
     arrived: Instant,
     _permit: OwnedSemaphorePermit,
+    id: RequestId,
+    /// The request's span, entered for what happens to it in the queue.
+    span: Span,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -120,8 +125,13 @@ impl Runner {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Queues a validated request; refuses it at once when the queue is full.
-    pub fn submit(&self, request: ValidRequest) -> Result<oneshot::Receiver<Reply>, AgentError> {
+    /// Queues a validated request; refuses it at once when the queue is full. The
+    /// current span is the request's: it goes into the queue with it.
+    pub fn submit(
+        &self,
+        request: ValidRequest,
+        id: RequestId,
+    ) -> Result<oneshot::Receiver<Reply>, AgentError> {
         let permit =
             self.permits
                 .clone()
@@ -136,6 +146,8 @@ impl Runner {
             reply,
             arrived: Instant::now(),
             _permit: permit,
+            id,
+            span: Span::current(),
         };
         self.tx
             .send(pending)
@@ -171,7 +183,14 @@ impl Actor {
             let mut wait = None;
             if running.is_none() {
                 // A request whose caller has gone is dropped before it reaches the model.
-                queue.retain(|p| !p.reply.is_closed());
+                queue.retain(|p| {
+                    let gone = p.reply.is_closed();
+                    if gone {
+                        p.span
+                            .in_scope(|| debug!("caller left; dropped before running"));
+                    }
+                    !gone
+                });
                 match queue.next(
                     Instant::now(),
                     self.policy.max_batch_size,
@@ -252,6 +271,18 @@ fn work(
         let dispatched = Instant::now();
         let rows: Vec<usize> = job.batch.iter().map(|p| p.request.rows).collect();
         let items: usize = rows.iter().sum();
+        let requests = job
+            .batch
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let span = tracing::info_span!("batch", model = %model, size = job.batch.len(), items);
+        for p in &job.batch {
+            span.follows_from(&p.span);
+        }
+        let _entered = span.enter();
+        debug!(%requests, size = job.batch.len(), items, "batch running");
         let inputs: Vec<&[Tensor]> = job
             .batch
             .iter()
@@ -259,13 +290,19 @@ fn work(
             .collect();
         let batched = concat(&inputs);
         let started = std::time::Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(batched)))
-            .unwrap_or_else(|_| Err("the inference engine panicked".to_string()))
-            .and_then(|outputs| split(outputs, &rows));
+        let result: Result<_, BatchError> =
+            std::panic::catch_unwind(AssertUnwindSafe(|| session.run(batched)))
+                .unwrap_or_else(|_| {
+                    Err(SessionError::Failed(
+                        "the inference engine panicked".to_string(),
+                    ))
+                })
+                .map_err(BatchError::from)
+                .and_then(|outputs| Ok(split(outputs, &rows)?));
         let compute = started.elapsed();
         stats.record_run(items as u64, compute, result.is_ok());
         // Known dead before anyone hears of the failure, so that a retry loads afresh.
-        let dead = !session.is_alive();
+        let dead = matches!(&result, Err(BatchError::Session(e)) if e.ends_session());
         if dead {
             alive.store(false, Ordering::Release);
         }
@@ -282,7 +319,7 @@ fn work(
                 }
             }
             Err(reason) => {
-                warn!(model = %model, items, error = %reason, "batch failed");
+                warn!(model = %model, %requests, items, error = %reason, "batch failed");
                 for p in job.batch {
                     let err = AgentError::Inference {
                         model: model.to_string(),
@@ -304,5 +341,260 @@ fn answer(stats: &ModelStats, p: Pending, dispatched: Instant, reply: Reply) {
     let ok = reply.is_ok();
     let queued = dispatched.saturating_duration_since(p.arrived);
     stats.record_request(queued, p.arrived.elapsed(), ok);
-    let _ = p.reply.send(reply);
+    // The permit goes back before the answer, so a caller that has its answer finds
+    // room for its next request.
+    let Pending {
+        reply: to_caller,
+        _permit,
+        ..
+    } = p;
+    drop(_permit);
+    let _ = to_caller.send(reply);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{f32_values, fake_pid, input, FakeLoader};
+    use tonic::Code;
+
+    fn runner(fake: &FakeLoader, max_batch_size: usize, queue_capacity: usize) -> Runner {
+        let policy = BatchPolicy {
+            max_batch_size,
+            max_batch_delay: Duration::ZERO,
+            queue_capacity,
+        };
+        Runner::start("m", fake.session(), policy, Arc::default())
+    }
+
+    fn request(rows: usize, value: f32) -> ValidRequest {
+        ValidRequest {
+            inputs: vec![input(rows, value)],
+            rows,
+            key: vec![vec![4]],
+            outputs: vec![0],
+        }
+    }
+
+    fn submit(runner: &Runner, rows: usize, value: f32) -> oneshot::Receiver<Reply> {
+        runner
+            .submit(request(rows, value), RequestId::generate())
+            .expect("queued")
+    }
+
+    /// The reply, reading a request dropped unanswered as the service does: stopped.
+    async fn answer(rx: oneshot::Receiver<Reply>) -> Reply {
+        rx.await
+            .unwrap_or_else(|_| Err(AgentError::Stopped("m".into())))
+    }
+
+    #[tokio::test]
+    async fn requests_that_arrive_while_a_batch_runs_form_the_next_batch() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 8, 64);
+        let first = submit(&runner, 1, 1.0);
+        gate.reached(1).await;
+        let waiting: Vec<_> = [(2, 2.0), (1, 3.0), (3, 4.0)]
+            .into_iter()
+            .map(|(rows, value)| (rows, value, submit(&runner, rows, value)))
+            .collect();
+        assert_eq!(runner.queue_len(), 4, "one running, three queued");
+        gate.open();
+        let out = answer(first).await.expect("first runs");
+        assert_eq!(f32_values(&out[0]), vec![2.0; 4]);
+        for (rows, value, rx) in waiting {
+            let out = answer(rx).await.expect("batched request runs");
+            assert_eq!(out[0].shape, vec![rows as i64, 4]);
+            assert_eq!(
+                f32_values(&out[0]),
+                vec![value * 2.0; rows * 4],
+                "each caller gets its own rows back"
+            );
+        }
+        assert_eq!(fake.batches(), vec![1, 6], "the three waiting ran together");
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_exceeds_the_max_batch_size() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 4, 64);
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        let rest: Vec<_> = (0..5).map(|i| submit(&runner, 2, i as f32)).collect();
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in rest {
+            answer(rx).await.expect("runs");
+        }
+        assert_eq!(fake.batches(), vec![1, 4, 4, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_session_fails_its_batch_clearly_and_takes_no_more_work() {
+        let fake = FakeLoader::new();
+        let runner = runner(&fake, 8, 64);
+        fake.die_on_next_run();
+        let err = answer(submit(&runner, 1, 1.0))
+            .await
+            .expect_err("its worker died");
+        assert_eq!(err.code(), Code::Internal);
+        assert!(
+            matches!(
+                &err,
+                AgentError::Inference {
+                    reason: BatchError::Session(SessionError::WorkerDied { .. }),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "model 'm' failed to run: the model worker (pid {}) died: killed by the test",
+                fake_pid()
+            )
+        );
+        assert!(
+            !runner.is_alive(),
+            "known dead once the failure is answered"
+        );
+        let later = answer(submit(&runner, 1, 2.0))
+            .await
+            .expect_err("a dead runner runs nothing");
+        assert!(matches!(later, AgentError::Stopped(_)), "{later:?}");
+        let mut stopped = runner.stopped();
+        drop(runner);
+        stopped.wait_for(|s| *s).await.expect("the runner stops");
+        fake.live_sessions(0).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_fails_only_its_batch() {
+        let fake = FakeLoader::new();
+        let runner = runner(&fake, 8, 64);
+        fake.fail_next_run("the engine refused this batch");
+        let err = answer(submit(&runner, 1, 1.0)).await.expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "model 'm' failed to run: the engine refused this batch"
+        );
+        assert!(runner.is_alive());
+        let out = answer(submit(&runner, 1, 1.0)).await.expect("runs again");
+        assert_eq!(f32_values(&out[0]), vec![2.0; 4]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_a_permit_frees_on_answer() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 8, 2);
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        let second = submit(&runner, 1, 0.0);
+        let refused = runner
+            .submit(request(1, 0.0), RequestId::generate())
+            .expect_err("two is the limit");
+        assert!(
+            matches!(refused, AgentError::QueueFull { capacity: 2, .. }),
+            "{refused:?}"
+        );
+        gate.open();
+        answer(first).await.expect("runs");
+        answer(second).await.expect("runs");
+        assert_eq!(runner.queue_len(), 0);
+        answer(submit(&runner, 1, 0.0)).await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_caller_left_never_runs() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 1, 8);
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        drop(submit(&runner, 1, 5.0));
+        let kept = submit(&runner, 1, 1.0);
+        gate.open();
+        answer(first).await.expect("runs");
+        let out = answer(kept).await.expect("runs");
+        assert_eq!(f32_values(&out[0]), vec![2.0; 4]);
+        assert_eq!(
+            fake.batches(),
+            vec![1, 1],
+            "the abandoned request never ran"
+        );
+    }
+
+    /// Everything the crate logs at debug, from any thread, once a test asks for it.
+    fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+        static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> =
+            std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("herd_agent=debug")
+                .with_ansi(false)
+                .with_writer(move || LogSink(sink.clone()))
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+            logs
+        })
+        .clone()
+    }
+
+    struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_logs_the_ids_of_its_requests_in_a_batch_span() {
+        let logs = captured_logs();
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 8, 64);
+        let traced = |id: &str, value: f32| {
+            let id = RequestId::from_caller(Some(id));
+            crate::trace::request_span(&id, "m")
+                .in_scope(|| runner.submit(request(1, value), id))
+                .expect("queued")
+        };
+        let first = traced("log-first", 0.0);
+        gate.reached(1).await;
+        let (a, b) = (traced("log-a", 1.0), traced("log-b", 2.0));
+        drop(traced("log-gone", 3.0));
+        gate.open();
+        for rx in [first, a, b] {
+            answer(rx).await.expect("runs");
+        }
+        let text =
+            String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("requests=log-a,log-b"))
+            .unwrap_or_else(|| panic!("no batch line names both requests:\n{text}"));
+        assert!(
+            line.contains("batch{model=m size=2 items=2}") && line.contains("batch running"),
+            "{line}"
+        );
+        let gone = text
+            .lines()
+            .find(|l| l.contains("request_id=log-gone"))
+            .unwrap_or_else(|| panic!("the dropped request is not logged:\n{text}"));
+        assert!(gone.contains("dropped before running"), "{gone}");
+    }
 }

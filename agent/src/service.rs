@@ -1,16 +1,19 @@
 //! The KServe v2 / Triton gRPC inference service of one agent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::model_infer_response::InferOutputTensor;
 use herd_proto::inference::model_metadata_response::TensorMetadata;
 use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::{debug, warn, Instrument};
 
 use crate::cache::{Lease, LoadState};
 use crate::error::AgentError;
+use crate::trace::{request_span, RequestId, REQUEST_ID_HEADER};
 use crate::validate::validate;
 use crate::Agent;
 use herd_core::tensor::TensorSpec;
@@ -41,22 +44,53 @@ fn metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
 }
 
 /// Runs one inference request: the model loaded if needed, the request validated,
-/// batched with others and answered. Also used for each item of a scheduler's batch.
-pub async fn infer(agent: &Agent, r: ModelInferRequest) -> Result<ModelInferResponse, AgentError> {
+/// batched with others and answered, within `deadline` when one is given. Also used
+/// for each item of a scheduler's batch. It runs in a span of its own, named by `id`.
+pub async fn infer(
+    agent: &Agent,
+    r: ModelInferRequest,
+    id: RequestId,
+    deadline: Option<Duration>,
+) -> Result<ModelInferResponse, AgentError> {
+    let span = request_span(&id, &r.model_name);
+    let run = infer_in_span(agent, r, id);
+    let result = match deadline {
+        None => run.instrument(span.clone()).await,
+        Some(deadline) => tokio::time::timeout(deadline, run)
+            .instrument(span.clone())
+            .await
+            .unwrap_or(Err(AgentError::DeadlineExceeded)),
+    };
+    if let Err(e) = &result {
+        span.in_scope(|| match e.code() {
+            Code::Internal | Code::FailedPrecondition | Code::Unavailable => {
+                warn!(error = %e, "request failed")
+            }
+            _ => debug!(error = %e, "request refused"),
+        });
+    }
+    result
+}
+
+async fn infer_in_span(
+    agent: &Agent,
+    r: ModelInferRequest,
+    id: RequestId,
+) -> Result<ModelInferResponse, AgentError> {
     let lease = lease(agent, &r.model_name, &r.model_version)?;
     let loaded = lease.ready().await?;
     let model_name = r.model_name.clone();
-    let id = r.id.clone();
+    let response_id = r.id.clone();
     let valid = validate(&model_name, &loaded.spec, loaded.max_batch_size, r)?;
     let requested = valid.outputs.clone();
-    let reply = loaded.runner.submit(valid)?;
+    let reply = loaded.runner.submit(valid, id)?;
     let outputs = reply
         .await
         .map_err(|_| AgentError::Stopped(model_name.clone()))??;
     let mut response = ModelInferResponse {
         model_name,
         model_version: lease.files().version.to_string(),
-        id,
+        id: response_id,
         ..Default::default()
     };
     for (index, tensor) in requested.into_iter().zip(outputs) {
@@ -144,9 +178,14 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        Ok(Response::new(
-            infer(&self.agent, request.into_inner()).await?,
-        ))
+        let given = request.metadata().get(REQUEST_ID_HEADER);
+        let id = RequestId::from_caller(given.and_then(|v| v.to_str().ok()));
+        let header = id.as_str().parse().ok();
+        let mut response = Response::new(infer(&self.agent, request.into_inner(), id, None).await?);
+        if let Some(header) = header {
+            response.metadata_mut().insert(REQUEST_ID_HEADER, header);
+        }
+        Ok(response)
     }
 
     async fn model_config(

@@ -66,7 +66,14 @@ pub fn validate(
                 want.name, want.dtype, dtype
             )));
         }
-        check_shape(want, &input.shape).map_err(invalid)?;
+        if !shape_fits(want, &input.shape) {
+            return Err(invalid(format!(
+                "input '{}' has shape {}; the model expects {} (-1 = any size)",
+                want.name,
+                shape_string(&input.shape),
+                shape_string(&want.shape)
+            )));
+        }
         let data = match raw.next() {
             Some(bytes) => bytes,
             None => {
@@ -158,22 +165,13 @@ pub fn validate(
     })
 }
 
-fn check_shape(want: &TensorSpec, got: &[i64]) -> Result<(), String> {
-    let fits = got.len() == want.shape.len()
+/// True when `got` matches the model's shape for the input (-1 = any size).
+fn shape_fits(want: &TensorSpec, got: &[i64]) -> bool {
+    got.len() == want.shape.len()
         && got
             .iter()
             .zip(&want.shape)
-            .all(|(&g, &w)| g >= 0 && (w < 0 || g == w));
-    if fits {
-        Ok(())
-    } else {
-        Err(format!(
-            "input '{}' has shape {}; the model expects {} (-1 = any size)",
-            want.name,
-            shape_string(got),
-            shape_string(&want.shape)
-        ))
-    }
+            .all(|(&g, &w)| g >= 0 && (w < 0 || g == w))
 }
 
 fn names(specs: &[TensorSpec]) -> String {

@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 
 use bytes::BytesMut;
+use herd_proto::datatype::UnknownDataType;
 use herd_proto::herd::{WorkerTensor, WorkerTensorSpec};
 use prost::Message;
 
@@ -45,9 +46,9 @@ pub fn tensor_to_wire(t: Tensor) -> WorkerTensor {
     }
 }
 
-pub fn tensor_from_wire(t: WorkerTensor) -> Result<Tensor, String> {
+pub fn tensor_from_wire(t: WorkerTensor) -> Result<Tensor, UnknownDataType> {
     Ok(Tensor {
-        dtype: t.datatype.parse().map_err(|e| format!("{e}"))?,
+        dtype: t.datatype.parse()?,
         shape: t.shape,
         data: t.data,
     })
@@ -61,9 +62,9 @@ pub fn spec_to_wire(s: &TensorSpec) -> WorkerTensorSpec {
     }
 }
 
-pub fn spec_from_wire(s: WorkerTensorSpec) -> Result<TensorSpec, String> {
+pub fn spec_from_wire(s: WorkerTensorSpec) -> Result<TensorSpec, UnknownDataType> {
     Ok(TensorSpec {
-        dtype: s.datatype.parse().map_err(|e| format!("{e}"))?,
+        dtype: s.datatype.parse()?,
         name: s.name,
         shape: s.shape,
     })

@@ -19,9 +19,28 @@ use herd_proto::herd::{
     WorkerReply,
 };
 
-use crate::onnx::{OnnxSession, OrtRuntime};
-use crate::session::Session;
+use herd_proto::datatype::UnknownDataType;
+
+use crate::onnx::{OnnxSession, OrtError, OrtRuntime};
+use crate::session::{Session, SessionError};
 use crate::wire::{read_frame, spec_to_wire, tensor_from_wire, tensor_to_wire, write_frame};
+
+/// Why the worker refuses a command; the agent hears it as text on the pipe.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Ort(#[from] OrtError),
+    #[error(transparent)]
+    Run(#[from] SessionError),
+    #[error(transparent)]
+    Wire(#[from] UnknownDataType),
+    #[error("ONNX Runtime panicked: {0}")]
+    Panicked(String),
+    #[error("no model is loaded in this worker")]
+    NoModel,
+    #[error("empty command")]
+    EmptyCommand,
+}
 
 /// Serves commands until the agent closes the pipe. Errors are I/O errors on the pipe.
 pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
@@ -29,7 +48,10 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
     let mut input = BufReader::new(io::stdin().lock());
     let runtime = match guarded(|| OrtRuntime::init(ort_lib)) {
         Ok(runtime) => runtime,
-        Err(error) => return write_frame(&mut output, &reply(worker_reply::Reply::Error(error))),
+        Err(error) => {
+            let refused = worker_reply::Reply::Error(error.to_string());
+            return write_frame(&mut output, &reply(refused));
+        }
     };
     let hello = WorkerHello {
         onnxruntime: runtime.library.display().to_string(),
@@ -49,17 +71,17 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
                             outputs: spec.outputs.iter().map(spec_to_wire).collect(),
                         })
                     }
-                    Err(e) => worker_reply::Reply::Error(e),
+                    Err(e) => worker_reply::Reply::Error(e.to_string()),
                 }
             }
             Some(worker_command::Command::Run(run)) => match session.as_mut() {
                 Some(s) => match run_batch(s, run.inputs) {
                     Ok(outputs) => worker_reply::Reply::Outputs(WorkerOutputs { outputs }),
-                    Err(e) => worker_reply::Reply::Error(e),
+                    Err(e) => worker_reply::Reply::Error(e.to_string()),
                 },
-                None => worker_reply::Reply::Error("no model is loaded in this worker".into()),
+                None => worker_reply::Reply::Error(Refusal::NoModel.to_string()),
             },
-            None => worker_reply::Reply::Error("empty command".into()),
+            None => worker_reply::Reply::Error(Refusal::EmptyCommand.to_string()),
         };
         write_frame(&mut output, &reply(answer))?;
     }
@@ -69,12 +91,12 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
 fn run_batch(
     session: &mut OnnxSession,
     inputs: Vec<herd_proto::herd::WorkerTensor>,
-) -> Result<Vec<herd_proto::herd::WorkerTensor>, String> {
+) -> Result<Vec<herd_proto::herd::WorkerTensor>, Refusal> {
     let inputs = inputs
         .into_iter()
         .map(tensor_from_wire)
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = guarded(|| session.run(inputs))?;
+    let outputs = guarded(|| session.run(inputs).map_err(Refusal::from))?;
     Ok(outputs.into_iter().map(tensor_to_wire).collect())
 }
 
@@ -83,15 +105,18 @@ fn reply(r: worker_reply::Reply) -> WorkerReply {
 }
 
 /// Runs `f`, turning a panic into an error so that the agent hears why.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(format!("ONNX Runtime panicked: {message}"))
-    })
+fn guarded<T, E: Into<Refusal>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, Refusal> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(Into::into),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Refusal::Panicked(message))
+        }
+    }
 }
 
 /// Takes the process's stdout for the protocol and points file descriptor 1 at

@@ -86,6 +86,6 @@ pub async fn run(
     tokio::select! {
         r = served => r,
         r = agent_server => r.map_err(|e| format!("local agent: {e}")),
-        r = herd_agent::join_and_report(agent, link) => r,
+        r = herd_agent::join_and_report(agent, link) => r.map_err(|e| e.to_string()),
     }
 }

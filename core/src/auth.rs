@@ -25,19 +25,23 @@ impl RequireToken {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated(format!(
-                "{} need the cluster token; the one given is wrong",
-                self.what
-            ))),
-            None => Err(Status::unauthenticated(format!(
-                "{} need the cluster token (authorization: Bearer <token>; --token or HERD_TOKEN)",
-                self.what
-            ))),
-        }
+            .and_then(|v| v.to_str().ok());
+        verify(token, given, self.what)
+    }
+}
+
+/// The token rule itself: `authorization` (the header's value, if any) must be
+/// `Bearer <token>`; `what` names the calls in the error. Shared by [`RequireToken`]
+/// and the tower layer in `layers::auth`, so both answer with the same words.
+pub(crate) fn verify(token: &str, authorization: Option<&str>, what: &str) -> Result<(), Status> {
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(Status::unauthenticated(format!(
+            "{what} need the cluster token; the one given is wrong"
+        ))),
+        None => Err(Status::unauthenticated(format!(
+            "{what} need the cluster token (authorization: Bearer <token>; --token or HERD_TOKEN)"
+        ))),
     }
 }
 

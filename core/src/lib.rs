@@ -8,6 +8,7 @@ pub mod contents;
 pub mod device;
 pub mod digest;
 pub mod histogram;
+pub mod layers;
 pub mod limits;
 pub mod metadata;
 pub mod paths;

@@ -1,21 +1,28 @@
 //! The dashboard's state: a plain struct that cluster updates, key presses and connection
 //! changes update, and that rendering only reads. Nothing here touches a terminal or the
 //! network, so unit tests drive it directly.
+//!
+//! What the cluster looks like is `herd_client::view`'s view-model, the one the CLI
+//! prints; the dashboard adds only what a live screen needs: which snapshots its rates
+//! are measured between, a minute of history per node, and the UI's own state.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::Histogram;
-use herd_proto::herd::{ClusterSnapshot, ClusterUpdate, Event, ModelState, NodeState};
+use herd_client::view::{
+    self, Counters, EventView, ModelView, NodeModelView, NodeView, Rates, Summary,
+};
+use herd_proto::herd::{ClusterSnapshot, ClusterUpdate};
 use tokio::time::Instant;
+
+use crate::latency::LatencyCache;
 
 /// Seconds of requests/s history kept per node for its sparkline.
 pub const HISTORY_SECONDS: usize = 60;
 /// Events kept for the events pane, newest last.
 pub const MAX_EVENTS: usize = 200;
 /// A rate is measured over at least this much snapshot time, so it does not jitter.
-const RATE_WINDOW_MS: u64 = 1000;
+pub(crate) const RATE_WINDOW_MS: u64 = 1000;
 
 /// What the main pane shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,104 +50,6 @@ pub enum Connection {
     Disconnected { error: String, retry_at: Instant },
 }
 
-/// One GPU of a node.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GpuRow {
-    pub index: u32,
-    pub name: String,
-    pub used: u64,
-    pub total: u64,
-}
-
-/// One model held by a node, as the node reported it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeModelRow {
-    pub name: String,
-    pub version: String,
-    pub state: ModelState,
-    pub memory: u64,
-    pub in_flight: u32,
-    pub queue: u32,
-    pub mean_batch_size: f64,
-    /// Time until the idle TTL unloads the model, when it is idle and has a TTL.
-    pub ttl_left_ms: Option<i64>,
-    /// Items inferred per second on this node (from the agent's inference count).
-    pub rate: Option<f64>,
-    pub last_error: String,
-}
-
-/// One node, with what the dashboard derives from its reports.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeRow {
-    pub name: String,
-    pub address: String,
-    pub state: NodeState,
-    pub ram_used: u64,
-    pub ram_capacity: u64,
-    pub gpus: Vec<GpuRow>,
-    /// Busy fraction of all cores, 0..1.
-    pub cpu_load: f32,
-    pub cpu_count: u32,
-    /// Models loading, ready or unloading (and failed ones, so they show).
-    pub models: Vec<NodeModelRow>,
-    pub rate: Option<f64>,
-    pub p50_us: Option<u64>,
-    pub p99_us: Option<u64>,
-    /// Requests waiting in the node's model queues.
-    pub queue: u64,
-    pub last_report_ms: u64,
-}
-
-impl NodeRow {
-    /// Models in memory or on their way in or out (not failed ones).
-    pub fn loaded_models(&self) -> usize {
-        self.models
-            .iter()
-            .filter(|m| {
-                matches!(
-                    m.state,
-                    ModelState::Loading | ModelState::Ready | ModelState::Unloading
-                )
-            })
-            .count()
-    }
-}
-
-/// Where a model's replica is.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReplicaRow {
-    pub node: String,
-    pub state: ModelState,
-    pub device: String,
-}
-
-/// One model of the catalog.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelRow {
-    pub name: String,
-    pub version: u64,
-    pub memory: u64,
-    pub replicas: Vec<ReplicaRow>,
-    pub rate: Option<f64>,
-    pub p99_us: Option<u64>,
-    pub cold_starts: u64,
-    pub failures: u64,
-    pub last_placement: Option<Event>,
-}
-
-/// The line on top: the cluster at a glance.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Summary {
-    pub nodes_up: usize,
-    pub nodes_total: usize,
-    pub memory_used: u64,
-    pub memory_capacity: u64,
-    pub rate: f64,
-    /// Models with at least one ready replica.
-    pub models_loaded: usize,
-    pub models_total: usize,
-}
-
 /// An action waiting for y/n.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Confirm {
@@ -155,79 +64,11 @@ pub struct Status {
     pub error: bool,
 }
 
-/// A counter turned into a rate over successive snapshots.
+/// Where the current rate window began: the snapshot's time and its counters.
 #[derive(Clone, Debug)]
-struct RateMeter {
+struct RateWindow {
     time_ms: u64,
-    total: u64,
-    rate: Option<f64>,
-}
-
-impl RateMeter {
-    fn new(time_ms: u64, total: u64) -> Self {
-        RateMeter {
-            time_ms,
-            total,
-            rate: None,
-        }
-    }
-
-    /// Takes a new reading; returns the new rate and the milliseconds it spans when one
-    /// window has passed.
-    fn update(&mut self, time_ms: u64, total: u64) -> Option<(f64, u64)> {
-        if total < self.total || time_ms < self.time_ms {
-            // A restarted node or a restarted scheduler: start again.
-            *self = RateMeter::new(time_ms, total);
-            return None;
-        }
-        let elapsed = time_ms - self.time_ms;
-        if elapsed < RATE_WINDOW_MS {
-            return None;
-        }
-        let rate = (total - self.total) as f64 * 1000.0 / elapsed as f64;
-        self.time_ms = time_ms;
-        self.total = total;
-        self.rate = Some(rate);
-        Some((rate, elapsed))
-    }
-}
-
-/// A node's rate meter and its last minute of rates, one sample a second.
-#[derive(Clone, Debug)]
-struct NodeMeter {
-    rate: RateMeter,
-    history: VecDeque<f64>,
-}
-
-/// p50 and p99 of some serialized histograms, kept until the histograms change, and
-/// recomputed at most once a second: decoding is most of the cost of an update, agents
-/// report once a second, and their histograms count since the model loaded.
-#[derive(Clone, Debug, Default)]
-struct QuantileCache {
-    inputs: Vec<Vec<u8>>,
-    computed_at_ms: Option<u64>,
-    quantiles: (Option<u64>, Option<u64>),
-}
-
-impl QuantileCache {
-    fn quantiles(&mut self, inputs: &[&[u8]], time_ms: u64) -> (Option<u64>, Option<u64>) {
-        let same = self.inputs.len() == inputs.len()
-            && self
-                .inputs
-                .iter()
-                .zip(inputs)
-                .all(|(a, b)| a.as_slice() == *b);
-        let due = match self.computed_at_ms {
-            None => true,
-            Some(at) => time_ms < at || time_ms - at >= RATE_WINDOW_MS,
-        };
-        if !same && due {
-            self.quantiles = merged_quantiles(inputs.iter().copied());
-            self.inputs = inputs.iter().map(|b| b.to_vec()).collect();
-            self.computed_at_ms = Some(time_ms);
-        }
-        self.quantiles
-    }
+    counters: Counters,
 }
 
 /// Everything the dashboard shows.
@@ -236,10 +77,11 @@ pub struct App {
     /// The scheduler's address, for the header.
     pub scheduler: String,
     pub view: View,
-    pub nodes: Vec<NodeRow>,
-    pub models: Vec<ModelRow>,
+    /// Sorted by name, as the view-model gives them.
+    pub nodes: Vec<NodeView>,
+    pub models: Vec<ModelView>,
     /// Newest last.
-    pub events: VecDeque<Event>,
+    pub events: VecDeque<EventView>,
     pub summary: Summary,
     /// The last snapshot's time (ms since the epoch); 0 before the first.
     pub snapshot_time_ms: u64,
@@ -260,11 +102,12 @@ pub struct App {
     pub show_help: bool,
     /// False under NO_COLOR.
     pub color: bool,
-    node_meters: HashMap<String, NodeMeter>,
-    node_model_meters: HashMap<(String, String), RateMeter>,
-    model_meters: HashMap<String, RateMeter>,
-    node_latency: HashMap<String, QuantileCache>,
-    model_latency: HashMap<String, QuantileCache>,
+    window: Option<RateWindow>,
+    /// Measured over the last complete window, shown until the next one completes.
+    rates: Rates,
+    /// Per node, its last minute of requests/s, one sample a second, oldest first.
+    history: HashMap<String, VecDeque<f64>>,
+    latency: LatencyCache,
 }
 
 impl App {
@@ -290,11 +133,10 @@ impl App {
             status: None,
             show_help: false,
             color,
-            node_meters: HashMap::new(),
-            node_model_meters: HashMap::new(),
-            model_meters: HashMap::new(),
-            node_latency: HashMap::new(),
-            model_latency: HashMap::new(),
+            window: None,
+            rates: Rates::default(),
+            history: HashMap::new(),
+            latency: LatencyCache::default(),
         }
     }
 
@@ -303,175 +145,73 @@ impl App {
         self.now = now;
         self.connection = Connection::Connected;
         if let Some(snapshot) = update.snapshot {
-            self.apply_snapshot(snapshot);
+            self.apply_snapshot(&snapshot);
         }
         for event in update.events {
             if self.events.len() == MAX_EVENTS {
                 self.events.pop_front();
             }
-            self.events.push_back(event);
+            self.events.push_back(EventView::from(event));
         }
         self.clamp_cursors();
     }
 
-    fn apply_snapshot(&mut self, snapshot: ClusterSnapshot) {
-        let time = snapshot.time_ms;
-        self.snapshot_time_ms = time;
+    fn apply_snapshot(&mut self, snapshot: &ClusterSnapshot) {
+        self.snapshot_time_ms = snapshot.time_ms;
         self.has_data = true;
+        self.measure_rates(snapshot);
+        self.latency.begin(snapshot.time_ms);
+        self.nodes = view::nodes_of(&snapshot.nodes, &self.rates, &mut self.latency);
+        self.models = view::models_of(&snapshot.models, &self.rates, &mut self.latency);
+        // What nodes and models that left had goes with them: nothing grows without bound.
+        self.latency.sweep();
+        let nodes = &self.nodes;
+        self.history.retain(|name, _| {
+            nodes
+                .binary_search_by(|n| n.name.as_str().cmp(name))
+                .is_ok()
+        });
+        self.summary = view::summary(&self.nodes, &self.models);
+    }
 
-        let mut nodes = Vec::with_capacity(snapshot.nodes.len());
-        let mut node_meters = HashMap::with_capacity(snapshot.nodes.len());
-        let mut node_model_meters = HashMap::new();
-        let mut node_latency = HashMap::with_capacity(snapshot.nodes.len());
-        for info in snapshot.nodes {
-            let mut meter = self
-                .node_meters
-                .remove(&info.name)
-                .unwrap_or_else(|| NodeMeter {
-                    rate: RateMeter::new(time, info.requests_total),
-                    history: VecDeque::with_capacity(HISTORY_SECONDS),
+    /// Closes the rate window once it spans [`RATE_WINDOW_MS`] of snapshot time: new
+    /// rates, and one sparkline sample per second it spanned, so gaps keep their width.
+    fn measure_rates(&mut self, snapshot: &ClusterSnapshot) {
+        let time_ms = snapshot.time_ms;
+        let elapsed_ms = match &self.window {
+            Some(window) if time_ms >= window.time_ms => time_ms - window.time_ms,
+            // The first snapshot, or a restarted scheduler's: start again.
+            _ => {
+                self.rates = Rates::default();
+                self.window = Some(RateWindow {
+                    time_ms,
+                    counters: view::counters(&snapshot.nodes, &snapshot.models),
                 });
-            if let Some((rate, elapsed_ms)) = meter.rate.update(time, info.requests_total) {
-                // One sample per second the window spanned, so gaps keep their width.
-                let seconds = ((elapsed_ms + 500) / 1000).clamp(1, HISTORY_SECONDS as u64);
-                for _ in 0..seconds {
-                    if meter.history.len() == HISTORY_SECONDS {
-                        meter.history.pop_front();
-                    }
-                    meter.history.push_back(rate);
-                }
+                return;
             }
-            let state = info.state();
-            let resources = info.resources.unwrap_or_default();
-            let mut models = Vec::new();
-            let mut queue = 0u64;
-            let mut histograms: Vec<&[u8]> = Vec::new();
-            for status in &info.models {
-                let state = status.state();
-                if matches!(state, ModelState::Available | ModelState::Unspecified) {
-                    continue;
-                }
-                queue += u64::from(status.queue_length);
-                histograms.push(&status.latency_histogram);
-                let key = (info.name.clone(), status.name.clone());
-                let mut model_meter = self
-                    .node_model_meters
-                    .remove(&key)
-                    .unwrap_or_else(|| RateMeter::new(time, status.inference_count));
-                model_meter.update(time, status.inference_count);
-                let idle = status.in_flight == 0 && status.queue_length == 0;
-                let ttl_left_ms = (status.ttl_ms >= 0 && idle && state == ModelState::Ready)
-                    .then(|| (status.ttl_ms - status.idle_ms as i64).max(0));
-                models.push(NodeModelRow {
-                    name: status.name.clone(),
-                    version: status.version.clone(),
-                    state,
-                    memory: status.memory_bytes,
-                    in_flight: status.in_flight,
-                    queue: status.queue_length,
-                    mean_batch_size: status.mean_batch_size,
-                    ttl_left_ms,
-                    rate: model_meter.rate,
-                    last_error: status.last_error.clone(),
-                });
-                node_model_meters.insert(key, model_meter);
-            }
-            models.sort_by(|a, b| a.name.cmp(&b.name));
-            let mut latency = self.node_latency.remove(&info.name).unwrap_or_default();
-            let (p50_us, p99_us) = latency.quantiles(&histograms, time);
-            node_latency.insert(info.name.clone(), latency);
-            nodes.push(NodeRow {
-                state,
-                ram_used: resources
-                    .memory_total_bytes
-                    .saturating_sub(resources.memory_available_bytes),
-                ram_capacity: resources.memory_capacity_bytes,
-                gpus: resources
-                    .gpus
-                    .iter()
-                    .map(|g| GpuRow {
-                        index: g.index,
-                        name: g.name.clone(),
-                        used: g.memory_used_bytes,
-                        total: g.memory_total_bytes,
-                    })
-                    .collect(),
-                cpu_load: resources.cpu_load,
-                cpu_count: resources.cpu_count,
-                models,
-                rate: meter.rate.rate,
-                p50_us,
-                p99_us,
-                queue,
-                last_report_ms: info.last_report_ms,
-                address: info.address,
-                name: info.name.clone(),
-            });
-            node_meters.insert(info.name, meter);
-        }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        // Meters of nodes and models that left go with them: nothing grows without bound.
-        self.node_meters = node_meters;
-        self.node_model_meters = node_model_meters;
-        self.node_latency = node_latency;
-
-        let mut models = Vec::with_capacity(snapshot.models.len());
-        let mut model_meters = HashMap::with_capacity(snapshot.models.len());
-        let mut model_latency = HashMap::with_capacity(snapshot.models.len());
-        for info in snapshot.models {
-            let mut meter = self
-                .model_meters
-                .remove(&info.name)
-                .unwrap_or_else(|| RateMeter::new(time, info.requests_total));
-            meter.update(time, info.requests_total);
-            let mut latency = self.model_latency.remove(&info.name).unwrap_or_default();
-            let (_, p99_us) = latency.quantiles(&[info.latency_histogram.as_slice()], time);
-            model_latency.insert(info.name.clone(), latency);
-            let mut replicas: Vec<ReplicaRow> = info
-                .replicas
-                .iter()
-                .map(|r| ReplicaRow {
-                    node: r.node.clone(),
-                    state: r.state(),
-                    device: r.device.clone(),
-                })
-                .collect();
-            replicas.sort_by(|a, b| a.node.cmp(&b.node));
-            models.push(ModelRow {
-                version: info.version,
-                memory: info.memory_bytes,
-                replicas,
-                rate: meter.rate,
-                p99_us,
-                cold_starts: info.cold_starts,
-                failures: info.failures_total,
-                last_placement: info.last_placement,
-                name: info.name.clone(),
-            });
-            model_meters.insert(info.name, meter);
-        }
-        models.sort_by(|a, b| a.name.cmp(&b.name));
-        self.model_meters = model_meters;
-        self.model_latency = model_latency;
-
-        let up: Vec<&NodeRow> = nodes
-            .iter()
-            .filter(|n| n.state != NodeState::Down)
-            .collect();
-        self.summary = Summary {
-            nodes_up: nodes.iter().filter(|n| n.state == NodeState::Up).count(),
-            nodes_total: nodes.len(),
-            memory_used: up.iter().map(|n| n.ram_used).sum(),
-            memory_capacity: up.iter().map(|n| n.ram_capacity).sum(),
-            rate: up.iter().filter_map(|n| n.rate).sum(),
-            models_loaded: models
-                .iter()
-                .filter(|m| m.replicas.iter().any(|r| r.state == ModelState::Ready))
-                .count(),
-            models_total: models.len(),
         };
-        self.nodes = nodes;
-        self.models = models;
+        if elapsed_ms < RATE_WINDOW_MS {
+            return;
+        }
+        let counters = view::counters(&snapshot.nodes, &snapshot.models);
+        if let Some(start) = &self.window {
+            let elapsed = Duration::from_millis(elapsed_ms);
+            self.rates = view::rates(&counters, &start.counters, elapsed);
+        }
+        self.window = Some(RateWindow { time_ms, counters });
+        let seconds = ((elapsed_ms + 500) / 1000).clamp(1, HISTORY_SECONDS as u64);
+        for (node, &rate) in &self.rates.nodes {
+            let history = self
+                .history
+                .entry(node.clone())
+                .or_insert_with(|| VecDeque::with_capacity(HISTORY_SECONDS));
+            for _ in 0..seconds {
+                if history.len() == HISTORY_SECONDS {
+                    history.pop_front();
+                }
+                history.push_back(rate);
+            }
+        }
     }
 
     /// The watch stream broke; the connection retries after `retry_in`. The last data
@@ -528,7 +268,7 @@ impl App {
     }
 
     /// The nodes the nodes view lists, after the filter.
-    pub fn visible_nodes(&self) -> Vec<&NodeRow> {
+    pub fn visible_nodes(&self) -> Vec<&NodeView> {
         self.nodes
             .iter()
             .filter(|n| self.matches_filter(&n.name, &n.address))
@@ -536,13 +276,13 @@ impl App {
     }
 
     /// The node the detail view shows.
-    pub fn detail(&self) -> Option<&NodeRow> {
+    pub fn detail(&self) -> Option<&NodeView> {
         let name = self.detail_node.as_deref()?;
         self.nodes.iter().find(|n| n.name == name)
     }
 
     /// The detail view's models, after the filter.
-    pub fn visible_detail_models(&self) -> Vec<&NodeModelRow> {
+    pub fn visible_detail_models(&self) -> Vec<&NodeModelView> {
         self.detail()
             .map(|node| {
                 node.models
@@ -554,7 +294,7 @@ impl App {
     }
 
     /// The models view's models, after the filter.
-    pub fn visible_models(&self) -> Vec<&ModelRow> {
+    pub fn visible_models(&self) -> Vec<&ModelView> {
         self.models
             .iter()
             .filter(|m| {
@@ -569,14 +309,14 @@ impl App {
 
     /// The last minute of a node's requests/s, oldest first.
     pub fn node_history(&self, node: &str) -> impl Iterator<Item = f64> + Clone + '_ {
-        self.node_meters
+        self.history
             .get(node)
             .into_iter()
-            .flat_map(|m| m.history.iter().copied())
+            .flat_map(|h| h.iter().copied())
     }
 
     /// The node under the cursor (nodes view) or shown (detail view).
-    pub fn selected_node(&self) -> Option<&NodeRow> {
+    pub fn selected_node(&self) -> Option<&NodeView> {
         match self.view {
             View::Nodes => self.visible_nodes().get(self.node_cursor).copied(),
             View::NodeDetail => self.detail(),
@@ -630,47 +370,11 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     haystack.to_lowercase().contains(&needle.to_lowercase())
 }
 
-/// Decodes an hdrhistogram in its V2 serialized form; `None` for empty or bad bytes.
-pub fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
-    if bytes.is_empty() {
-        return None;
-    }
-    let mut reader = bytes;
-    Deserializer::new().deserialize::<u64, _>(&mut reader).ok()
-}
-
-/// p50 and p99 (microseconds) of the merge of serialized histograms; `None` without data.
-pub fn merged_quantiles<'a>(
-    serialized: impl IntoIterator<Item = &'a [u8]>,
-) -> (Option<u64>, Option<u64>) {
-    let mut merged: Option<Histogram<u64>> = None;
-    for histogram in serialized.into_iter().filter_map(decode_histogram) {
-        match merged.as_mut() {
-            None => {
-                let mut first = histogram;
-                first.auto(true);
-                merged = Some(first);
-            }
-            Some(total) => {
-                // Auto-resizing, so only a histogram with another precision can fail; it
-                // is left out rather than shown wrong.
-                let _ = total.add(&histogram);
-            }
-        }
-    }
-    match merged {
-        Some(h) if !h.is_empty() => (
-            Some(h.value_at_quantile(0.5)),
-            Some(h.value_at_quantile(0.99)),
-        ),
-        _ => (None, None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{self, cluster, histogram, T0};
+    use crate::fixtures::{self, cluster, T0};
+    use herd_proto::herd::{Event, NodeState};
 
     fn app() -> App {
         App::new("sched:8001", true, Instant::now())
@@ -686,10 +390,10 @@ mod tests {
         let names: Vec<&str> = app.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["node-a", "node-b", "node-c"], "sorted by name");
         let a = &app.nodes[0];
-        assert_eq!(a.ram_used, 24 * fixtures::GIB);
-        assert_eq!(a.ram_capacity, 60 * fixtures::GIB);
+        assert_eq!(a.memory_used_bytes, 24 * fixtures::GIB);
+        assert_eq!(a.memory_capacity_bytes, 60 * fixtures::GIB);
         assert_eq!(a.gpus.len(), 2);
-        assert_eq!(a.queue, 7);
+        assert_eq!(a.queue_length, 7);
         // The repository's available model is not a loaded one.
         assert_eq!(a.loaded_models(), 2);
         assert!(a.models.iter().all(|m| m.name != "tiny-add"));
@@ -700,16 +404,16 @@ mod tests {
                 nodes_up: 2,
                 nodes_total: 3,
                 // The down node's memory is not counted.
-                memory_used: (24 + 13) * fixtures::GIB,
-                memory_capacity: (60 + 14) * fixtures::GIB,
-                rate: 0.0,
+                memory_used_bytes: (24 + 13) * fixtures::GIB,
+                memory_capacity_bytes: (60 + 14) * fixtures::GIB,
+                requests_per_s: 0.0,
                 models_loaded: 2,
                 models_total: 5,
             }
         );
         assert_eq!(app.events.len(), 8);
         // No rate from a single snapshot.
-        assert_eq!(app.nodes[0].rate, None);
+        assert_eq!(app.nodes[0].requests_per_s, None);
     }
 
     #[test]
@@ -741,33 +445,50 @@ mod tests {
         // Half a second later: too soon for a steady rate.
         set_totals(&mut update, T0 + 500, 1_050, 520);
         app.apply_update(update.clone(), now);
-        assert_eq!(app.nodes[0].rate, None);
+        assert_eq!(app.nodes[0].requests_per_s, None);
         // Two seconds after the first: 200 requests in 2 s.
         set_totals(&mut update, T0 + 2_000, 1_200, 600);
         app.apply_update(update.clone(), now);
-        assert_eq!(app.nodes[0].rate, Some(100.0));
+        assert_eq!(app.nodes[0].requests_per_s, Some(100.0));
         let resnet = app
             .models
             .iter()
             .find(|m| m.name == "resnet50")
             .expect("resnet50");
-        assert_eq!(resnet.rate, Some(50.0));
+        assert_eq!(resnet.requests_per_s, Some(50.0));
         let on_node = app.nodes[0]
             .models
             .iter()
             .find(|m| m.name == "resnet50")
             .expect("model");
-        assert_eq!(on_node.rate, Some(200.0));
+        assert_eq!(on_node.inferences_per_s, Some(200.0));
         // The 2 s window fills two one-second samples of the sparkline.
         assert_eq!(
             app.node_history("node-a").collect::<Vec<_>>(),
             [100.0, 100.0]
         );
-        assert_eq!(app.summary.rate, 100.0 + app.nodes[1].rate.unwrap_or(0.0));
+        assert_eq!(
+            app.summary.requests_per_s,
+            100.0 + app.nodes[1].requests_per_s.unwrap_or(0.0)
+        );
         // A restarted node counts from zero again: no negative rate.
         set_totals(&mut update, T0 + 3_000, 10, 600);
         app.apply_update(update, now);
-        assert_eq!(app.nodes[0].rate, None);
+        assert_eq!(app.nodes[0].requests_per_s, None);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_starts_the_rates_again() {
+        let mut app = app();
+        let now = app.now;
+        app.apply_update(cluster(0), now);
+        app.apply_update(cluster(2), now);
+        assert!(app.nodes[0].requests_per_s.is_some());
+        // A restarted scheduler's snapshots: no rate until a window has passed again.
+        app.apply_update(cluster(1), now);
+        assert_eq!(app.nodes[0].requests_per_s, None);
+        app.apply_update(cluster(3), now);
+        assert!(app.nodes[0].requests_per_s.is_some_and(|r| r > 0.0));
     }
 
     #[test]
@@ -833,43 +554,13 @@ mod tests {
             b.models
                 .iter()
                 .find(|m| m.name == name)
-                .and_then(|m| m.ttl_left_ms)
+                .and_then(|m| m.unloads_in_ms())
         };
         assert_eq!(ttl("magika"), Some(300_000 - 49_000), "idle and ready");
         assert_eq!(ttl("resnet50"), None, "busy");
         assert_eq!(ttl("ppocr-rec"), None, "unloading");
         let c = &app.nodes[2];
-        assert_eq!(c.models[0].ttl_left_ms, None, "no TTL");
-    }
-
-    #[test]
-    fn histograms_merge_exactly() {
-        let fast = histogram(100, 200, 100);
-        let slow = histogram(10_000, 20_000, 100);
-        let (p50, p99) = merged_quantiles([fast.as_slice(), slow.as_slice()]);
-        let p50 = p50.expect("p50");
-        let p99 = p99.expect("p99");
-        // Half the requests are fast: the median is at the top of the fast ones.
-        assert!((100..=210).contains(&p50), "p50 {p50}");
-        assert!((19_000..=20_100).contains(&p99), "p99 {p99}");
-        assert_eq!(merged_quantiles([&[][..]]), (None, None));
-        assert_eq!(merged_quantiles([&b"garbage"[..]]), (None, None));
-        let (only, _) = merged_quantiles([&[][..], fast.as_slice()]);
-        assert!(only.is_some());
-    }
-
-    #[test]
-    fn latency_is_recomputed_when_histograms_change_at_most_once_a_second() {
-        let fast = histogram(100, 200, 100);
-        let slow = histogram(50_000, 60_000, 100);
-        let mut cache = QuantileCache::default();
-        let first = cache.quantiles(&[fast.as_slice()], T0);
-        assert!(first.1.is_some_and(|p99| p99 < 1_000));
-        // New data 250 ms later waits for the second to pass.
-        assert_eq!(cache.quantiles(&[slow.as_slice()], T0 + 250), first);
-        let later = cache.quantiles(&[slow.as_slice()], T0 + 1_000);
-        assert!(later.1.is_some_and(|p99| p99 > 50_000));
-        assert_eq!(cache.quantiles(&[], T0 + 2_000), (None, None));
+        assert_eq!(c.models[0].unloads_in_ms(), None, "no TTL");
     }
 
     #[test]

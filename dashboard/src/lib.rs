@@ -1,13 +1,16 @@
 //! `herd dash`: a live terminal dashboard of the cluster's nodes, models and events.
 //!
 //! The state ([`app::App`]) is plain data that cluster updates, keys and connection changes
-//! update; the [`ui`] draws it; [`connection`] keeps the scheduler's watch stream open and
-//! makes the unload and drain calls; [`terminal`] sets the terminal up and always restores
-//! it. [`run`] only moves messages between them and redraws.
+//! update: `herd_client::view`'s view-model of the cluster (the one `herd nodes` and
+//! `herd models` print) and the UI's own state. The [`ui`] draws it; [`connection`] keeps
+//! the scheduler's watch stream open and makes the unload and drain calls; [`terminal`]
+//! sets the terminal up and always restores it. [`run`] only moves messages between them
+//! and redraws.
 
 pub mod app;
 pub mod connection;
 pub mod keys;
+mod latency;
 pub mod terminal;
 pub mod ui;
 

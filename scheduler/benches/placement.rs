@@ -1,5 +1,7 @@
 //! Times `placement::solve` on a cluster of 1,000 nodes and 10,000 models, half of them
-//! already placed.
+//! already placed; then times routing picks (the path a request takes to choose a
+//! replica, locks included) alone and while placement rounds of that size run on
+//! another thread.
 //!
 //! `cargo bench -p herd-scheduler --bench placement` runs the full size; without `--bench`
 //! (as `cargo test --all-targets` runs it) a small size runs once, so the test suite stays fast.
@@ -136,6 +138,16 @@ fn main() {
     } else {
         (20, 200, 1)
     };
+    solve_times(nodes, models, runs);
+    let (picks, limit) = if full {
+        (200_000, Duration::from_secs(10))
+    } else {
+        (2_000, Duration::from_millis(500))
+    };
+    routing::measure(nodes, models, picks, limit);
+}
+
+fn solve_times(nodes: usize, models: usize, runs: usize) {
     for (policy, tight) in [
         (Policy::Spread, false),
         (Policy::Binpack, false),
@@ -168,5 +180,263 @@ fn main() {
             ms(times[0]),
             ms(times[times.len() / 2]),
         );
+    }
+}
+
+/// Routing picks on one thread while placement runs on another.
+mod routing {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use herd_core::settings::ClusterPolicy;
+    use herd_core::{ModelFiles, ModelSettings};
+    use herd_proto::herd::{AgentStatus, Gpu, ModelState, ModelStatus, NodeResources};
+    use herd_scheduler::model::{CatalogModel, ClusterModel};
+    use herd_scheduler::placement::{solve, Policy, Want};
+    use herd_scheduler::state::Settings;
+    use herd_scheduler::store::embedded::EmbeddedStore;
+    use herd_scheduler::Scheduler;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::cluster;
+
+    /// How placement runs beside routing.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Beside {
+        Nothing,
+        /// As the scheduler does it: snapshot and apply under the lock, solve outside.
+        Placement,
+        /// As it did before: the lock held through solve.
+        PlacementHoldingTheLock,
+    }
+
+    /// The bench's cluster as a scheduler: nodes joined, reporting the replicas of the
+    /// previous placement ready (so they are adopted), every model asked for. Joins
+    /// make connections (lazily), so they run on `runtime`.
+    fn scheduler(
+        nodes: usize,
+        models: usize,
+        dir: &std::path::Path,
+        runtime: &tokio::runtime::Runtime,
+    ) -> (Arc<Scheduler>, Vec<String>) {
+        let (problem, previous) = cluster(nodes, models, Policy::Spread, false);
+        let start = tokio::time::Instant::now();
+        let mut model = ClusterModel::new(start, Duration::from_millis(1), 1);
+        for m in &problem.models {
+            let files = ModelFiles {
+                name: m.name.clone(),
+                version: 1,
+                path: format!("/repo/{}/1/model.onnx", m.name).into(),
+                file_bytes: m.memory / 3,
+                settings: ModelSettings::default(),
+                policy: ClusterPolicy {
+                    min_replicas: m.min_replicas,
+                    max_replicas: m.max_replicas,
+                    device: match m.want {
+                        Want::Cpu => herd_core::Device::Cpu,
+                        Want::Gpu => herd_core::Device::Gpu,
+                        Want::Any => herd_core::Device::Any,
+                    },
+                    memory_hint: Some(m.memory),
+                },
+                digest: None,
+            };
+            model.add_model(CatalogModel::new(files, m.digest.clone()), false);
+            let _ = model.want_model(&m.name);
+        }
+        let digests: std::collections::HashMap<String, String> = problem
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.digest.clone()))
+            .collect();
+        let store = Arc::new(EmbeddedStore::open(&dir.join("state.redb")).expect("store"));
+        let settings = Settings {
+            token: "bench".into(),
+            report_interval: Duration::from_millis(1),
+            down_after: 1,
+            policy: Policy::Spread,
+            headroom: 0.05,
+            load_timeout: Duration::from_secs(1),
+            target_ongoing_requests: 2.0,
+            upscale_delay: Duration::from_secs(5),
+        };
+        let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());
+        let _guard = runtime.enter();
+        for n in &problem.nodes {
+            let held: Vec<ModelStatus> = previous
+                .iter()
+                .filter(|r| r.node == n.name)
+                .map(|r| ModelStatus {
+                    name: r.model.clone(),
+                    state: ModelState::Ready as i32,
+                    memory_bytes: r.memory,
+                    digest: digests.get(&r.model).cloned().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect();
+            let status = AgentStatus {
+                name: n.name.clone(),
+                resources: Some(NodeResources {
+                    memory_total_bytes: n.ram_budget,
+                    memory_available_bytes: n.ram_budget,
+                    memory_capacity_bytes: n.ram_budget,
+                    gpus: n
+                        .gpus
+                        .iter()
+                        .map(|g| Gpu {
+                            index: g.index,
+                            memory_total_bytes: g.budget,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                models: held,
+                file_digests: n.files.iter().cloned().collect(),
+                ..Default::default()
+            };
+            let address = format!("127.0.0.1:{}", 20000 + routed_port(&n.name));
+            if let Err(e) = scheduler.join(&n.name, &address, status) {
+                panic!("join {}: {e}", n.name);
+            }
+        }
+        let routed: Vec<String> = {
+            let c = scheduler.lock();
+            c.models()
+                .filter(|m| !c.ready_replicas(&m.name).is_empty())
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        (scheduler, routed)
+    }
+
+    /// A port per node, from its number: no connection is ever made.
+    fn routed_port(node: &str) -> u16 {
+        node.trim_start_matches("node-").parse::<u16>().unwrap_or(0)
+    }
+
+    /// One placement round that never carries its actions out.
+    fn place(scheduler: &Scheduler, beside: Beside) {
+        let settings = &scheduler.settings;
+        match beside {
+            Beside::Nothing => {}
+            Beside::Placement => {
+                let _ = herd_scheduler::reconcile::plan(scheduler);
+            }
+            Beside::PlacementHoldingTheLock => {
+                let mut c = scheduler.lock();
+                let now = tokio::time::Instant::now();
+                if let Some(snapshot) = c.snapshot(settings.policy, settings.headroom, now) {
+                    let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
+                    let _ = c.apply(&changes, now);
+                }
+            }
+        }
+    }
+
+    /// How long each part of a placement round takes, the lock held for the first and
+    /// the last (as `reconcile::plan` runs them).
+    fn round_parts(scheduler: &Scheduler) {
+        let settings = &scheduler.settings;
+        let mut parts = [Duration::ZERO; 3];
+        let rounds = 5;
+        for _ in 0..rounds {
+            let now = tokio::time::Instant::now();
+            let start = Instant::now();
+            let snapshot = scheduler
+                .lock()
+                .snapshot(settings.policy, settings.headroom, now)
+                .expect("past the learning period");
+            let solved = Instant::now();
+            let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
+            let applied = Instant::now();
+            let _ = scheduler.lock().apply(&changes, now);
+            let end = Instant::now();
+            parts[0] += solved - start;
+            parts[1] += applied - solved;
+            parts[2] += end - applied;
+        }
+        let [snapshot, solve, apply] = parts.map(|p| super::ms(p / rounds));
+        println!(
+            "placement round: snapshot {snapshot:.1} ms and apply {apply:.1} ms under the lock, \
+             solve and diff {solve:.1} ms outside it"
+        );
+    }
+
+    fn micros(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e6
+    }
+
+    pub fn measure(nodes: usize, models: usize, picks: usize, limit: Duration) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (scheduler, routed) = scheduler(nodes, models, dir.path(), &runtime);
+        let mut rng = StdRng::seed_from_u64(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        // Every replica's sender started before anything is timed.
+        runtime.block_on(async {
+            for _ in 0..4 {
+                for model in &routed {
+                    drop(scheduler.pick(model, None, deadline).await);
+                }
+            }
+        });
+        // Past the learning period, and placed once, so later rounds solve the same
+        // problem again (as a running scheduler does every report interval).
+        std::thread::sleep(Duration::from_millis(5));
+        place(&scheduler, Beside::Placement);
+        round_parts(&scheduler);
+        for beside in [
+            Beside::Nothing,
+            Beside::Placement,
+            Beside::PlacementHoldingTheLock,
+        ] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let rounds = Arc::new(AtomicU64::new(0));
+            let placer = {
+                let (scheduler, stop, rounds) = (scheduler.clone(), stop.clone(), rounds.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) && beside != Beside::Nothing {
+                        place(&scheduler, beside);
+                        rounds.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            let mut times = Vec::with_capacity(picks);
+            runtime.block_on(async {
+                // Holding the lock through solve, a pick can wait a whole round: the
+                // phase ends after `limit` if its picks have not all run.
+                let until = Instant::now() + limit;
+                for _ in 0..picks {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    let model = &routed[rng.random_range(0..routed.len())];
+                    let start = Instant::now();
+                    let picked = scheduler.pick(model, None, deadline).await;
+                    times.push(start.elapsed());
+                    drop(picked);
+                }
+            });
+            stop.store(true, Ordering::Relaxed);
+            placer.join().expect("placement thread");
+            times.sort();
+            let at = |q: f64| micros(times[((times.len() - 1) as f64 * q) as usize]);
+            println!(
+                "routing: {} picks over {} models, {nodes} nodes, beside {beside:?} ({} rounds): \
+                 p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+                times.len(),
+                routed.len(),
+                rounds.load(Ordering::Relaxed),
+                at(0.5),
+                at(0.99),
+                micros(times[times.len() - 1]),
+            );
+        }
     }
 }

@@ -10,8 +10,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, ReplicaState};
+use crate::error::SchedulerError;
 use crate::events::now_ms;
+use crate::model::{ClusterModel, ReplicaState};
 use crate::state::Scheduler;
 
 pub struct AdminService {
@@ -24,9 +25,8 @@ impl AdminService {
     }
 }
 
-pub fn nodes(c: &Cluster) -> Vec<NodeInfo> {
-    c.nodes
-        .values()
+pub fn nodes(c: &ClusterModel, now: Instant) -> Vec<NodeInfo> {
+    c.nodes()
         .map(|n| NodeInfo {
             name: n.name.clone(),
             address: n.address.clone(),
@@ -39,23 +39,21 @@ pub fn nodes(c: &Cluster) -> Vec<NodeInfo> {
             } as i32,
             resources: n.status.resources.clone(),
             models: n.status.models.clone(),
-            last_report_ms: n.last_report.elapsed().as_millis() as u64,
+            last_report_ms: now.saturating_duration_since(n.last_report).as_millis() as u64,
             requests_total: n.status.models.iter().map(|m| m.requests_total).sum(),
         })
         .collect()
 }
 
-pub fn models(c: &Cluster) -> Vec<ModelInfo> {
-    c.models
-        .values()
+pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
+    c.models()
         .map(|m| {
             let replicas = c
                 .replicas_of(&m.name)
                 .into_iter()
                 .map(|(node, r)| {
                     let status = c
-                        .nodes
-                        .get(&node)
+                        .node(&node)
                         .and_then(|n| n.status.models.iter().find(|s| s.name == m.name).cloned())
                         .unwrap_or_default();
                     Replica {
@@ -114,17 +112,11 @@ pub fn models(c: &Cluster) -> Vec<ModelInfo> {
 }
 
 /// Wants a model (at least one replica, or min_replicas) and waits until one is ready.
-pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, Status> {
+pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, SchedulerError> {
     refresh_catalog(scheduler, model)?;
-    {
-        let mut c = scheduler.lock();
-        if let Some(m) = c.models.get_mut(model) {
-            m.wanted = true;
-            m.unplaceable = None;
-            m.load_error = None;
-        }
-    }
+    let actions = scheduler.lock().want_model(model)?;
     scheduler.persist(model).await;
+    scheduler.execute(actions);
     let deadline = Instant::now() + scheduler.settings.load_timeout;
     drop(scheduler.pick(model, None, deadline).await?);
     let c = scheduler.lock();
@@ -135,60 +127,44 @@ pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>
 }
 
 /// Reads a model the repository gained since the scheduler started.
-fn refresh_catalog(scheduler: &Arc<Scheduler>, model: &str) -> Result<(), Status> {
-    if scheduler.lock().models.contains_key(model) {
+fn refresh_catalog(scheduler: &Arc<Scheduler>, model: &str) -> Result<(), SchedulerError> {
+    if scheduler.lock().model(model).is_some() {
         return Ok(());
     }
     let repo = herd_core::Repository::new(scheduler.repository.clone(), Default::default());
-    let entry = crate::catalog::read_model(&repo, model).map_err(Status::not_found)?;
-    let mut c = scheduler.lock();
-    c.events
-        .push("cataloged", "", model, "added from the model repository");
-    c.models.entry(model.to_string()).or_insert(entry);
+    let entry =
+        crate::catalog::read_model(&repo, model).map_err(SchedulerError::NotInRepository)?;
+    scheduler.lock().add_model(entry, true);
     Ok(())
 }
 
 /// Unloads every replica of a model; it stays in the catalog, and the next request
-/// loads it again.
-pub async fn unload(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, Status> {
-    let nodes = {
-        let mut c = scheduler.lock();
-        let Some(m) = c.models.get_mut(model) else {
-            return Err(Status::not_found(format!(
-                "model '{model}' is not in the catalog"
-            )));
-        };
-        m.wanted = false;
-        m.scaled = 0;
-        let nodes: Vec<String> = c.replicas_of(model).into_iter().map(|(n, _)| n).collect();
-        let links: Vec<_> = nodes
-            .iter()
-            .filter_map(|n| c.nodes.get(n).map(|node| node.link.clone()))
-            .collect();
-        for n in &nodes {
-            c.unload_replica(model, n);
-            c.events.push("unloaded", n, model, "unloaded on request");
-        }
-        (nodes, links)
-    };
+/// loads it again. Waits for the agents, so that a failure is the caller's answer.
+pub async fn unload(
+    scheduler: &Arc<Scheduler>,
+    model: &str,
+) -> Result<Vec<String>, SchedulerError> {
+    let (nodes, actions) = scheduler.lock().unload_model(model, Instant::now())?;
     scheduler.persist(model).await;
-    let (names, links) = nodes;
-    for link in links {
-        let mut agent = link.agent;
-        agent
-            .unload(UnloadModelRequest {
-                name: model.to_string(),
-            })
-            .await
-            .map_err(|s| {
-                Status::new(
-                    s.code(),
-                    format!("unload on a node failed: {}", s.message()),
-                )
-            })?;
+    let mut agents = Vec::new();
+    {
+        let mut links = scheduler.links();
+        for action in &actions {
+            if let crate::model::Action::Unload { node, .. } = action {
+                links.forget_sender(model, node);
+                agents.extend(links.link(node).map(|l| l.agent.clone()));
+            }
+        }
     }
-    scheduler.changed_and_reconcile();
-    Ok(names)
+    let rest: Vec<_> = actions
+        .into_iter()
+        .filter(|a| !matches!(a, crate::model::Action::Unload { .. }))
+        .collect();
+    for agent in agents {
+        crate::executor::unload(agent, model).await?;
+    }
+    scheduler.execute(rest);
+    Ok(nodes)
 }
 
 #[tonic::async_trait]
@@ -198,7 +174,7 @@ impl Admin for AdminService {
         _: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         Ok(Response::new(ListNodesResponse {
-            nodes: nodes(&self.scheduler.lock()),
+            nodes: nodes(&self.scheduler.lock(), Instant::now()),
         }))
     }
 
@@ -232,27 +208,8 @@ impl Admin for AdminService {
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
         let node = request.into_inner().node;
-        let moved_models = {
-            let mut c = self.scheduler.lock();
-            let Some(n) = c.nodes.get_mut(&node) else {
-                return Err(Status::not_found(format!("no node named {node:?}")));
-            };
-            n.draining = true;
-            let moved: Vec<String> = c
-                .replicas
-                .keys()
-                .filter(|(_, n)| *n == node)
-                .map(|(m, _)| m.clone())
-                .collect();
-            c.events.push(
-                "draining",
-                &node,
-                "",
-                format!("drain requested; moving {} replicas", moved.len()),
-            );
-            moved
-        };
-        self.scheduler.changed_and_reconcile();
+        let (moved_models, actions) = self.scheduler.lock().drain(&node)?;
+        self.scheduler.execute(actions);
         Ok(Response::new(DrainNodeResponse { moved_models }))
     }
 
@@ -267,12 +224,12 @@ impl Admin for AdminService {
             loop {
                 let update = {
                     let c = scheduler.lock();
-                    let (events, next) = c.events.since(next_event);
+                    let (events, next) = c.events().since(next_event);
                     next_event = next;
                     ClusterUpdate {
                         snapshot: Some(ClusterSnapshot {
                             time_ms: now_ms(),
-                            nodes: nodes(&c),
+                            nodes: nodes(&c, Instant::now()),
                             models: models(&c),
                         }),
                         events,

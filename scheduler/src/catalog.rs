@@ -10,33 +10,14 @@ use herd_core::settings::ModelSettings;
 use herd_core::Repository;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::CatalogModel;
+use crate::model::CatalogModel;
 
 /// Reads one model of the repository: its files, settings and digest.
 pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String> {
     let files = repo.find(name).map_err(|e| e.to_string())?;
     let digest = sha256_file(&files.path)
         .map_err(|e| format!("cannot read {}: {e}", files.path.display()))?;
-    Ok(CatalogModel {
-        name: files.name,
-        version: files.version,
-        digest,
-        path: files.path,
-        file_bytes: files.file_bytes,
-        settings: files.settings,
-        policy: files.policy,
-        wanted: false,
-        scaled: 0,
-        busy_since: None,
-        measured: 0,
-        requests_total: 0,
-        failures_total: 0,
-        cold_starts: 0,
-        latency: herd_core::histogram::latency_histogram(),
-        last_placement: None,
-        unplaceable: None,
-        load_error: None,
-    })
+    Ok(CatalogModel::new(files, digest))
 }
 
 /// Every model of the repository; models that cannot be read are logged and left out.

@@ -11,8 +11,10 @@ use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::cluster::ReplicaState;
+use crate::error::SchedulerError;
+use crate::model::ReplicaState;
 use crate::state::Scheduler;
 
 pub struct Gateway {
@@ -110,8 +112,7 @@ impl GrpcInferenceService for Gateway {
         let r = request.into_inner();
         let c = self.scheduler.lock();
         let ready = c
-            .models
-            .get(&r.name)
+            .model(&r.name)
             .is_some_and(|m| r.version.is_empty() || r.version == m.version.to_string())
             && !c.ready_replicas(&r.name).is_empty();
         Ok(Response::new(ModelReadyResponse { ready }))
@@ -139,7 +140,14 @@ impl GrpcInferenceService for Gateway {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let timeout = timeout_of(&request);
-        let response = self.scheduler.infer(request.into_inner(), timeout).await?;
+        let id = crate::request_id::of(request.metadata());
+        let request = request.into_inner();
+        let span = tracing::info_span!("request", request_id = %id, model = %request.model_name);
+        let response = self
+            .scheduler
+            .infer(request, timeout, &id)
+            .instrument(span)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -158,27 +166,26 @@ impl GrpcInferenceService for Gateway {
         request: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
-        let (names, links) = {
+        let (names, up) = {
             let c = self.scheduler.lock();
-            if !r.name.is_empty() && !c.models.contains_key(&r.name) {
-                return Err(Status::not_found(format!(
-                    "model '{}' is not in the catalog",
-                    r.name
-                )));
+            if !r.name.is_empty() && c.model(&r.name).is_none() {
+                return Err(SchedulerError::UnknownModel(r.name.clone()).into());
             }
             let names: Vec<(String, u64)> = c
-                .models
-                .values()
+                .models()
                 .filter(|m| r.name.is_empty() || m.name == r.name)
                 .map(|m| (m.name.clone(), m.version))
                 .collect();
-            let links: Vec<_> = c
-                .nodes
-                .values()
+            let up: Vec<String> = c
+                .nodes()
                 .filter(|n| !n.down)
-                .map(|n| n.link.clone())
+                .map(|n| n.name.clone())
                 .collect();
-            (names, links)
+            (names, up)
+        };
+        let links: Vec<_> = {
+            let links = self.scheduler.links();
+            up.iter().filter_map(|n| links.link(n).cloned()).collect()
         };
         let mut totals: BTreeMap<String, ModelStatistics> = names
             .iter()
@@ -227,8 +234,7 @@ impl GrpcInferenceService for Gateway {
         let only_ready = request.into_inner().ready;
         let c = self.scheduler.lock();
         let models = c
-            .models
-            .values()
+            .models()
             .map(|m| {
                 let replicas = c.replicas_of(&m.name);
                 let ready = replicas.iter().any(|(_, r)| r.state == ReplicaState::Ready);

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::SchedulerError;
 use crate::state::Scheduler;
 
 pub struct JoinService {
@@ -53,27 +54,22 @@ impl SchedulerRpc for JoinService {
     ) -> Result<Response<Self::FetchModelStream>, Status> {
         let r = request.into_inner();
         // Only files of the catalog are served, by digest: no path comes from the caller.
-        let path = {
-            let c = self.scheduler.lock();
-            c.models
-                .values()
-                .find(|m| m.digest == r.digest)
-                .map(|m| m.path.clone())
-                .ok_or_else(|| {
-                    Status::not_found(format!("no model file with digest {}", r.digest))
-                })?
-        };
+        let path = self
+            .scheduler
+            .lock()
+            .file_with_digest(&r.digest)?
+            .to_path_buf();
         let mut file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| Status::internal(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| SchedulerError::File(format!("cannot open {}: {e}", path.display())))?;
         let total = file
             .metadata()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| SchedulerError::File(e.to_string()))?
             .len();
         file.seek(std::io::SeekFrom::Start(r.offset))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| SchedulerError::File(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut offset = r.offset;
@@ -95,9 +91,10 @@ impl SchedulerRpc for JoinService {
                     }
                     Err(e) => {
                         let _ = tx
-                            .send(Err(Status::internal(format!(
+                            .send(Err(SchedulerError::File(format!(
                                 "reading the model file: {e}"
-                            ))))
+                            ))
+                            .into()))
                             .await;
                         return;
                     }

@@ -4,17 +4,20 @@
 pub mod admin;
 pub mod agent_link;
 pub mod catalog;
-pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod events;
+mod executor;
 pub mod gateway;
 pub mod joins;
+mod links;
 pub mod metrics;
+pub mod model;
 pub mod placement;
 pub mod reconcile;
 pub mod records;
+pub mod request_id;
 pub mod router;
-pub mod scaling;
 pub mod sender;
 pub mod state;
 pub mod store;
@@ -32,9 +35,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::SchedulerConfig;
+pub use error::SchedulerError;
 pub use state::Scheduler;
 
-use crate::cluster::Cluster;
+use crate::model::ClusterModel;
 use crate::placement::Policy;
 use crate::store::Store;
 
@@ -51,7 +55,11 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         store::embedded::EmbeddedStore::open(&data_dir.join("state.redb"))
             .map_err(|e| e.to_string())?,
     );
-    let mut cluster = Cluster::default();
+    let mut cluster = ClusterModel::new(
+        tokio::time::Instant::now(),
+        config.report_interval,
+        config.down_after,
+    );
     let defaults = herd_core::ModelSettings::default();
     let repository = config.model_repository.clone();
     let scanned = tokio::task::spawn_blocking(move || catalog::scan(&repository, &defaults))
@@ -67,10 +75,10 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
                 record.restore(&mut m);
             }
         }
-        cluster.models.insert(m.name.clone(), m);
+        cluster.add_model(m, false);
     }
     tracing::info!(
-        models = cluster.models.len(),
+        models = cluster.models().count(),
         remembered = remembered.len(),
         repository = %config.model_repository.display(),
         data_dir = %data_dir.display(),
@@ -100,7 +108,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
 impl Scheduler {
     /// Records a model's catalog entry in the store.
     pub async fn persist(&self, model: &str) {
-        let record = self.lock().models.get(model).map(catalog::Record::of);
+        let record = self.lock().model(model).map(catalog::Record::of);
         if let Some(record) = record {
             if let Ok(value) = serde_json::to_vec(&record) {
                 if let Err(e) = self.store.put(&catalog::key(model), value, None).await {

@@ -43,7 +43,7 @@ pub fn render(scheduler: &Scheduler) -> String {
     let up = Family::<NodeLabels, Gauge>::default();
     {
         let c = scheduler.lock();
-        for n in c.nodes.values() {
+        for n in c.nodes() {
             let l = NodeLabels {
                 node: n.name.clone(),
             };
@@ -57,7 +57,7 @@ pub fn render(scheduler: &Scheduler) -> String {
                 .set(r.memory_capacity_bytes as i64);
             up.get_or_create(&l).set(i64::from(!n.down));
             for m in &n.status.models {
-                let Some(version) = c.models.get(&m.name).map(|c| c.version.to_string()) else {
+                let Some(version) = c.model(&m.name).map(|c| c.version.to_string()) else {
                     continue;
                 };
                 let l = ModelLabels {

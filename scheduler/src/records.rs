@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Cluster, ReplicaState};
+use crate::model::{ClusterModel, ReplicaState};
 use crate::state::Scheduler;
 
 pub const NODES: &str = "/herd/nodes/";
@@ -24,9 +24,9 @@ pub struct PlacementRecord {
 }
 
 /// The records the cluster should have in the store now, key → JSON.
-pub fn wanted(c: &Cluster) -> BTreeMap<String, Vec<u8>> {
+pub fn wanted(c: &ClusterModel) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    for n in c.nodes.values() {
+    for n in c.nodes() {
         let r = NodeRecord {
             address: n.address.clone(),
             draining: n.draining,
@@ -35,7 +35,7 @@ pub fn wanted(c: &Cluster) -> BTreeMap<String, Vec<u8>> {
             out.insert(format!("{NODES}{}", n.name), v);
         }
     }
-    for ((model, node), r) in &c.replicas {
+    for ((model, node), r) in c.replicas() {
         if r.state != ReplicaState::Ready {
             continue;
         }

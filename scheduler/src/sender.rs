@@ -1,27 +1,60 @@
 //! Requests toward one replica travel in batch RPCs: whatever is queued when the
 //! sender is free goes together, so there is no added wait at low load. Up to two
 //! batches are in flight, so the agent always has the next one while it runs one.
+//! Each queued request carries its tracing span, so its log lines keep its request id
+//! across the hop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_proto::herd::{infer_result, InferBatchItem, InferBatchRequest};
+use herd_proto::herd::{infer_result, InferBatchItem, InferBatchRequest, InferBatchResponse};
 use herd_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::Status;
+use tracing::{debug, Instrument, Span};
 
 use crate::agent_link::AgentRpc;
+use crate::error::SchedulerError;
+
+/// Where batches go: an agent's `InferBatch`, or a stand-in in tests.
+#[async_trait::async_trait]
+pub trait BatchRpc: Clone + Send + 'static {
+    async fn infer_batch(
+        &mut self,
+        request: InferBatchRequest,
+    ) -> Result<InferBatchResponse, tonic::Status>;
+}
+
+#[async_trait::async_trait]
+impl BatchRpc for AgentRpc {
+    async fn infer_batch(
+        &mut self,
+        request: InferBatchRequest,
+    ) -> Result<InferBatchResponse, tonic::Status> {
+        AgentRpc::infer_batch(self, tonic::Request::new(request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
 
 /// Why a request failed: the replica's answer (final), or the way there (retryable).
 #[derive(Debug)]
 pub enum SendError {
-    Answer(Status),
-    Transport(Status),
+    Answer(SchedulerError),
+    Transport(SchedulerError),
+}
+
+impl SendError {
+    pub fn into_inner(self) -> SchedulerError {
+        match self {
+            SendError::Answer(e) | SendError::Transport(e) => e,
+        }
+    }
 }
 
 struct Queued {
     item: InferBatchItem,
     reply: oneshot::Sender<Result<ModelInferResponse, SendError>>,
+    span: Span,
 }
 
 #[derive(Clone)]
@@ -35,29 +68,36 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 const IN_FLIGHT: usize = 2;
 
 impl BatchSender {
-    pub fn start(agent: AgentRpc) -> BatchSender {
+    pub fn start(agent: impl BatchRpc) -> BatchSender {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(agent, rx));
         BatchSender { tx }
     }
 
+    /// Sends one request in the next batch; `request_id` travels to the agent.
     pub async fn send(
         &self,
         request: ModelInferRequest,
         timeout: Option<Duration>,
+        request_id: &str,
     ) -> Result<ModelInferResponse, SendError> {
         let (reply, rx) = oneshot::channel();
         let item = InferBatchItem {
             request: Some(request),
             timeout_us: timeout.map_or(0, |t| t.as_micros().max(1) as u64),
-            request_id: String::new(),
+            request_id: request_id.to_string(),
         };
-        self.tx.send(Queued { item, reply }).await.map_err(|_| {
-            SendError::Transport(Status::unavailable("the replica's sender stopped"))
-        })?;
-        rx.await.map_err(|_| {
-            SendError::Transport(Status::unavailable("the replica's sender stopped"))
-        })?
+        let queued = Queued {
+            item,
+            reply,
+            span: Span::current(),
+        };
+        self.tx
+            .send(queued)
+            .await
+            .map_err(|_| SendError::Transport(SchedulerError::SenderStopped))?;
+        rx.await
+            .map_err(|_| SendError::Transport(SchedulerError::SenderStopped))?
     }
 }
 
@@ -68,7 +108,7 @@ fn payload(q: &Queued) -> usize {
         .map_or(0, |r| r.raw_input_contents.iter().map(|b| b.len()).sum())
 }
 
-async fn run(agent: AgentRpc, mut rx: mpsc::Receiver<Queued>) {
+async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -90,36 +130,258 @@ async fn run(agent: AgentRpc, mut rx: mpsc::Receiver<Queued>) {
         if batch.is_empty() {
             continue;
         }
+        // The batch's span follows from every request in it; each request logs, in its
+        // own span, which batch took it.
+        let span = tracing::debug_span!("batch", size = batch.len());
+        for q in &batch {
+            span.follows_from(q.span.id());
+            q.span
+                .in_scope(|| debug!(batch_size = batch.len(), "sent in a batch"));
+        }
         let mut agent = agent.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // Each item carries its own deadline, which the agent enforces; a timeout
-            // on the whole RPC would look like a failed connection.
-            let (items, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|q| (q.item, q.reply)).unzip();
-            let request = tonic::Request::new(InferBatchRequest { items });
-            match agent.infer_batch(request).await {
-                Ok(response) => {
-                    let mut results = response.into_inner().results.into_iter();
-                    for reply in replies {
-                        let answer = match results.next().and_then(|r| r.result) {
-                            Some(infer_result::Result::Response(r)) => Ok(r),
-                            Some(infer_result::Result::Error(e)) => Err(SendError::Answer(
-                                Status::new(tonic::Code::from_i32(e.code), e.message),
-                            )),
-                            None => Err(SendError::Answer(Status::internal(
-                                "the agent sent fewer results than requests",
-                            ))),
-                        };
-                        let _ = reply.send(answer);
-                    }
-                }
-                Err(status) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(SendError::Transport(status.clone())));
-                    }
-                }
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                send_batch(&mut agent, batch).await;
             }
+            .instrument(span),
+        );
+    }
+}
+
+/// One batch RPC. Each item carries its own deadline, which the agent enforces; a
+/// timeout on the whole RPC would look like a failed connection.
+async fn send_batch(agent: &mut impl BatchRpc, batch: Vec<Queued>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
+    for q in batch {
+        items.push(q.item);
+        replies.push((q.reply, q.span));
+    }
+    match agent.infer_batch(InferBatchRequest { items }).await {
+        Ok(response) => {
+            let mut results = response.results.into_iter();
+            for (reply, span) in replies {
+                let answer = match results.next().and_then(|r| r.result) {
+                    Some(infer_result::Result::Response(r)) => Ok(r),
+                    Some(infer_result::Result::Error(e)) => {
+                        Err(SendError::Answer(SchedulerError::Agent {
+                            code: tonic::Code::from_i32(e.code),
+                            message: e.message,
+                        }))
+                    }
+                    None => Err(SendError::Answer(SchedulerError::ShortAnswer)),
+                };
+                if let Err(e) = &answer {
+                    span.in_scope(|| debug!(error = ?e, "the replica answered with an error"));
+                }
+                let _ = reply.send(answer);
+            }
+        }
+        Err(status) => {
+            let error = SchedulerError::agent(&status);
+            for (reply, span) in replies {
+                span.in_scope(|| debug!(error = %error, "the batch did not reach the replica"));
+                let _ = reply.send(Err(SendError::Transport(error.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use herd_proto::herd::{InferResult, RpcStatus};
+    use tokio::sync::Notify;
+    use tonic::{Code, Status};
+
+    use super::*;
+
+    /// A stand-in agent: records each batch's request ids, holds every batch until
+    /// released, and answers as told.
+    #[derive(Clone)]
+    struct FakeAgent {
+        batches: Arc<Mutex<Vec<Vec<String>>>>,
+        arrived: Arc<Notify>,
+        release: Arc<Semaphore>,
+        answer: fn(&InferBatchRequest) -> Result<InferBatchResponse, Status>,
+    }
+
+    impl FakeAgent {
+        fn new(answer: fn(&InferBatchRequest) -> Result<InferBatchResponse, Status>) -> Self {
+            FakeAgent {
+                batches: Arc::default(),
+                arrived: Arc::default(),
+                release: Arc::new(Semaphore::new(0)),
+                answer,
+            }
+        }
+
+        fn batches(&self) -> Vec<Vec<String>> {
+            self.batches.lock().expect("batches").clone()
+        }
+
+        async fn wait_for_batches(&self, n: usize) {
+            loop {
+                let arrived = self.arrived.notified();
+                if self.batches().len() >= n {
+                    return;
+                }
+                arrived.await;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl BatchRpc for FakeAgent {
+        async fn infer_batch(
+            &mut self,
+            request: InferBatchRequest,
+        ) -> Result<InferBatchResponse, Status> {
+            let ids = request.items.iter().map(|i| i.request_id.clone()).collect();
+            self.batches.lock().expect("batches").push(ids);
+            self.arrived.notify_waiters();
+            self.release
+                .acquire()
+                .await
+                .map_err(|_| Status::internal("closed"))?
+                .forget();
+            (self.answer)(&request)
+        }
+    }
+
+    fn echo(request: &InferBatchRequest) -> Result<InferBatchResponse, Status> {
+        let results = request
+            .items
+            .iter()
+            .map(|i| InferResult {
+                result: Some(infer_result::Result::Response(ModelInferResponse {
+                    id: i.request_id.clone(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        Ok(InferBatchResponse { results })
+    }
+
+    fn request() -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        }
+    }
+
+    fn send(
+        sender: &BatchSender,
+        id: &str,
+    ) -> tokio::task::JoinHandle<Result<ModelInferResponse, SendError>> {
+        let (sender, id) = (sender.clone(), id.to_string());
+        tokio::spawn(async move { sender.send(request(), None, &id).await })
+    }
+
+    /// Two batches of one request each, held by the agent: the sender's two slots.
+    async fn fill_both_slots(
+        agent: &FakeAgent,
+        sender: &BatchSender,
+    ) -> (
+        tokio::task::JoinHandle<Result<ModelInferResponse, SendError>>,
+        tokio::task::JoinHandle<Result<ModelInferResponse, SendError>>,
+    ) {
+        let first = send(sender, "r1");
+        agent.wait_for_batches(1).await;
+        let second = send(sender, "r2");
+        agent.wait_for_batches(2).await;
+        (first, second)
+    }
+
+    #[tokio::test]
+    async fn requests_queued_while_two_batches_run_go_together_with_their_ids() {
+        let agent = FakeAgent::new(echo);
+        let sender = BatchSender::start(agent.clone());
+        let (first, second) = fill_both_slots(&agent, &sender).await;
+        // Two batches are in flight: these wait, and then travel as one.
+        let rest: Vec<_> = (3..=5).map(|i| send(&sender, &format!("r{i}"))).collect();
+        tokio::task::yield_now().await;
+        agent.release.add_permits(1);
+        agent.wait_for_batches(3).await;
+        agent.release.add_permits(10);
+        for (task, id) in [first, second].into_iter().chain(rest).zip(1..) {
+            let response = task.await.expect("task").expect("answered");
+            assert_eq!(
+                response.id,
+                format!("r{id}"),
+                "each caller gets its own answer"
+            );
+        }
+        let batches = agent.batches();
+        assert_eq!(batches[0], vec!["r1"]);
+        assert_eq!(batches[1], vec!["r2"]);
+        assert_eq!(batches[2], vec!["r3", "r4", "r5"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_rpc_is_a_transport_error_for_each_request() {
+        let agent = FakeAgent::new(|_| Err(Status::unavailable("connection refused")));
+        agent.release.add_permits(10);
+        let sender = BatchSender::start(agent.clone());
+        match sender.send(request(), None, "r").await {
+            Err(SendError::Transport(e)) => {
+                assert!(e.is_unreachable(), "{e:?}");
+                assert_eq!(e.to_string(), "connection refused");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_item_error_is_the_replica_s_answer_and_a_missing_result_says_so() {
+        // The agent answers one item, with an error, whatever the batch holds.
+        let agent = FakeAgent::new(|_| {
+            Ok(InferBatchResponse {
+                results: vec![InferResult {
+                    result: Some(infer_result::Result::Error(RpcStatus {
+                        code: Code::InvalidArgument as i32,
+                        message: "bad input".into(),
+                    })),
+                }],
+            })
         });
+        let sender = BatchSender::start(agent.clone());
+        let (first, second) = fill_both_slots(&agent, &sender).await;
+        let (a, b) = (send(&sender, "a"), send(&sender, "b"));
+        tokio::task::yield_now().await;
+        agent.release.add_permits(10);
+        for task in [first, second, a] {
+            match task.await.expect("task") {
+                Err(SendError::Answer(e)) => {
+                    assert_eq!(e.code(), Code::InvalidArgument);
+                    assert_eq!(e.to_string(), "bad input");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            b.await.expect("task"),
+            Err(SendError::Answer(SchedulerError::ShortAnswer))
+        ));
+        assert_eq!(agent.batches()[2], vec!["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_has_gone_does_not_travel() {
+        let agent = FakeAgent::new(echo);
+        let sender = BatchSender::start(agent.clone());
+        let (first, second) = fill_both_slots(&agent, &sender).await;
+        let gone = send(&sender, "gone");
+        tokio::task::yield_now().await;
+        gone.abort();
+        let _ = gone.await;
+        let kept = send(&sender, "kept");
+        tokio::task::yield_now().await;
+        agent.release.add_permits(10);
+        assert!(kept.await.expect("task").is_ok());
+        let _ = (first.await, second.await);
+        assert_eq!(agent.batches()[2], vec!["kept"]);
     }
 }

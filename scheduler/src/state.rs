@@ -1,5 +1,6 @@
-//! The scheduler's shared state and what changes it: agents joining and reporting,
-//! nodes going down, and notifying whoever waits for a change.
+//! The scheduler's shared state: the model behind one lock, the live connections behind
+//! another, and the transitions that come from outside (agents joining and reporting,
+//! nodes going silent), each a model transition followed by its actions.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -7,12 +8,12 @@ use std::time::Duration;
 use herd_proto::herd::AgentStatus;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::agent_link::AgentLink;
-use crate::cluster::{Cluster, Node};
+use crate::error::SchedulerError;
+use crate::links::Links;
+use crate::model::{ClusterModel, Reported};
 use crate::placement::Policy;
-use crate::sender::BatchSender;
 use crate::store::Store;
 
 pub struct Settings {
@@ -27,37 +28,45 @@ pub struct Settings {
 }
 
 pub struct Scheduler {
-    cluster: Mutex<Cluster>,
+    model: Mutex<ClusterModel>,
+    links: Mutex<Links>,
     /// Bumped on every change that a waiter or watcher may care about.
     changed: watch::Sender<u64>,
     /// Wakes the placement loop.
     pub reconcile: Notify,
+    /// Placement rounds finished: lets a test wait for a round instead of a while.
+    rounds: watch::Sender<u64>,
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub repository: std::path::PathBuf,
-    pub started: Instant,
 }
 
 impl Scheduler {
     pub fn new(
-        cluster: Cluster,
+        model: ClusterModel,
         settings: Settings,
         store: Arc<dyn Store>,
         repository: std::path::PathBuf,
     ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
-            cluster: Mutex::new(cluster),
+            model: Mutex::new(model),
+            links: Mutex::new(Links::default()),
             changed: watch::Sender::new(0),
             reconcile: Notify::new(),
+            rounds: watch::Sender::new(0),
             settings,
             store,
             repository,
-            started: Instant::now(),
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Cluster> {
-        self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+    /// The model. Held briefly: never across an await or a placement solve.
+    pub fn lock(&self) -> MutexGuard<'_, ClusterModel> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn links(&self) -> MutexGuard<'_, Links> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn notify(&self) {
@@ -68,148 +77,73 @@ impl Scheduler {
         self.changed.subscribe()
     }
 
-    /// An agent joins (or joins again). A name already taken by a live node at another
-    /// address is refused, so two agents never pass for one.
-    pub fn join(&self, name: &str, address: &str, status: AgentStatus) -> Result<(), Status> {
+    /// An agent joins (or joins again).
+    pub fn join(
+        self: &Arc<Self>,
+        name: &str,
+        address: &str,
+        status: AgentStatus,
+    ) -> Result<(), SchedulerError> {
+        // Checked before the address is parsed, so that an empty one gets this answer.
         if name.is_empty() || address.is_empty() {
-            return Err(Status::invalid_argument(
-                "join: the agent must give its name and address",
-            ));
+            return Err(SchedulerError::JoinWithoutName);
         }
         let link = AgentLink::new(address, Some(&self.settings.token))
-            .map_err(Status::invalid_argument)?;
-        let mut c = self.lock();
-        if let Some(n) = c.nodes.get(name) {
-            if !n.down && n.address != address && n.last_report.elapsed() < self.down_after() {
-                return Err(Status::already_exists(format!(
-                    "a node named {name:?} is already in the cluster at {}; give this agent another --name",
-                    n.address
-                )));
-            }
-        }
-        let rejoin = c.nodes.contains_key(name);
-        let draining = c.nodes.get(name).is_some_and(|n| n.draining);
-        c.nodes.insert(
-            name.to_string(),
-            Node {
-                name: name.to_string(),
-                address: address.to_string(),
-                status: status.clone(),
-                last_report: Instant::now(),
-                down: false,
-                draining,
-                link: link.clone(),
-            },
-        );
-        // Replicas it had before a restart are gone unless it reports them ready.
-        c.sync_replicas(name, &status, self.grace(), |_| {
-            BatchSender::start(link.agent.clone())
-        });
-        let what = if rejoin { "joined again" } else { "joined" };
-        c.events
-            .push("joined", name, "", format!("{what} from {address}"));
-        drop(c);
-        self.changed_and_reconcile();
+            .map_err(SchedulerError::BadAgentAddress)?;
+        let actions = self.lock().join(name, address, status, Instant::now())?;
+        self.links().connect(name, address, link);
+        self.execute(actions);
         Ok(())
     }
 
     /// A periodic report. One from a node the scheduler does not know (it restarted)
     /// counts as a join.
-    pub fn report(&self, name: &str, address: &str, status: AgentStatus) -> Result<(), Status> {
-        let known = self
+    pub fn report(
+        self: &Arc<Self>,
+        name: &str,
+        address: &str,
+        status: AgentStatus,
+    ) -> Result<(), SchedulerError> {
+        let reported = self
             .lock()
-            .nodes
-            .get(name)
-            .is_some_and(|n| n.address == address);
-        if !known {
-            return self.join(name, address, status);
-        }
-        let mut c = self.lock();
-        let link = match c.nodes.get_mut(name) {
-            Some(n) => {
-                let was_down = n.down;
-                n.status = status.clone();
-                n.last_report = Instant::now();
-                n.down = false;
-                if was_down {
-                    c.events.push("up", name, "", "reports again");
-                }
-                c.nodes.get(name).map(|n| n.link.clone())
+            .report(name, address, status.clone(), Instant::now());
+        match reported {
+            Reported::Known(actions) => {
+                self.execute(actions);
+                Ok(())
             }
-            None => None,
-        };
-        if let Some(link) = link {
-            c.sync_replicas(name, &status, self.grace(), |_| {
-                BatchSender::start(link.agent.clone())
-            });
+            Reported::Unknown => self.join(name, address, status),
         }
-        drop(c);
-        self.notify();
-        Ok(())
-    }
-
-    /// How old news a report can be: a report is taken a while before it arrives.
-    fn grace(&self) -> Duration {
-        self.settings.report_interval * 2
-    }
-
-    pub fn down_after(&self) -> Duration {
-        self.settings.report_interval * self.settings.down_after.max(1)
     }
 
     /// Marks nodes silent for too long as down; their replicas go, to be placed again.
-    pub fn check_liveness(&self) {
-        let limit = self.down_after();
-        let mut c = self.lock();
-        let silent: Vec<String> = c
-            .nodes
-            .values()
-            .filter(|n| !n.down && n.last_report.elapsed() > limit)
-            .map(|n| n.name.clone())
-            .collect();
-        if silent.is_empty() {
-            return;
+    pub fn check_liveness(self: &Arc<Self>) {
+        let actions = self.lock().mark_silent_down(Instant::now());
+        if !actions.is_empty() {
+            self.execute(actions);
         }
-        for name in &silent {
-            mark_down(
-                &mut c,
-                name,
-                &format!("no report for {} ms", limit.as_millis()),
-            );
-        }
-        drop(c);
-        self.changed_and_reconcile();
     }
 
     /// A call to the node failed at the transport: treat it as down at once rather than
     /// waiting for its reports to stop.
-    pub fn node_unreachable(&self, node: &str, error: &str) {
-        let mut c = self.lock();
-        if c.nodes.get(node).is_some_and(|n| !n.down) {
-            mark_down(&mut c, node, &format!("unreachable: {error}"));
-            drop(c);
-            self.changed_and_reconcile();
+    pub fn node_unreachable(self: &Arc<Self>, node: &str, error: &str) {
+        let actions = self.lock().node_unreachable(node, error);
+        if !actions.is_empty() {
+            self.execute(actions);
         }
+    }
+
+    /// Counts placement rounds as they finish.
+    pub fn placement_rounds(&self) -> watch::Receiver<u64> {
+        self.rounds.subscribe()
+    }
+
+    pub(crate) fn round_done(&self) {
+        self.rounds.send_modify(|n| *n += 1);
     }
 
     pub fn changed_and_reconcile(&self) {
         self.notify();
         self.reconcile.notify_one();
     }
-}
-
-fn mark_down(c: &mut Cluster, name: &str, why: &str) {
-    if let Some(n) = c.nodes.get_mut(name) {
-        n.down = true;
-    }
-    let keys: Vec<(String, String)> = c
-        .replicas
-        .keys()
-        .filter(|(_, n)| n == name)
-        .cloned()
-        .collect();
-    for k in keys {
-        c.replicas.remove(&k);
-    }
-    c.events.push("down", name, "", why.to_string());
 }

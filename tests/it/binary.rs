@@ -242,3 +242,59 @@ async fn a_scheduler_without_a_token_generates_one_keeps_it_and_prints_it_once()
         assert_eq!(mode & 0o077, 0, "only its owner may read the token");
     }
 }
+
+#[tokio::test]
+async fn an_agent_joining_a_scheduler_refuses_per_model_default_flags() {
+    /// Flags, environment, and what the refusal must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 2] = [
+        (
+            &["--ttl", "5s", "--max-batch-size", "4"],
+            &[],
+            &["--ttl (HERD_TTL)", "--max-batch-size (HERD_MAX_BATCH_SIZE)"],
+        ),
+        (
+            &[],
+            &[("HERD_QUEUE_CAPACITY", "8")],
+            &["--queue-capacity (HERD_QUEUE_CAPACITY)"],
+        ),
+    ];
+    for (flags, env, named) in cases {
+        let mut command = Command::new(HERD);
+        command
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--scheduler",
+                "127.0.0.1:1",
+            ])
+            // Refused before anything starts: a missing ONNX Runtime is not reached.
+            .args(["--ort-lib", "/nonexistent/libonnxruntime.so"])
+            .args(flags)
+            .env("NO_COLOR", "1");
+        for var in [
+            "HERD_TTL",
+            "HERD_MAX_BATCH_SIZE",
+            "HERD_MAX_BATCH_DELAY",
+            "HERD_QUEUE_CAPACITY",
+            "HERD_INTRA_OP_THREADS",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
+        let out = command.output().await.expect("run herd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?} {env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+        assert!(lines[0].starts_with("herd: error: "), "{stderr}");
+        for flag in named {
+            assert!(lines[0].contains(flag), "{flag} not named: {stderr}");
+        }
+        assert!(
+            lines[0].contains("the scheduler's model repository (herd.toml) sets"),
+            "{stderr}"
+        );
+    }
+}

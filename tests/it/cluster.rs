@@ -69,7 +69,7 @@ async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
     let s = cluster.scheduler.clone();
     eventually("three load events", LONG, || {
         s.lock()
-            .events
+            .events()
             .recent(100)
             .iter()
             .filter(|e| e.kind == "loaded")
@@ -82,7 +82,7 @@ async fn spread_puts_models_on_different_nodes_and_agents_fetch_the_files() {
         loads.len(),
         3,
         "{:#?}",
-        cluster.scheduler.lock().events.recent(100)
+        cluster.scheduler.lock().events().recent(100)
     );
     for e in loads {
         assert!(
@@ -116,7 +116,7 @@ async fn a_full_node_evicts_the_least_recently_used_idle_model_never_a_pinned_on
         s.lock()
             .replicas_of("tiny_multi")
             .iter()
-            .any(|(_, r)| r.state == herd_scheduler::cluster::ReplicaState::Ready)
+            .any(|(_, r)| r.state == herd_scheduler::model::ReplicaState::Ready)
     })
     .await;
     let pinned_on = cluster.ready_on("tiny_multi");
@@ -164,7 +164,7 @@ async fn a_full_node_evicts_the_least_recently_used_idle_model_never_a_pinned_on
         "{}",
         status.message()
     );
-    let placements = cluster.scheduler.lock().nodes.len();
+    let placements = cluster.scheduler.lock().nodes().count();
     assert_eq!(placements, 2);
 }
 
@@ -189,8 +189,7 @@ async fn concurrent_first_requests_share_one_load() {
     let cold = cluster
         .scheduler
         .lock()
-        .models
-        .get("tiny_mlp")
+        .model("tiny_mlp")
         .map(|m| m.cold_starts);
     assert_eq!(cold, Some(1));
 }
@@ -263,8 +262,7 @@ fn total_requests(cluster: &TestCluster) -> u64 {
     cluster
         .scheduler
         .lock()
-        .models
-        .get("tiny_mlp")
+        .model("tiny_mlp")
         .map_or(0, |m| m.requests_total)
 }
 
@@ -331,7 +329,7 @@ async fn a_restarted_scheduler_keeps_its_catalog_and_learns_the_cluster_back() {
     cluster.restart_scheduler().await;
     let s = cluster.scheduler.clone();
     assert!(
-        s.lock().models.get("tiny_fixed").is_some_and(|m| m.wanted),
+        s.lock().model("tiny_fixed").is_some_and(|m| m.wanted),
         "the catalog remembers the load"
     );
     cluster.wait_for_nodes(1).await;
@@ -396,8 +394,7 @@ async fn without_the_token_nothing_joins_loads_unloads_or_drains() {
     assert!(cluster
         .scheduler
         .lock()
-        .nodes
-        .get("a")
+        .node("a")
         .is_some_and(|n| !n.draining));
     // An agent with a wrong token says so and exits non-zero instead of retrying.
     let out = tokio::process::Command::new(HERD)
@@ -426,7 +423,7 @@ async fn without_the_token_nothing_joins_loads_unloads_or_drains() {
         stderr.contains("refused this agent") && stderr.contains("wrong"),
         "{stderr}"
     );
-    assert!(!cluster.scheduler.lock().nodes.contains_key("x"));
+    assert!(cluster.scheduler.lock().node("x").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,8 +539,16 @@ async fn a_model_that_fails_to_load_is_reported_and_tried_again_only_when_asked(
         "{}",
         status.message()
     );
-    // No retry loop: one attempt per ask.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No retry loop: one attempt per ask. Two placement rounds after the failure has
+    // been recorded, a retry would have been placed (a placement is recorded in the
+    // round that makes it).
+    let mut rounds = cluster.scheduler.placement_rounds();
+    let after_failure = *rounds.borrow_and_update();
+    tokio::time::timeout(LONG, rounds.wait_for(|n| *n >= after_failure + 2))
+        .await
+        .expect("placement keeps running")
+        .expect("the scheduler runs");
+    assert_eq!(cluster.events("placed", "broken").len(), 1);
     assert_eq!(cluster.events("load_failed", "broken").len(), 1);
     admin
         .load_model(AdminLoadRequest {

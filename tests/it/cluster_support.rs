@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_scheduler::cluster::ReplicaState;
+use herd_scheduler::model::ReplicaState;
 use herd_scheduler::{Scheduler, SchedulerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -193,7 +193,7 @@ impl TestCluster {
     pub async fn wait_for_nodes(&self, n: usize) {
         let s = self.scheduler.clone();
         eventually(&format!("{n} nodes up"), Duration::from_secs(60), || {
-            s.lock().nodes.values().filter(|node| !node.down).count() >= n
+            s.lock().nodes().filter(|node| !node.down).count() >= n
         })
         .await;
     }
@@ -214,7 +214,7 @@ impl TestCluster {
     pub fn events(&self, kind: &str, model: &str) -> Vec<herd_proto::herd::Event> {
         self.scheduler
             .lock()
-            .events
+            .events()
             .recent(1000)
             .into_iter()
             .filter(|e| e.kind == kind && (model.is_empty() || e.model == model))

@@ -577,3 +577,29 @@ async fn status_reports_the_node_and_each_model() {
     assert_eq!(histogram.len(), 5, "one latency per request");
     assert_eq!(status.models[0].state, ModelState::Available as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_keeps_the_callers_request_id_or_is_given_one() {
+    let repo = repository();
+    let agent = TestAgent::start(options(&repo_path(&repo)), GatedLoader::plain()).await;
+    let mut client = agent.client().await;
+    let id_of = |response: &tonic::Response<_>| {
+        response
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let mut request = tonic::Request::new(mlp_request(1, 0.0));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-me-1".parse().expect("ascii"));
+    let response = client.model_infer(request).await.expect("infer");
+    assert_eq!(id_of(&response).as_deref(), Some("trace-me-1"));
+    let response = client
+        .model_infer(mlp_request(1, 0.0))
+        .await
+        .expect("infer");
+    let generated = id_of(&response).expect("an id is generated");
+    assert_eq!(generated.len(), 16, "{generated}");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd_agent::OrtRuntime;
 use herd_agent::{Agent, AgentOptions, ModelSettings};
-use herd_agent::{Loader, Session};
+use herd_agent::{LoadError, Loader, Session, SessionError};
 use herd_agent::{ProcessLoader, WorkerProgram};
 use herd_core::ModelFiles;
 use herd_core::{ModelSpec, Tensor};
@@ -138,13 +138,9 @@ struct GatedSession {
 }
 
 impl Session for GatedSession {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, SessionError> {
         self.gate.wait();
         self.inner.run(inputs)
-    }
-
-    fn is_alive(&mut self) -> bool {
-        self.inner.is_alive()
     }
 
     fn process_id(&self) -> Option<u32> {
@@ -153,7 +149,7 @@ impl Session for GatedSession {
 }
 
 impl Loader for GatedLoader {
-    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), String> {
+    fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
         if let Some((name, gate)) = &self.load_gate {
             if *name == files.name {
                 gate.wait();

@@ -69,7 +69,10 @@ async fn a_model_with_work_in_flight_is_never_unloaded() {
             mlp_request(1, seed),
         )
         .expect("valid request");
-        loaded.runner.submit(valid).expect("queued")
+        loaded
+            .runner
+            .submit(valid, herd_agent::RequestId::generate())
+            .expect("queued")
     };
     let running_lease = cache.lease("tiny_mlp").expect("lease");
     let loaded = running_lease.ready().await.expect("load");

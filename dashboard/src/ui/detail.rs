@@ -5,22 +5,16 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
+use herd_client::view::{self, NodeModelView};
 use herd_proto::herd::{ModelState, NodeState};
 
-use super::nodes::{gauge, gpu_gauges, state_style, state_word};
-use super::{draw_table, format, widths, window, Theme, WIDE};
-use crate::app::{App, NodeModelRow};
+use super::nodes::{gauge, gpu_gauges, node_state_word, state_style};
+use super::{draw_table, format, state_word, widths, window, Theme, WIDE};
+use crate::app::App;
 
 /// A model's state as a word.
-pub(crate) fn model_state_word(state: ModelState) -> &'static str {
-    match state {
-        ModelState::Unspecified => "?",
-        ModelState::Available => "available",
-        ModelState::Loading => "loading",
-        ModelState::Ready => "ready",
-        ModelState::Unloading => "unloading",
-        ModelState::Failed => "failed",
-    }
+pub(crate) fn model_state_word(state: ModelState) -> String {
+    state_word(view::model_state(state))
 }
 
 pub(crate) fn model_state_style(theme: &Theme, state: ModelState) -> ratatui::style::Style {
@@ -54,7 +48,7 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let head = vec![
         Span::styled(format!(" {} ", node.name), theme.header()),
         Span::styled(format!("{} ", node.address), t.data()),
-        Span::styled(state_word(node.state), state_style(theme, node.state)),
+        Span::styled(node_state_word(node.state), state_style(theme, node.state)),
         Span::styled(
             format!(
                 "  last report {:.1} s ago",
@@ -66,8 +60,8 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut resources = vec![Span::styled(" RAM ", theme.faint())];
     resources.extend(gauge(
         &t,
-        node.ram_used,
-        node.ram_capacity,
+        node.memory_used_bytes,
+        node.memory_capacity_bytes,
         if wide { 10 } else { 6 },
     ));
     resources.push(Span::styled(
@@ -126,13 +120,13 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     draw_table(frame, table_area, table, selected, empty, theme);
 }
 
-fn row<'a>(theme: &Theme, m: &NodeModelRow, wide: bool) -> Row<'a> {
+fn row<'a>(theme: &Theme, m: &NodeModelView, wide: bool) -> Row<'a> {
     let mut cells = vec![Line::from(Span::styled(m.name.clone(), theme.data()))];
     if wide {
         cells.push(Line::from(Span::styled(m.version.clone(), theme.data())));
     }
-    let ttl = match m.ttl_left_ms {
-        Some(ms) => format::duration_ms(ms),
+    let ttl = match m.unloads_in_ms() {
+        Some(ms) => format::duration_ms(i64::try_from(ms).unwrap_or(i64::MAX)),
         None => "-".to_string(),
     };
     let batch = if m.mean_batch_size > 0.0 {
@@ -140,10 +134,10 @@ fn row<'a>(theme: &Theme, m: &NodeModelRow, wide: bool) -> Row<'a> {
     } else {
         "-".to_string()
     };
-    let memory = if m.memory == 0 {
+    let memory = if m.memory_bytes == 0 {
         "-".to_string()
     } else {
-        format::size(m.memory)
+        format::size(m.memory_bytes)
     };
     cells.extend([
         Line::from(Span::styled(
@@ -152,10 +146,10 @@ fn row<'a>(theme: &Theme, m: &NodeModelRow, wide: bool) -> Row<'a> {
         )),
         Line::from(Span::styled(memory, theme.data())).right_aligned(),
         Line::from(Span::styled(m.in_flight.to_string(), theme.data())).right_aligned(),
-        Line::from(Span::styled(m.queue.to_string(), theme.data())).right_aligned(),
+        Line::from(Span::styled(m.queue_length.to_string(), theme.data())).right_aligned(),
         Line::from(Span::styled(batch, theme.data())).right_aligned(),
         Line::from(Span::styled(ttl, theme.data())).right_aligned(),
-        Line::from(Span::styled(format::rate(m.rate), theme.data())).right_aligned(),
+        Line::from(Span::styled(format::rate(m.inferences_per_s), theme.data())).right_aligned(),
         Line::from(Span::styled(m.last_error.clone(), theme.bad())),
     ]);
     Row::new(cells)

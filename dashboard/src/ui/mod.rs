@@ -186,7 +186,7 @@ fn render_summary(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
     let s = &app.summary;
     let down = s.nodes_total.saturating_sub(s.nodes_up);
-    let mem_fraction = format::fraction(s.memory_used, s.memory_capacity);
+    let mem_fraction = format::fraction(s.memory_used_bytes, s.memory_capacity_bytes);
     let mut spans = vec![
         Span::styled(" nodes ", theme.faint()),
         Span::styled(
@@ -195,11 +195,11 @@ fn render_summary(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         ),
         Span::styled("  mem ", theme.faint()),
         Span::styled(
-            format::size_pair(s.memory_used, s.memory_capacity),
+            format::size_pair(s.memory_used_bytes, s.memory_capacity_bytes),
             theme.load(mem_fraction),
         ),
         Span::styled("  req/s ", theme.faint()),
-        Span::styled(format::rate(Some(s.rate)), theme.data()),
+        Span::styled(format::rate(Some(s.requests_per_s)), theme.data()),
         Span::styled("  models ", theme.faint()),
         Span::styled(
             format!("{}/{} loaded", s.models_loaded, s.models_total),
@@ -374,7 +374,15 @@ fn render_help(frame: &mut Frame, theme: &Theme, area: Rect) {
     );
 }
 
-/// The rows of a list to draw so that the cursor shows: (first row, cursor within).
+/// A state's name from the view-model, `?` for an unspecified one.
+pub(crate) fn state_word(name: String) -> String {
+    if name == "unspecified" {
+        "?".to_string()
+    } else {
+        name
+    }
+}
+
 /// Widths of `(name, width)` columns: 0 takes what is left.
 pub(crate) fn widths(columns: &[(&str, u16)]) -> Vec<Constraint> {
     columns
@@ -413,6 +421,7 @@ pub(crate) fn draw_table(
     }
 }
 
+/// The rows of a list to draw so that the cursor shows: (first row, cursor within).
 pub(crate) fn window(cursor: usize, rows: usize, height: usize) -> (usize, usize) {
     if height == 0 || rows <= height {
         return (0, cursor);

@@ -5,13 +5,14 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Row, Table};
 use ratatui::Frame;
 
+use herd_client::view::ModelView;
 use herd_proto::herd::ModelState;
 
 use super::{draw_table, format, widths, window, Theme, WIDE};
-use crate::app::{App, ModelRow};
+use crate::app::App;
 
 /// Replicas as `2 node-a node-b↑`: ready plain, loading ↑, unloading ↓, failed !.
-fn replicas(model: &ModelRow) -> String {
+fn replicas(model: &ModelView) -> String {
     let mut out = model.replicas.len().to_string();
     for r in &model.replicas {
         out.push(' ');
@@ -27,7 +28,7 @@ fn replicas(model: &ModelRow) -> String {
     out
 }
 
-fn last_placement(model: &ModelRow) -> String {
+fn last_placement(model: &ModelView) -> String {
     match &model.last_placement {
         None => "-".to_string(),
         Some(e) => {
@@ -75,29 +76,36 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         let mut cells = vec![Line::from(Span::styled(m.name.clone(), theme.data()))];
         if wide {
             cells.push(
-                Line::from(Span::styled(format::size(m.memory), theme.data())).right_aligned(),
+                Line::from(Span::styled(format::size(m.memory_bytes), theme.data()))
+                    .right_aligned(),
             );
         }
         let replica_style = if m.replicas.is_empty() {
             theme.faint()
-        } else if m.replicas.iter().any(|r| r.state == ModelState::Ready) {
+        } else if m.is_loaded() {
             theme.good()
         } else {
             theme.warn()
         };
         cells.extend([
             Line::from(Span::styled(replicas(m), replica_style)),
-            Line::from(Span::styled(format::rate(m.rate), theme.data())).right_aligned(),
-            Line::from(Span::styled(format::latency(m.p99_us), theme.data())).right_aligned(),
+            Line::from(Span::styled(format::rate(m.requests_per_s), theme.data())).right_aligned(),
+            Line::from(Span::styled(
+                format::latency(m.latency_p99_us),
+                theme.data(),
+            ))
+            .right_aligned(),
             Line::from(Span::styled(m.cold_starts.to_string(), theme.data())).right_aligned(),
         ]);
         if wide {
-            let style = if m.failures > 0 {
+            let style = if m.failures_total > 0 {
                 theme.bad()
             } else {
                 theme.data()
             };
-            cells.push(Line::from(Span::styled(m.failures.to_string(), style)).right_aligned());
+            cells.push(
+                Line::from(Span::styled(m.failures_total.to_string(), style)).right_aligned(),
+            );
         }
         cells.push(Line::from(Span::styled(last_placement(m), theme.faint())));
         Row::new(cells)

@@ -5,19 +5,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Row, Table};
 use ratatui::Frame;
 
+use herd_client::view::{self, GpuView, NodeView};
 use herd_proto::herd::NodeState;
 
-use super::{draw_table, format, window, Theme, WIDE};
-use crate::app::{App, GpuRow, NodeRow};
+use super::{draw_table, format, state_word, window, Theme, WIDE};
+use crate::app::App;
 
 /// A node's state as a word.
-pub(crate) fn state_word(state: NodeState) -> &'static str {
-    match state {
-        NodeState::Up => "up",
-        NodeState::Down => "down",
-        NodeState::Draining => "draining",
-        NodeState::Unspecified => "?",
-    }
+pub(crate) fn node_state_word(state: NodeState) -> String {
+    state_word(view::node_state(state))
 }
 
 pub(crate) fn state_style(theme: &Theme, state: NodeState) -> ratatui::style::Style {
@@ -39,7 +35,7 @@ pub(crate) fn gauge<'a>(theme: &Theme, used: u64, total: u64, width: usize) -> V
 }
 
 /// Each GPU as a gauge: wide with figures, narrow as one cell and a percentage.
-pub(crate) fn gpu_gauges<'a>(theme: &Theme, gpus: &[GpuRow], wide: bool) -> Line<'a> {
+pub(crate) fn gpu_gauges<'a>(theme: &Theme, gpus: &[GpuView], wide: bool) -> Line<'a> {
     if gpus.is_empty() {
         return Line::from(Span::styled("-", theme.faint()));
     }
@@ -48,9 +44,14 @@ pub(crate) fn gpu_gauges<'a>(theme: &Theme, gpus: &[GpuRow], wide: bool) -> Line
         if i > 0 {
             spans.push(Span::raw(" "));
         }
-        let fraction = format::fraction(gpu.used, gpu.total);
+        let fraction = format::fraction(gpu.memory_used_bytes, gpu.memory_total_bytes);
         if wide {
-            spans.extend(gauge(theme, gpu.used, gpu.total, 4));
+            spans.extend(gauge(
+                theme,
+                gpu.memory_used_bytes,
+                gpu.memory_total_bytes,
+                4,
+            ));
         } else {
             spans.push(Span::styled(
                 format::level(fraction).to_string(),
@@ -131,7 +132,7 @@ pub(crate) fn render(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     draw_table(frame, area, table, selected, empty, theme);
 }
 
-fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: usize) -> Row<'a> {
+fn row<'a>(app: &App, theme: &Theme, node: &NodeView, wide: bool, spark_width: usize) -> Row<'a> {
     let down = node.state == NodeState::Down;
     // A down node's figures are its last report: faint, and no rates.
     let t = if down {
@@ -141,11 +142,11 @@ fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: us
     };
     let ram = Line::from(gauge(
         &t,
-        node.ram_used,
-        node.ram_capacity,
+        node.memory_used_bytes,
+        node.memory_capacity_bytes,
         if wide { 10 } else { 5 },
     ));
-    let rate = if down { None } else { node.rate };
+    let rate = if down { None } else { node.requests_per_s };
     let spark = if down {
         String::new()
     } else {
@@ -157,7 +158,7 @@ fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: us
     }
     cells.extend([
         Line::from(Span::styled(
-            state_word(node.state),
+            node_state_word(node.state),
             state_style(theme, node.state),
         )),
         ram,
@@ -170,9 +171,9 @@ fn row<'a>(app: &App, theme: &Theme, node: &NodeRow, wide: bool, spark_width: us
         Line::from(Span::styled(node.loaded_models().to_string(), t.data())).right_aligned(),
         Line::from(Span::styled(format::rate(rate), t.data())).right_aligned(),
         Line::from(Span::styled(spark, t.accent())),
-        Line::from(Span::styled(format::latency(node.p50_us), t.data())).right_aligned(),
-        Line::from(Span::styled(format::latency(node.p99_us), t.data())).right_aligned(),
-        Line::from(Span::styled(node.queue.to_string(), t.data())).right_aligned(),
+        Line::from(Span::styled(format::latency(node.latency_p50_us), t.data())).right_aligned(),
+        Line::from(Span::styled(format::latency(node.latency_p99_us), t.data())).right_aligned(),
+        Line::from(Span::styled(node.queue_length.to_string(), t.data())).right_aligned(),
     ]);
     Row::new(cells)
 }

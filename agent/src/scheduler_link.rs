@@ -1,4 +1,4 @@
-//! An agent's life in a cluster: join the scheduler, then report every interval. An
+//! The agent's link to its scheduler: join the cluster, then report every interval. An
 //! unreachable scheduler is retried with backoff (the agent keeps serving what it
 //! holds meanwhile); a refused token ends the agent with an error instead.
 
@@ -25,26 +25,29 @@ pub struct Link {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Joins and reports until the scheduler refuses the token (an error) — never
+/// The scheduler will not have this agent (a wrong token, a bad address); retrying
+/// cannot help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the scheduler at {scheduler} refused this agent: {message}")]
+pub struct JoinRefused {
+    pub scheduler: String,
+    pub message: String,
+}
+
+/// Joins and reports until the scheduler refuses the agent (an error) — never
 /// returns otherwise.
-pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), String> {
+pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), JoinRefused> {
     let address = advertised(&link);
     let mut backoff = Duration::from_millis(100);
     loop {
         match session(&agent, &link, &address).await {
-            Err(status) if status.code() == Code::Unauthenticated => {
-                return Err(format!(
-                    "the scheduler at {} refused this agent: {}",
-                    link.scheduler,
-                    status.message()
-                ));
-            }
-            Err(status) if status.code() == Code::InvalidArgument => {
-                return Err(format!(
-                    "the scheduler at {} refused this agent: {}",
-                    link.scheduler,
-                    status.message()
-                ));
+            Err(status)
+                if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument) =>
+            {
+                return Err(JoinRefused {
+                    scheduler: link.scheduler.clone(),
+                    message: status.message().to_string(),
+                });
             }
             // A name still held by a node that has not yet been marked down (this
             // agent's previous life, after a quick restart) frees up after a few

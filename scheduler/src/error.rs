@@ -1,0 +1,124 @@
+//! What can go wrong in the scheduler, as one typed error. Domain code returns it; the
+//! gRPC services turn it into a `tonic::Status` at their edge, through one table.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("join: the agent must give its name and address")]
+    JoinWithoutName,
+    #[error("{0}")]
+    BadAgentAddress(String),
+    #[error("a node named {name:?} is already in the cluster at {address}; give this agent another --name")]
+    NameTaken { name: String, address: String },
+    #[error("model '{0}' is not in the catalog")]
+    UnknownModel(String),
+    /// The repository has no such model, or cannot read it (the reason as it says it).
+    #[error("{0}")]
+    NotInRepository(String),
+    #[error("no node named {0:?}")]
+    UnknownNode(String),
+    #[error("no model file with digest {0}")]
+    UnknownDigest(String),
+    /// Nothing fits: the reason names the need and the largest free space.
+    #[error("{0}")]
+    Unplaceable(String),
+    /// The model's last load failed; the next ask tries again.
+    #[error("{0}")]
+    LoadFailed(String),
+    #[error("model '{model}' has no ready replica yet (waited {waited_s} s); try again")]
+    NoReplicaYet { model: String, waited_s: u64 },
+    #[error("the scheduler is stopping")]
+    Stopping,
+    #[error("the request's deadline ({0} ms) passed")]
+    DeadlineExceeded(u128),
+    #[error("the replica's sender stopped")]
+    SenderStopped,
+    #[error("the agent sent fewer results than requests")]
+    ShortAnswer,
+    /// An agent's answer, or the failure to reach it: its code is passed on as it is.
+    #[error("{message}")]
+    Agent { code: Code, message: String },
+    #[error("unload on a node failed: {message}")]
+    UnloadFailed { code: Code, message: String },
+    #[error("{0}")]
+    File(String),
+}
+
+impl SchedulerError {
+    /// The one table from error kinds to gRPC codes.
+    pub fn code(&self) -> Code {
+        use SchedulerError::*;
+        match self {
+            JoinWithoutName | BadAgentAddress(_) => Code::InvalidArgument,
+            NameTaken { .. } => Code::AlreadyExists,
+            UnknownModel(_) | NotInRepository(_) | UnknownNode(_) | UnknownDigest(_) => {
+                Code::NotFound
+            }
+            Unplaceable(_) => Code::ResourceExhausted,
+            LoadFailed(_) => Code::FailedPrecondition,
+            NoReplicaYet { .. } | Stopping | SenderStopped => Code::Unavailable,
+            DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ShortAnswer | File(_) => Code::Internal,
+            Agent { code, .. } | UnloadFailed { code, .. } => *code,
+        }
+    }
+
+    /// An agent's status, kept with its code.
+    pub fn agent(status: &Status) -> SchedulerError {
+        SchedulerError::Agent {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+
+    /// A failure on the way to a replica that another replica may well not have: the
+    /// connection failed, not the request. (A deadline or a cancellation is the
+    /// request's own, and says nothing of the node.)
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SchedulerError::Agent {
+                code: Code::Unavailable | Code::Unknown,
+                ..
+            }
+        )
+    }
+}
+
+impl From<SchedulerError> for Status {
+    fn from(e: SchedulerError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_keep_the_code_and_the_message() {
+        let s = Status::from(SchedulerError::UnknownModel("m".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "model 'm' is not in the catalog");
+        let s = Status::from(SchedulerError::Unplaceable("no node can hold it".into()));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let s = Status::from(SchedulerError::UnloadFailed {
+            code: Code::Unavailable,
+            message: "gone".into(),
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "unload on a node failed: gone")
+        );
+    }
+
+    #[test]
+    fn only_a_failed_connection_is_unreachable() {
+        let unavailable = SchedulerError::agent(&Status::unavailable("x"));
+        assert!(unavailable.is_unreachable());
+        let deadline = SchedulerError::agent(&Status::deadline_exceeded("x"));
+        assert!(!deadline.is_unreachable());
+        assert!(!SchedulerError::LoadFailed("x".into()).is_unreachable());
+    }
+}

@@ -1,0 +1,132 @@
+//! Carries out what the model's transitions return: loads and unloads on agents (each
+//! a task that reports its outcome back to the model), connections dropped for nodes
+//! that went down, and wake-ups for placement and for whoever waits on a change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::herd::{LoadModelRequest, ModelSource, UnloadModelRequest};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::agent_link::AgentRpc;
+use crate::error::SchedulerError;
+use crate::model::Action;
+use crate::state::Scheduler;
+
+impl Scheduler {
+    /// Carries out `actions`, then tells watchers the model changed.
+    pub fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+        let mut reconcile = false;
+        for action in actions {
+            match action {
+                Action::Load {
+                    model,
+                    node,
+                    source,
+                } => {
+                    let agent = self.links().link(&node).map(|l| l.agent.clone());
+                    match agent {
+                        Some(agent) => {
+                            tokio::spawn(load(self.clone(), model, node, source, agent));
+                        }
+                        None => {
+                            let more = self.lock().load_failed(
+                                &model,
+                                &node,
+                                "no connection to the node",
+                                false,
+                            );
+                            reconcile |= !more.is_empty();
+                        }
+                    }
+                }
+                Action::Unload { model, node } => {
+                    let agent = {
+                        let mut links = self.links();
+                        links.forget_sender(&model, &node);
+                        links.link(&node).map(|l| l.agent.clone())
+                    };
+                    if let Some(agent) = agent {
+                        tokio::spawn(unload_in_background(self.clone(), model, node, agent));
+                    }
+                }
+                Action::NodeDown { node } => self.links().forget_senders(&node),
+                Action::Reconcile => reconcile = true,
+            }
+        }
+        self.notify();
+        if reconcile {
+            self.reconcile.notify_one();
+        }
+    }
+}
+
+/// Unloads one replica on its agent.
+pub(crate) async fn unload(mut agent: AgentRpc, model: &str) -> Result<(), SchedulerError> {
+    agent
+        .unload(UnloadModelRequest {
+            name: model.to_string(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| SchedulerError::UnloadFailed {
+            code: s.code(),
+            message: s.message().to_string(),
+        })
+}
+
+async fn unload_in_background(
+    scheduler: Arc<Scheduler>,
+    model: String,
+    node: String,
+    agent: AgentRpc,
+) {
+    if let Err(e) = unload(agent, &model).await {
+        let SchedulerError::UnloadFailed { message, .. } = &e else {
+            return;
+        };
+        warn!(model = %model, node = %node, error = %message, "unload failed");
+        scheduler.lock().unload_failed(&model, &node, message);
+        scheduler.notify();
+    }
+}
+
+/// Loads one replica and reports the outcome to the model.
+async fn load(
+    scheduler: Arc<Scheduler>,
+    model: String,
+    node: String,
+    source: ModelSource,
+    mut agent: AgentRpc,
+) {
+    let started = Instant::now();
+    let mut request = tonic::Request::new(LoadModelRequest {
+        model: Some(source),
+    });
+    request.set_timeout(scheduler.settings.load_timeout.max(Duration::from_secs(1)));
+    let result = agent.load(request).await;
+    let actions = {
+        let mut c = scheduler.lock();
+        match result {
+            Ok(r) => {
+                let r = r.into_inner();
+                let now = Instant::now();
+                c.loaded(
+                    &model,
+                    &node,
+                    r.memory_bytes,
+                    r.fetched,
+                    now.saturating_duration_since(started),
+                    now,
+                );
+                Vec::new()
+            }
+            Err(status) => {
+                let unreachable = SchedulerError::agent(&status).is_unreachable();
+                c.load_failed(&model, &node, status.message(), unreachable)
+            }
+        }
+    };
+    scheduler.execute(actions);
+}

@@ -1,0 +1,197 @@
+//! The catalog's rows (one per model of the repository) and the transitions that change
+//! demand for a model: asked for, unloaded, served.
+
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+use herd_core::repository::ModelFiles;
+use herd_core::settings::{ClusterPolicy, ModelSettings, Ttl};
+use herd_proto::herd::Event;
+use tokio::time::Instant;
+
+use super::{Action, ClusterModel};
+use crate::error::SchedulerError;
+use crate::placement::Want;
+
+pub struct CatalogModel {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub settings: ModelSettings,
+    pub policy: ClusterPolicy,
+    /// Someone asked for it (a request or a load) since the last unload.
+    pub wanted: bool,
+    /// Replicas wanted by scaling, beyond one.
+    pub scaled: u32,
+    /// Since when in-flight per replica has stayed above the target.
+    pub busy_since: Option<Instant>,
+    /// Largest memory a replica of it was measured to hold.
+    pub measured: u64,
+    pub requests_total: u64,
+    pub failures_total: u64,
+    pub cold_starts: u64,
+    pub latency: Histogram<u64>,
+    pub last_placement: Option<Event>,
+    /// Why it could not be placed, while that holds.
+    pub unplaceable: Option<String>,
+    /// Why its last load failed; the next request tries again.
+    pub load_error: Option<String>,
+}
+
+impl CatalogModel {
+    /// A model of the repository, with its file's sha256, nobody asking for it yet.
+    pub fn new(files: ModelFiles, digest: String) -> CatalogModel {
+        CatalogModel {
+            name: files.name,
+            version: files.version,
+            digest,
+            path: files.path,
+            file_bytes: files.file_bytes,
+            settings: files.settings,
+            policy: files.policy,
+            wanted: false,
+            scaled: 0,
+            busy_since: None,
+            measured: 0,
+            requests_total: 0,
+            failures_total: 0,
+            cold_starts: 0,
+            latency: herd_core::histogram::latency_histogram(),
+            last_placement: None,
+            unplaceable: None,
+            load_error: None,
+        }
+    }
+
+    /// Memory one replica needs: measured once known, else an estimate from the file
+    /// (ONNX Runtime holds the weights about twice, plus a worker process). A hint is a
+    /// floor: it stands for peaks (large batches) a measurement may not have seen.
+    pub fn memory_needed(&self) -> u64 {
+        let known = if self.measured > 0 {
+            self.measured
+        } else {
+            self.file_bytes.saturating_mul(2).saturating_add(48 << 20)
+        };
+        match self.policy.memory_hint {
+            Some(h) if self.measured > 0 => known.max(h),
+            Some(h) => h,
+            None => known,
+        }
+    }
+
+    /// Replicas to have, given how many it has: one when a request waits for it and
+    /// it has none, more when scaling asks, never fewer than min_replicas. A replica
+    /// beyond that is kept while it is there, but may be evicted when idle.
+    pub fn target(&self, replicas: u32) -> u32 {
+        let wanted = if self.wanted && replicas == 0 { 1 } else { 0 };
+        let target = wanted.max(self.scaled).max(self.policy.min_replicas);
+        match self.policy.max_replicas {
+            0 => target,
+            max => target.min(max),
+        }
+    }
+
+    pub fn want(&self) -> Want {
+        match self.policy.device {
+            herd_core::Device::Gpu => Want::Gpu,
+            herd_core::Device::Any => Want::Any,
+            herd_core::Device::Cpu => Want::Cpu,
+        }
+    }
+
+    /// The settings an agent gets for one replica: pinned replicas never unload.
+    pub fn settings_for(&self, pinned: bool) -> ModelSettings {
+        let mut s = self.settings.clone();
+        if pinned {
+            s.ttl = Ttl::Never;
+        }
+        s
+    }
+}
+
+impl ClusterModel {
+    /// Adds a model to the catalog (at start, or found in the repository later); one
+    /// already there stays as it is.
+    pub fn add_model(&mut self, model: CatalogModel, announce: bool) {
+        if self.models.contains_key(&model.name) {
+            return;
+        }
+        if announce {
+            self.events.push(
+                "cataloged",
+                "",
+                &model.name,
+                "added from the model repository",
+            );
+        }
+        self.models.insert(model.name.clone(), model);
+    }
+
+    /// The file of the catalog with this digest: only those are served to agents.
+    pub fn file_with_digest(&self, digest: &str) -> Result<&Path, SchedulerError> {
+        self.models
+            .values()
+            .find(|m| m.digest == digest)
+            .map(|m| m.path.as_path())
+            .ok_or_else(|| SchedulerError::UnknownDigest(digest.to_string()))
+    }
+
+    /// Someone asks for a model (an admin load): it is wanted, and earlier failures
+    /// are forgotten, so that placement tries again.
+    pub fn want_model(&mut self, model: &str) -> Result<Vec<Action>, SchedulerError> {
+        let m = self
+            .models
+            .get_mut(model)
+            .ok_or_else(|| SchedulerError::UnknownModel(model.to_string()))?;
+        m.wanted = true;
+        m.unplaceable = None;
+        m.load_error = None;
+        Ok(vec![Action::Reconcile])
+    }
+
+    /// Unloads every replica of a model on request; it stays in the catalog, and the
+    /// next request loads it again. Returns the nodes it was on.
+    pub fn unload_model(
+        &mut self,
+        model: &str,
+        now: Instant,
+    ) -> Result<(Vec<String>, Vec<Action>), SchedulerError> {
+        let m = self
+            .models
+            .get_mut(model)
+            .ok_or_else(|| SchedulerError::UnknownModel(model.to_string()))?;
+        m.wanted = false;
+        m.scaled = 0;
+        let nodes: Vec<String> = self
+            .replicas_of(model)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut actions = Vec::new();
+        for n in &nodes {
+            self.unload_replica(model, n, now);
+            self.events
+                .push("unloaded", n, model, "unloaded on request");
+            actions.push(Action::Unload {
+                model: model.to_string(),
+                node: n.clone(),
+            });
+        }
+        actions.push(Action::Reconcile);
+        Ok((nodes, actions))
+    }
+
+    /// A request was answered (or failed) after `micros`.
+    pub fn request_done(&mut self, model: &str, ok: bool, micros: u64) {
+        if let Some(m) = self.models.get_mut(model) {
+            m.requests_total += 1;
+            if ok {
+                let _ = m.latency.record(micros.max(1));
+            } else {
+                m.failures_total += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Node rows and the transitions of a node's life: it joins, reports, goes silent or
+//! unreachable (down), comes back, is drained.
+
+use herd_proto::herd::AgentStatus;
+use tokio::time::Instant;
+
+use super::{Action, ClusterModel};
+use crate::error::SchedulerError;
+
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub status: AgentStatus,
+    pub last_report: Instant,
+    pub down: bool,
+    pub draining: bool,
+}
+
+impl Node {
+    pub fn schedulable(&self) -> bool {
+        !self.down && !self.draining
+    }
+
+    /// Bytes of RAM herd may use for replicas here, headroom taken off.
+    pub fn ram_budget(&self, headroom: f64) -> u64 {
+        let r = self.status.resources.clone().unwrap_or_default();
+        let herd_used: u64 = self.status.models.iter().map(|m| m.memory_bytes).sum();
+        // What other programs leave free, plus what herd's own replicas hold.
+        let reachable = r.memory_available_bytes.saturating_add(herd_used);
+        let capacity = r.memory_capacity_bytes.min(reachable.max(herd_used));
+        capacity.saturating_sub((r.memory_capacity_bytes as f64 * headroom) as u64)
+    }
+}
+
+/// What a report was to the model.
+#[derive(Debug, PartialEq)]
+pub enum Reported {
+    /// From a node it knows at that address: taken in.
+    Known(Vec<Action>),
+    /// From a node it does not know (the scheduler restarted, or the agent moved): the
+    /// caller makes it a join.
+    Unknown,
+}
+
+impl ClusterModel {
+    /// An agent joins (or joins again). A name already taken by a live node at another
+    /// address is refused, so two agents never pass for one.
+    pub fn join(
+        &mut self,
+        name: &str,
+        address: &str,
+        status: AgentStatus,
+        now: Instant,
+    ) -> Result<Vec<Action>, SchedulerError> {
+        if name.is_empty() || address.is_empty() {
+            return Err(SchedulerError::JoinWithoutName);
+        }
+        if let Some(n) = self.nodes.get(name) {
+            let live = !n.down && now.saturating_duration_since(n.last_report) < self.down_after;
+            if live && n.address != address {
+                return Err(SchedulerError::NameTaken {
+                    name: name.to_string(),
+                    address: n.address.clone(),
+                });
+            }
+        }
+        let rejoin = self.nodes.contains_key(name);
+        let draining = self.nodes.get(name).is_some_and(|n| n.draining);
+        self.nodes.insert(
+            name.to_string(),
+            Node {
+                name: name.to_string(),
+                address: address.to_string(),
+                status: status.clone(),
+                last_report: now,
+                down: false,
+                draining,
+            },
+        );
+        // Replicas it had before a restart are gone unless it reports them ready.
+        self.sync_replicas(name, &status, now);
+        let what = if rejoin { "joined again" } else { "joined" };
+        self.events
+            .push("joined", name, "", format!("{what} from {address}"));
+        Ok(vec![Action::Reconcile])
+    }
+
+    /// A periodic report.
+    pub fn report(
+        &mut self,
+        name: &str,
+        address: &str,
+        status: AgentStatus,
+        now: Instant,
+    ) -> Reported {
+        let Some(n) = self.nodes.get_mut(name).filter(|n| n.address == address) else {
+            return Reported::Unknown;
+        };
+        let was_down = n.down;
+        n.status = status.clone();
+        n.last_report = now;
+        n.down = false;
+        if was_down {
+            self.events.push("up", name, "", "reports again");
+        }
+        self.sync_replicas(name, &status, now);
+        // A node back up offers room again.
+        Reported::Known(if was_down {
+            vec![Action::Reconcile]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Marks nodes silent for too long as down; their replicas go, to be placed again.
+    pub fn mark_silent_down(&mut self, now: Instant) -> Vec<Action> {
+        let limit = self.down_after;
+        let silent: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| !n.down && now.saturating_duration_since(n.last_report) > limit)
+            .map(|n| n.name.clone())
+            .collect();
+        let mut actions = Vec::new();
+        for name in &silent {
+            let why = format!("no report for {} ms", limit.as_millis());
+            actions.extend(self.mark_down(name, &why));
+        }
+        if !actions.is_empty() {
+            actions.push(Action::Reconcile);
+        }
+        actions
+    }
+
+    /// A call to the node failed at the transport: it counts as down at once rather than
+    /// after its reports stop.
+    pub fn node_unreachable(&mut self, node: &str, error: &str) -> Vec<Action> {
+        if self.nodes.get(node).is_none_or(|n| n.down) {
+            return Vec::new();
+        }
+        let mut actions = self.mark_down(node, &format!("unreachable: {error}"));
+        actions.push(Action::Reconcile);
+        actions
+    }
+
+    /// Takes no new replicas on a node; placement moves its replicas away. Returns the
+    /// models that move.
+    pub fn drain(&mut self, node: &str) -> Result<(Vec<String>, Vec<Action>), SchedulerError> {
+        let n = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| SchedulerError::UnknownNode(node.to_string()))?;
+        n.draining = true;
+        let moved: Vec<String> = self
+            .replicas
+            .keys()
+            .filter(|(_, n)| n == node)
+            .map(|(m, _)| m.clone())
+            .collect();
+        self.events.push(
+            "draining",
+            node,
+            "",
+            format!("drain requested; moving {} replicas", moved.len()),
+        );
+        Ok((moved, vec![Action::Reconcile]))
+    }
+
+    fn mark_down(&mut self, name: &str, why: &str) -> Vec<Action> {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.down = true;
+        }
+        self.replicas.retain(|(_, n), _| n != name);
+        self.events.push("down", name, "", why.to_string());
+        vec![Action::NodeDown {
+            node: name.to_string(),
+        }]
+    }
+}

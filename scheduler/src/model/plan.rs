@@ -1,0 +1,333 @@
+//! Placement as a plan step: the model gives a snapshot of itself as a placement
+//! problem; `placement::solve` runs on it, and [`Snapshot::changes`] turns the solution
+//! into what differs, both without the model (so outside any lock); the model applies
+//! the changes, returning the loads and unloads to carry out.
+//!
+//! The model may change while solve runs (a node goes down, a request asks for a model,
+//! an admin unloads one). Applying stays safe: only replicas that were in the snapshot
+//! are unloaded, a replica that went since is not brought back, and a new replica is
+//! loaded only on a node that still takes one, for a model that still wants one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use herd_proto::herd::ModelSource;
+use tokio::time::Instant;
+
+use super::replicas::{Replica, ReplicaState};
+use super::{Action, ClusterModel, Key, Node};
+use crate::placement::{
+    Decision, Device, GpuView, ModelDemand, NodeView, Policy, Problem, Replica as PlacedReplica,
+    Solution,
+};
+
+/// The cluster as a placement problem, and the replicas it had then.
+pub struct Snapshot {
+    pub problem: Problem,
+    pub previous: Vec<PlacedReplica>,
+}
+
+/// What a solution changes in its snapshot: usually little, so that applying it holds
+/// the lock briefly however large the cluster.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Placed, Evicted, Dropped and Unplaceable, as solve gave them.
+    pub decisions: Vec<Decision>,
+    /// Replicas of the snapshot the solution lets go.
+    pub going: Vec<Key>,
+    /// Replicas the solution adds, and where on their node.
+    pub coming: Vec<(Key, Device)>,
+}
+
+impl Snapshot {
+    /// The difference between the snapshot's replicas and `solution`'s. Pure: runs
+    /// outside the lock.
+    pub fn changes(&self, solution: Solution) -> Changes {
+        let before: HashSet<(&str, &str)> = self
+            .previous
+            .iter()
+            .map(|r| (r.model.as_str(), r.node.as_str()))
+            .collect();
+        let keep: HashSet<(&str, &str)> = solution
+            .assignments
+            .iter()
+            .map(|a| (a.model.as_str(), a.node.as_str()))
+            .collect();
+        let mut going: Vec<Key> = before
+            .difference(&keep)
+            .map(|(m, n)| (m.to_string(), n.to_string()))
+            .collect();
+        going.sort();
+        let coming = solution
+            .assignments
+            .iter()
+            .filter(|a| !before.contains(&(a.model.as_str(), a.node.as_str())))
+            .map(|a| ((a.model.clone(), a.node.clone()), a.device.clone()))
+            .collect();
+        Changes {
+            decisions: solution.decisions,
+            going,
+            coming,
+        }
+    }
+}
+
+impl ClusterModel {
+    /// The placement problem for the cluster as it is at `now`; none right after a
+    /// start, while the model learns from reports what agents hold, so that nothing they
+    /// hold is loaded again.
+    pub fn snapshot(&self, policy: Policy, headroom: f64, now: Instant) -> Option<Snapshot> {
+        if now < self.learn_until {
+            return None;
+        }
+        let nodes = self
+            .nodes
+            .values()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                schedulable: n.schedulable(),
+                ram_budget: n.ram_budget(headroom),
+                gpus: n
+                    .status
+                    .resources
+                    .as_ref()
+                    .map(|r| {
+                        r.gpus
+                            .iter()
+                            .map(|g| GpuView {
+                                index: g.index,
+                                budget: g.memory_total_bytes.saturating_sub(
+                                    (g.memory_total_bytes as f64 * headroom) as u64,
+                                ),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                files: n.status.file_digests.iter().cloned().collect(),
+            })
+            .collect();
+        // Models and replicas are both ordered by model name: one merged walk gives each
+        // model its replicas without a lookup per replica (the snapshot is taken under
+        // the lock, so its cost is what routing may wait).
+        // One hash lookup per replica: a BTreeMap lookup compares (and fetches) a dozen
+        // names, which at 20,000 replicas is most of the snapshot's time.
+        let by_name: HashMap<&str, &Node> =
+            self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
+        let mut models = Vec::with_capacity(self.models.len());
+        let mut previous = Vec::with_capacity(self.replicas.len());
+        let mut replicas = self.replicas.iter().peekable();
+        for m in self.models.values() {
+            // Replicas of models the catalog no longer has: solve drops them.
+            while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm < m.name) {
+                previous.push(placed(key, r, by_name.get(key.1.as_str()), 0, now));
+            }
+            // Those on draining nodes are moving away: they do not count.
+            let mut schedulable = 0;
+            while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm == m.name) {
+                let node = by_name.get(key.1.as_str());
+                if node.is_some_and(|n| n.schedulable()) {
+                    schedulable += 1;
+                }
+                let hint = m.policy.memory_hint.unwrap_or(0);
+                previous.push(placed(key, r, node, hint, now));
+            }
+            models.push(ModelDemand {
+                name: m.name.clone(),
+                digest: m.digest.clone(),
+                memory: m.memory_needed(),
+                want: m.want(),
+                min_replicas: m.policy.min_replicas,
+                max_replicas: m.policy.max_replicas,
+                desired_replicas: m.target(schedulable),
+            });
+        }
+        for (key, r) in replicas {
+            previous.push(placed(key, r, by_name.get(key.1.as_str()), 0, now));
+        }
+        Some(Snapshot {
+            problem: Problem {
+                nodes,
+                models,
+                policy,
+            },
+            previous,
+        })
+    }
+
+    /// Replicas of a model on nodes that take new ones: those on draining nodes are
+    /// moving away.
+    fn schedulable_replicas(&self, model: &str) -> u32 {
+        self.replicas
+            .range((model.to_string(), String::new())..)
+            .take_while(|((m, _), _)| m == model)
+            .filter(|((_, n), _)| self.nodes.get(n).is_some_and(|n| n.schedulable()))
+            .count() as u32
+    }
+
+    /// Carries a solution's changes into the model: records its decisions, lets go of
+    /// the replicas that go and adds the ones that come, as loading. Returns the unloads
+    /// and loads to carry out.
+    pub fn apply(&mut self, changes: &Changes, now: Instant) -> Vec<Action> {
+        let mut placed: BTreeMap<Key, String> = BTreeMap::new();
+        let mut evicted = Vec::new();
+        for d in &changes.decisions {
+            match d {
+                Decision::Placed {
+                    model,
+                    node,
+                    reason,
+                    ..
+                } => {
+                    placed.insert((model.clone(), node.clone()), reason.clone());
+                }
+                Decision::Evicted {
+                    model,
+                    node,
+                    reason,
+                } => {
+                    let e = self.events.push("evicted", node, model, reason.clone());
+                    if let Some(m) = self.models.get_mut(model) {
+                        m.last_placement = Some(e);
+                    }
+                    // A replica dropped from a draining or lost node moves instead: its
+                    // demand stays.
+                    evicted.push(model.clone());
+                }
+                Decision::Dropped {
+                    model,
+                    node,
+                    reason,
+                } => {
+                    self.events.push("dropped", node, model, reason.clone());
+                }
+                Decision::Unplaceable {
+                    model,
+                    needed,
+                    largest_free,
+                } => self.unplaceable(model, *needed, *largest_free),
+            }
+        }
+
+        let mut actions = Vec::new();
+        for (model, node) in &changes.going {
+            if !self.replicas.contains_key(&(model.clone(), node.clone())) {
+                continue;
+            }
+            self.unload_replica(model, node, now);
+            if self.nodes.get(node).is_some_and(|n| !n.down) {
+                actions.push(Action::Unload {
+                    model: model.clone(),
+                    node: node.clone(),
+                });
+            }
+        }
+        for model in evicted {
+            self.demand_ends_if_gone(&model);
+        }
+
+        for (key, device) in &changes.coming {
+            if self.replicas.contains_key(key) {
+                continue;
+            }
+            if let Some(load) = self.start_load(key, device.clone(), now) {
+                if let Some(reason) = placed.get(key) {
+                    let e = self.events.push("placed", &key.1, &key.0, reason.clone());
+                    if let Some(m) = self.models.get_mut(&key.0) {
+                        m.last_placement = Some(e);
+                        m.unplaceable = None;
+                    }
+                }
+                actions.push(load);
+            }
+        }
+        actions
+    }
+
+    /// Adds a loading replica, if its node still takes one and its model still wants
+    /// one, and says what to load.
+    fn start_load(&mut self, key: &Key, device: Device, now: Instant) -> Option<Action> {
+        let (model, node) = key;
+        if !self.nodes.get(node).is_some_and(|n| n.schedulable()) {
+            return None;
+        }
+        let have = self.schedulable_replicas(model);
+        let m = self.models.get(model)?;
+        if have >= m.target(have) {
+            return None;
+        }
+        let pinned = self
+            .replicas_of(model)
+            .iter()
+            .filter(|(_, r)| r.pinned)
+            .count()
+            < m.policy.min_replicas as usize;
+        let settings = m.settings_for(pinned);
+        let source = ModelSource {
+            name: m.name.clone(),
+            version: m.version,
+            digest: m.digest.clone(),
+            file_bytes: m.file_bytes,
+            settings: Some(herd_proto::herd::ModelSettings {
+                max_batch_size: settings.max_batch_size as u32,
+                max_batch_delay_us: settings.max_batch_delay.as_micros() as u64,
+                ttl_ms: settings.ttl.as_millis(),
+                intra_op_threads: settings.intra_op_threads as u32,
+                queue_capacity: settings.queue_capacity as u32,
+            }),
+        };
+        self.replicas.insert(
+            key.clone(),
+            Replica::new(ReplicaState::Loading, device, pinned, now),
+        );
+        Some(Action::Load {
+            model: model.clone(),
+            node: node.clone(),
+            source,
+        })
+    }
+
+    /// Nothing fits a model: requests waiting for it are told why (and the log once).
+    fn unplaceable(&mut self, model: &str, needed: u64, largest_free: u64) {
+        let why = format!(
+            "no node can hold model '{model}': it needs {}, the largest free space is {}",
+            bytesize::ByteSize(needed),
+            bytesize::ByteSize(largest_free)
+        );
+        let Some(m) = self.models.get_mut(model) else {
+            return;
+        };
+        if m.unplaceable.as_deref() != Some(why.as_str()) {
+            self.events.push("unplaceable", "", model, why.clone());
+        }
+        if let Some(m) = self.models.get_mut(model) {
+            m.unplaceable = Some(why);
+        }
+    }
+}
+
+/// A replica as placement sees it. Its memory is as measured, but never below the
+/// model's hint (a floor for peaks).
+fn placed(
+    (model, node): &Key,
+    r: &Replica,
+    on: Option<&&Node>,
+    hint: u64,
+    now: Instant,
+) -> PlacedReplica {
+    let measured = on
+        .and_then(|n| n.status.models.iter().find(|s| &s.name == model))
+        .map_or(0, |s| s.memory_bytes);
+    PlacedReplica {
+        model: model.clone(),
+        node: node.clone(),
+        device: r.device.clone(),
+        in_flight: r.outstanding.load(Ordering::Relaxed) as u32,
+        // Counts up with recency: the inverse of the time since last use.
+        last_used: u64::MAX
+            - now
+                .saturating_duration_since(r.last_used)
+                .as_millis()
+                .min(u64::MAX as u128) as u64,
+        memory: measured.max(hint),
+    }
+}

@@ -1,0 +1,548 @@
+//! The model driven directly: joins, reports, down-marking, re-placement, drain,
+//! scaling, adoption after a restart, routing. No processes, sockets or tasks; time is
+//! an `Instant` the test moves forward.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herd_core::settings::ClusterPolicy;
+use herd_core::ModelFiles;
+use herd_proto::herd::{AgentStatus, ModelState, ModelStatus, NodeResources};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+
+use super::*;
+use crate::error::SchedulerError;
+use crate::placement::{solve, Policy};
+
+const REPORT: Duration = Duration::from_millis(100);
+/// Three missed reports.
+const DOWN_AFTER: Duration = Duration::from_millis(300);
+const MIB: u64 = 1 << 20;
+
+fn catalog_model(name: &str, policy: ClusterPolicy) -> CatalogModel {
+    let files = ModelFiles {
+        name: name.to_string(),
+        version: 1,
+        path: format!("/repo/{name}/1/model.onnx").into(),
+        file_bytes: MIB,
+        settings: Default::default(),
+        policy: ClusterPolicy {
+            memory_hint: policy.memory_hint.or(Some(60 * MIB)),
+            ..policy
+        },
+        digest: None,
+    };
+    CatalogModel::new(files, digest(name))
+}
+
+fn digest(model: &str) -> String {
+    format!("sha-{model}")
+}
+
+fn pinned(min_replicas: u32) -> ClusterPolicy {
+    ClusterPolicy {
+        min_replicas,
+        ..Default::default()
+    }
+}
+
+/// A node with `ram` bytes, holding `ready` models ready.
+fn status(ram: u64, ready: &[&str]) -> AgentStatus {
+    AgentStatus {
+        resources: Some(NodeResources {
+            memory_total_bytes: ram,
+            memory_available_bytes: ram,
+            memory_capacity_bytes: ram,
+            ..Default::default()
+        }),
+        models: ready
+            .iter()
+            .map(|m| ModelStatus {
+                name: m.to_string(),
+                state: ModelState::Ready as i32,
+                digest: digest(m),
+                memory_bytes: 60 * MIB,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A model with `models` in its catalog and `nodes` (of 200 MiB each) joined at `t0`;
+/// returns it with the time placement may start.
+fn cluster(nodes: &[&str], models: Vec<CatalogModel>) -> (ClusterModel, Instant) {
+    let t0 = Instant::now();
+    let mut c = ClusterModel::new(t0, REPORT, 3);
+    for m in models {
+        c.add_model(m, false);
+    }
+    for n in nodes {
+        c.join(n, &format!("{n}:8002"), status(200 * MIB, &[]), t0)
+            .expect("join");
+    }
+    (c, t0 + DOWN_AFTER)
+}
+
+/// One placement round: snapshot, solve, apply.
+fn round(c: &mut ClusterModel, now: Instant) -> Vec<Action> {
+    let snapshot = c
+        .snapshot(Policy::Spread, 0.0, now)
+        .expect("past the learning period");
+    let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
+    c.apply(&changes, now)
+}
+
+fn loads(actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Load { model, node, .. } => Some((model.clone(), node.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn unloads(actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Unload { model, node } => Some((model.clone(), node.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Places what the model wants and finishes every load.
+fn place_and_load(c: &mut ClusterModel, now: Instant) -> Vec<(String, String)> {
+    let placed = loads(&round(c, now));
+    for (m, n) in &placed {
+        c.loaded(m, n, 60 * MIB, true, Duration::from_millis(5), now);
+    }
+    placed
+}
+
+fn events(c: &ClusterModel, kind: &str) -> usize {
+    c.events()
+        .recent(1000)
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count()
+}
+
+fn ready_nodes(c: &ClusterModel, model: &str) -> Vec<String> {
+    c.ready_replicas(model)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+#[test]
+fn a_join_adds_a_node_and_asks_for_placement() {
+    let (mut c, now) = cluster(&[], vec![]);
+    let actions = c.join("a", "a:8002", status(MIB, &[]), now).expect("join");
+    assert_eq!(actions, vec![Action::Reconcile]);
+    assert!(c.node("a").is_some_and(|n| n.schedulable()));
+    assert_eq!(events(&c, "joined"), 1);
+}
+
+#[test]
+fn a_join_without_a_name_or_address_is_refused() {
+    let (mut c, now) = cluster(&[], vec![]);
+    assert_eq!(
+        c.join("", "a:8002", status(MIB, &[]), now),
+        Err(SchedulerError::JoinWithoutName)
+    );
+    assert_eq!(
+        c.join("a", "", status(MIB, &[]), now),
+        Err(SchedulerError::JoinWithoutName)
+    );
+    assert_eq!(c.nodes().count(), 0);
+}
+
+#[test]
+fn a_name_held_by_a_live_node_elsewhere_is_refused_until_that_node_goes_silent() {
+    let (mut c, silent) = cluster(&["a"], vec![]);
+    let joined = silent - DOWN_AFTER;
+    let refused = c.join("a", "elsewhere:8002", status(MIB, &[]), joined + REPORT);
+    assert!(
+        matches!(&refused, Err(SchedulerError::NameTaken { address, .. }) if address == "a:8002"),
+        "{refused:?}"
+    );
+    assert_eq!(c.node("a").map(|n| n.address.as_str()), Some("a:8002"));
+    let later = silent + Duration::from_millis(1);
+    c.join("a", "elsewhere:8002", status(MIB, &[]), later)
+        .expect("the old one is silent");
+    assert_eq!(
+        c.node("a").map(|n| n.address.as_str()),
+        Some("elsewhere:8002")
+    );
+}
+
+#[test]
+fn a_report_from_a_node_unknown_at_that_address_is_a_join() {
+    let (mut c, now) = cluster(&["a"], vec![]);
+    assert_eq!(
+        c.report("b", "b:8002", status(MIB, &[]), now),
+        Reported::Unknown
+    );
+    assert_eq!(
+        c.report("a", "moved:8002", status(MIB, &[]), now),
+        Reported::Unknown
+    );
+    assert_eq!(
+        c.report("a", "a:8002", status(MIB, &[]), now),
+        Reported::Known(vec![])
+    );
+}
+
+#[test]
+fn silent_nodes_go_down_and_their_replicas_are_placed_again() {
+    let models = vec![catalog_model("m", pinned(1))];
+    let (mut c, now) = cluster(&["a", "b"], models);
+    let placed = place_and_load(&mut c, now);
+    assert_eq!(placed.len(), 1);
+    let (from, to) = if placed[0].1 == "a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    // Only the other node keeps reporting.
+    let later = now + DOWN_AFTER + Duration::from_millis(1);
+    c.report(to, &format!("{to}:8002"), status(200 * MIB, &[]), later);
+    assert_eq!(
+        c.mark_silent_down(now),
+        vec![],
+        "not silent for long enough"
+    );
+    let actions = c.mark_silent_down(later);
+    assert_eq!(
+        actions,
+        vec![
+            Action::NodeDown {
+                node: from.to_string()
+            },
+            Action::Reconcile
+        ]
+    );
+    assert!(c.node(from).is_some_and(|n| n.down));
+    assert!(c.replicas_of("m").is_empty(), "its replica went with it");
+    assert_eq!(
+        loads(&round(&mut c, later)),
+        vec![("m".to_string(), to.to_string())]
+    );
+    assert_eq!(c.mark_silent_down(later), vec![], "marked once");
+}
+
+#[test]
+fn a_down_node_that_reports_again_is_up_and_offers_room() {
+    let (mut c, now) = cluster(&["a"], vec![]);
+    c.node_unreachable("a", "connection refused");
+    assert!(c.node("a").is_some_and(|n| n.down));
+    let reported = c.report("a", "a:8002", status(MIB, &[]), now);
+    assert_eq!(reported, Reported::Known(vec![Action::Reconcile]));
+    assert!(c.node("a").is_some_and(|n| !n.down));
+    assert_eq!(events(&c, "up"), 1);
+}
+
+#[test]
+fn an_unreachable_node_is_down_at_once_and_only_once() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
+    place_and_load(&mut c, now);
+    let actions = c.node_unreachable("a", "connection reset");
+    assert_eq!(
+        actions,
+        vec![Action::NodeDown { node: "a".into() }, Action::Reconcile]
+    );
+    assert!(c.ready_replicas("m").is_empty());
+    assert_eq!(c.node_unreachable("a", "again"), vec![]);
+    assert_eq!(events(&c, "down"), 1);
+}
+
+#[test]
+fn draining_moves_replicas_to_another_node() {
+    let (mut c, now) = cluster(&["a", "b"], vec![catalog_model("m", pinned(1))]);
+    let from = place_and_load(&mut c, now)[0].1.clone();
+    let to = if from == "a" { "b" } else { "a" };
+    let (moved, actions) = c.drain(&from).expect("drain");
+    assert_eq!(moved, vec!["m".to_string()]);
+    assert_eq!(actions, vec![Action::Reconcile]);
+    let actions = round(&mut c, now);
+    assert_eq!(unloads(&actions), vec![("m".to_string(), from.clone())]);
+    assert_eq!(loads(&actions), vec![("m".to_string(), to.to_string())]);
+    assert!(c
+        .node(&from)
+        .is_some_and(|n| n.draining && !n.schedulable()));
+    assert_eq!(
+        c.drain("nowhere"),
+        Err(SchedulerError::UnknownNode("nowhere".into()))
+    );
+}
+
+#[test]
+fn a_restarted_scheduler_adopts_what_agents_report_and_loads_nothing_again() {
+    let t0 = Instant::now();
+    let mut c = ClusterModel::new(t0, REPORT, 3);
+    c.add_model(catalog_model("m", pinned(1)), false);
+    assert!(
+        c.snapshot(Policy::Spread, 0.0, t0).is_none(),
+        "placement waits to learn what agents hold"
+    );
+    // The agent's first report after the restart is a join.
+    assert_eq!(
+        c.report("a", "a:8002", status(200 * MIB, &["m"]), t0),
+        Reported::Unknown
+    );
+    c.join("a", "a:8002", status(200 * MIB, &["m"]), t0)
+        .expect("join");
+    assert_eq!(ready_nodes(&c, "m"), vec!["a"]);
+    assert_eq!(events(&c, "adopted"), 1);
+    assert_eq!(round(&mut c, t0 + DOWN_AFTER), vec![], "nothing moves");
+}
+
+#[test]
+fn a_replica_the_node_stops_reporting_goes_and_its_demand_ends() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
+    assert!(matches!(
+        c.pick("m", None, false, now, &mut StdRng::seed_from_u64(1)),
+        Ok(Pick::Asked)
+    ));
+    place_and_load(&mut c, now);
+    assert_eq!(ready_nodes(&c, "m"), vec!["a"]);
+    // A report taken before the load finished is no news about it.
+    c.report("a", "a:8002", status(200 * MIB, &[]), now);
+    assert_eq!(ready_nodes(&c, "m"), vec!["a"]);
+    // Later, the agent unloaded it for idleness.
+    let later = now + Duration::from_secs(1);
+    c.report("a", "a:8002", status(200 * MIB, &[]), later);
+    assert!(c.replicas_of("m").is_empty());
+    assert!(
+        c.model("m").is_some_and(|m| !m.wanted),
+        "not placed straight back"
+    );
+    assert_eq!(round(&mut c, later), vec![]);
+}
+
+#[test]
+fn a_report_sent_before_an_unload_finished_does_not_bring_the_replica_back() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
+    place_and_load(&mut c, now);
+    let (nodes, actions) = c.unload_model("m", now).expect("unload");
+    assert_eq!(nodes, vec!["a".to_string()]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Unload {
+                model: "m".into(),
+                node: "a".into()
+            },
+            Action::Reconcile
+        ]
+    );
+    c.report("a", "a:8002", status(200 * MIB, &["m"]), now);
+    assert!(c.replicas_of("m").is_empty());
+    assert_eq!(
+        c.unload_model("nothing", now).map(|(n, _)| n),
+        Err(SchedulerError::UnknownModel("nothing".into()))
+    );
+}
+
+#[test]
+fn a_busy_model_scales_up_after_the_delay_and_back_down_when_idle() {
+    let policy = ClusterPolicy {
+        max_replicas: 2,
+        ..pinned(1)
+    };
+    let (mut c, now) = cluster(&["a", "b", "c"], vec![catalog_model("m", policy)]);
+    place_and_load(&mut c, now);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut guards = Vec::new();
+    for _ in 0..3 {
+        match c.pick("m", None, true, now, &mut rng) {
+            Ok(Pick::Ready { outstanding, .. }) => guards.push(outstanding),
+            other => panic!("{other:?}"),
+        }
+    }
+    let delay = Duration::from_secs(1);
+    assert_eq!(c.scale(1.0, delay, now), vec![], "not busy for long yet");
+    assert_eq!(c.scale(1.0, delay, now + delay), vec![Action::Reconcile]);
+    assert_eq!(c.model("m").map(|m| m.scaled), Some(2));
+    assert_eq!(events(&c, "scaled"), 1);
+    let later = now + delay;
+    assert_eq!(place_and_load(&mut c, later).len(), 1);
+    assert_eq!(ready_nodes(&c, "m").len(), 2);
+    // max_replicas holds however busy it stays.
+    for _ in 0..6 {
+        if let Ok(Pick::Ready { outstanding, .. }) = c.pick("m", None, true, later, &mut rng) {
+            guards.push(outstanding);
+        }
+    }
+    let much_later = later + 2 * delay;
+    c.scale(1.0, delay, later);
+    assert_eq!(c.scale(1.0, delay, much_later), vec![]);
+    assert_eq!(round(&mut c, much_later), vec![]);
+    // Idle: extra demand ends (the agents' TTL removes the replica).
+    for g in &guards {
+        g.fetch_sub(1, Ordering::Relaxed);
+    }
+    c.scale(1.0, delay, much_later);
+    assert_eq!(c.model("m").map(|m| m.scaled), Some(0));
+}
+
+#[test]
+fn a_request_asks_for_its_model_once_then_waits_and_learns_it_cannot_fit() {
+    let big = ClusterPolicy {
+        memory_hint: Some(500 * MIB),
+        ..Default::default()
+    };
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("big", big)]);
+    let mut rng = StdRng::seed_from_u64(3);
+    assert_eq!(
+        c.pick("none", None, false, now, &mut rng).map(|_| ()),
+        Err(SchedulerError::UnknownModel("none".into()))
+    );
+    assert!(matches!(
+        c.pick("big", None, false, now, &mut rng),
+        Ok(Pick::Asked)
+    ));
+    assert_eq!(
+        c.model("big").map(|m| (m.wanted, m.cold_starts)),
+        Some((true, 1))
+    );
+    assert!(matches!(
+        c.pick("big", None, true, now, &mut rng),
+        Ok(Pick::Wait)
+    ));
+    assert_eq!(round(&mut c, now), vec![]);
+    let refused = c.pick("big", None, true, now, &mut rng).map(|_| ());
+    match refused {
+        Err(e @ SchedulerError::Unplaceable(_)) => {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+            assert!(e.to_string().contains("model 'big'"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(events(&c, "unplaceable"), 1);
+    round(&mut c, now);
+    assert_eq!(events(&c, "unplaceable"), 1, "logged once while it holds");
+}
+
+#[test]
+fn a_failed_load_is_the_answer_and_is_not_tried_again_until_asked() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
+    let mut rng = StdRng::seed_from_u64(5);
+    c.pick("m", None, false, now, &mut rng).expect("asked");
+    assert_eq!(loads(&round(&mut c, now)).len(), 1);
+    assert_eq!(c.load_failed("m", "a", "not an onnx model", false), vec![]);
+    let answer = c.pick("m", None, true, now, &mut rng).map(|_| ());
+    assert_eq!(
+        answer,
+        Err(SchedulerError::LoadFailed(
+            "model 'm' failed to load on a: not an onnx model".into()
+        ))
+    );
+    assert_eq!(round(&mut c, now), vec![], "no retry loop");
+    c.pick("m", None, false, now, &mut rng)
+        .expect("asked again");
+    assert_eq!(
+        loads(&round(&mut c, now)).len(),
+        1,
+        "asking again tries again"
+    );
+}
+
+#[test]
+fn a_load_that_cannot_reach_its_node_marks_the_node_down() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
+    round(&mut c, now);
+    let actions = c.load_failed("m", "a", "connection refused", true);
+    assert_eq!(
+        actions,
+        vec![Action::NodeDown { node: "a".into() }, Action::Reconcile]
+    );
+}
+
+#[test]
+fn what_changed_while_solve_ran_is_respected() {
+    let (mut c, now) = cluster(
+        &["a", "b"],
+        vec![catalog_model("m", ClusterPolicy::default())],
+    );
+    let mut rng = StdRng::seed_from_u64(9);
+    c.pick("m", None, false, now, &mut rng).expect("asked");
+    let snapshot = c.snapshot(Policy::Spread, 0.0, now).expect("snapshot");
+    let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
+    // Meanwhile the model was unloaded on request: its demand ended.
+    c.unload_model("m", now).expect("unload");
+    assert_eq!(c.apply(&changes, now), vec![]);
+    assert!(c.replicas_of("m").is_empty());
+
+    // Meanwhile the chosen node went down: nothing is loaded there.
+    c.pick("m", None, false, now, &mut rng).expect("asked");
+    let snapshot = c.snapshot(Policy::Spread, 0.0, now).expect("snapshot");
+    let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
+    let chosen = changes.coming[0].0 .1.clone();
+    c.node_unreachable(&chosen, "gone");
+    assert_eq!(c.apply(&changes, now), vec![]);
+    // The next round places it on the node still up.
+    assert_eq!(loads(&round(&mut c, now)).len(), 1);
+}
+
+#[test]
+fn an_unchanged_cluster_moves_nothing() {
+    let models = vec![catalog_model("m", pinned(1)), catalog_model("n", pinned(1))];
+    let (mut c, now) = cluster(&["a", "b"], models);
+    assert_eq!(place_and_load(&mut c, now).len(), 2);
+    assert_eq!(round(&mut c, now), vec![]);
+    assert_eq!(round(&mut c, now + Duration::from_secs(1)), vec![]);
+}
+
+#[test]
+fn routing_prefers_the_replica_with_less_work() {
+    let models = vec![catalog_model("m", pinned(2))];
+    let (mut c, now) = cluster(&["a", "b"], models);
+    place_and_load(&mut c, now);
+    let busy = c
+        .replica("m", "a")
+        .map(|r| r.outstanding.clone())
+        .expect("a");
+    busy.fetch_add(10, Ordering::Relaxed);
+    let mut rng = StdRng::seed_from_u64(11);
+    for _ in 0..20 {
+        match c.pick("m", None, true, now, &mut rng) {
+            Ok(Pick::Ready { node, outstanding }) => {
+                assert_eq!(node, "b");
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A retry avoids the node that failed it, busy or not.
+    match c.pick("m", Some("b"), true, now, &mut rng) {
+        Ok(Pick::Ready { node, .. }) => assert_eq!(node, "a"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn two_choices_prefer_the_less_loaded_replica() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let t = Instant::now();
+    let loads = [(10, t), (0, t), (10, t), (10, t)];
+    let picks: Vec<usize> = (0..2000).map(|_| choose(&loads, &mut rng)).collect();
+    let idle = picks.iter().filter(|&&i| i == 1).count();
+    // Replica 1 is chosen whenever it is drawn: with probability 1/2, not 1/4.
+    assert!(idle > 800, "{idle} of 2000");
+    assert_eq!(choose(&[(3, t)], &mut rng), 0);
+}
+
+#[test]
+fn on_equal_load_the_replica_used_last_wins() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let t = Instant::now();
+    let later = t + Duration::from_millis(1);
+    let loads = [(0, t), (0, later)];
+    assert!((0..100).all(|_| choose(&loads, &mut rng) == 1));
+}
