@@ -141,30 +141,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let size = agent.max_message_size;
-    let inference_token = herd_core::auth::RequireToken::new(
-        agent
-            .token
-            .clone()
-            .filter(|_| agent.require_token_for_inference),
-        "inference calls",
-    );
-    let inference = InterceptedService::new(
-        GrpcInferenceServiceServer::new(service::InferenceService::new(agent.clone()))
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size),
-        inference_token,
-    );
+    let inference = GrpcInferenceServiceServer::new(service::InferenceService::new(agent.clone()))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size);
     // A scheduler's batch carries many requests at once.
-    let control = InterceptedService::new(
-        AgentServer::new(control::ControlService::new(agent.clone()))
-            .max_decoding_message_size(size.max(BATCH_MESSAGE))
-            .max_encoding_message_size(size.max(BATCH_MESSAGE)),
-        herd_core::auth::RequireToken::new(agent.token.clone(), "herd.v1 agent calls"),
-    );
+    let control = AgentServer::new(control::ControlService::new(agent.clone()))
+        .max_decoding_message_size(size.max(BATCH_MESSAGE))
+        .max_encoding_message_size(size.max(BATCH_MESSAGE));
+    // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
+    let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::agent(
+        agent.token.clone(),
+        agent.require_token_for_inference,
+    ))
+    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
     // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's
     // tcp_nodelay applies only to listeners it binds itself).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(layers)
         .add_service(inference)
         .add_service(control)
         .serve_with_incoming_shutdown(incoming, shutdown)

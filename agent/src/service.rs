@@ -178,8 +178,18 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        // The server's request-id layer has already chosen this call's id; keep it, so
+        // the `grpc` span and the `request` span name the same request.
+        let layered = request
+            .extensions()
+            .get::<herd_core::layers::RequestId>()
+            .map(|id| id.as_str().to_string());
         let given = request.metadata().get(REQUEST_ID_HEADER);
-        let id = RequestId::from_caller(given.and_then(|v| v.to_str().ok()));
+        let id = RequestId::from_caller(
+            layered
+                .as_deref()
+                .or_else(|| given.and_then(|v| v.to_str().ok())),
+        );
         let header = id.as_str().parse().ok();
         let mut response = Response::new(infer(&self.agent, request.into_inner(), id, None).await?);
         if let Some(header) = header {

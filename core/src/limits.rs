@@ -15,3 +15,7 @@ pub const GRPC_PORT: u16 = 8001;
 
 /// Health and metrics over HTTP, as Triton's.
 pub const HTTP_PORT: u16 = 8000;
+
+/// Calls a server has in flight before it sheds more with RESOURCE_EXHAUSTED: a
+/// backstop above the per-model queues, which refuse first.
+pub const MAX_IN_FLIGHT: usize = 16 * 1024;

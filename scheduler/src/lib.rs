@@ -26,12 +26,10 @@ pub mod token;
 use std::future::Future;
 use std::sync::Arc;
 
-use herd_core::auth::RequireToken;
 use herd_proto::herd::admin_server::AdminServer;
 use herd_proto::herd::scheduler_server::SchedulerServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::SchedulerConfig;
@@ -127,24 +125,17 @@ pub async fn serve(
     require_token_for_inference: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let token = Some(scheduler.settings.token.clone());
-    let inference = InterceptedService::new(
-        GrpcInferenceServiceServer::new(gateway::Gateway::new(scheduler.clone()))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        RequireToken::new(
-            token.clone().filter(|_| require_token_for_inference),
-            "inference calls",
-        ),
-    );
-    let joins = SchedulerServer::with_interceptor(
-        joins::JoinService::new(scheduler.clone()),
-        RequireToken::new(token.clone(), "joining the cluster"),
-    );
-    let admin = AdminServer::with_interceptor(
-        admin::AdminService::new(scheduler.clone()),
-        RequireToken::new(token, "admin calls"),
-    );
+    let inference = GrpcInferenceServiceServer::new(gateway::Gateway::new(scheduler.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let joins = SchedulerServer::new(joins::JoinService::new(scheduler.clone()));
+    let admin = AdminServer::new(admin::AdminService::new(scheduler.clone()));
+    // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
+    let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::scheduler(
+        Some(scheduler.settings.token.clone()),
+        require_token_for_inference,
+    ))
+    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -159,6 +150,7 @@ pub async fn serve(
     let mut stop_grpc = stop_rx;
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
+        .layer(layers)
         .add_service(inference)
         .add_service(joins)
         .add_service(admin)
