@@ -140,7 +140,15 @@ impl GrpcInferenceService for Gateway {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let timeout = timeout_of(&request);
-        let id = crate::request_id::of(request.metadata());
+        // The server's request-id layer has chosen this call's id (and echoes it to the
+        // client); the gateway's own rule is for calls that bypass the layers.
+        let id = request
+            .extensions()
+            .get::<herd_core::layers::RequestId>()
+            .map_or_else(
+                || crate::request_id::of(request.metadata()),
+                |id| id.as_str().to_string(),
+            );
         let request = request.into_inner();
         let span = tracing::info_span!("request", request_id = %id, model = %request.model_name);
         let response = self
