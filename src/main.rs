@@ -98,7 +98,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(config) => {
             herd_agent::return_large_allocations();
-            let (loader, _) = checked_loader(config.ort_lib.as_deref()).await?;
+            let (loader, _) = checked_loader(config.node.ort_lib.as_deref()).await?;
             let grpc = bind(config.scheduler.listen).await?;
             let http = bind(config.scheduler.http).await?;
             herd_cli::up::run(config, Arc::new(loader), grpc, http, shutdown_signal())
@@ -116,7 +116,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // Refuse flags that would be ignored before starting anything.
             config.check()?;
             herd_agent::return_large_allocations();
-            let (loader, onnxruntime) = checked_loader(config.ort_lib.as_deref()).await?;
+            let (loader, onnxruntime) = checked_loader(config.node.ort_lib.as_deref()).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;

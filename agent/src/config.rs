@@ -2,9 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
-
-use herd_core::settings::{ModelSettings, Ttl};
+use herd_core::flags::ModelDefaultFlags;
+use herd_core::settings::ModelSettings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentConfig {
@@ -49,6 +48,22 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
     pub require_token_for_inference: bool,
 
+    #[command(flatten)]
+    pub node: NodeFlags,
+
+    /// Per-model defaults; not with --scheduler (the scheduler sends each model's
+    /// settings).
+    #[command(flatten)]
+    pub model_defaults: ModelDefaultFlags,
+
+    /// Largest gRPC message accepted or sent (e.g. 64MiB).
+    #[arg(long, env = "HERD_MAX_MESSAGE_SIZE", default_value = "64MiB")]
+    pub max_message_size: bytesize::ByteSize,
+}
+
+/// What a node running models is, shared by `herd agent` and `herd up`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NodeFlags {
     /// Path of libonnxruntime.so (ONNX Runtime 1.31). Default: the project's
     /// .cache/onnxruntime (filled by scripts/setup.sh), then the system library path.
     #[arg(long, env = "HERD_ORT_LIB")]
@@ -58,39 +73,9 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_NAME")]
     pub name: Option<String>,
 
-    /// Memory this agent offers, when less than the host has (e.g. 4GiB, 512MB).
+    /// Memory this node offers, when less than the host has (e.g. 4GiB, 512MB).
     #[arg(long, env = "HERD_MEMORY_LIMIT")]
     pub memory_limit: Option<bytesize::ByteSize>,
-
-    /// Idle time after which a model is unloaded: a duration ("300s", "5m"),
-    /// 0 to unload right after use, or -1 / "never". Default 300s. herd.toml `ttl`
-    /// overrides it. Not with --scheduler: herd.toml sets it in a cluster.
-    #[arg(long, env = "HERD_TTL", value_parser = Ttl::parse, allow_hyphen_values = true)]
-    pub ttl: Option<Ttl>,
-
-    /// Most items in one model run. Default 32. herd.toml `max_batch_size` overrides
-    /// it. Not with --scheduler.
-    #[arg(long, env = "HERD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_batch_size: Option<u32>,
-
-    /// How long a partial batch may wait for more requests ("2ms"); 0 (the default)
-    /// runs at once. Not with --scheduler.
-    #[arg(long, env = "HERD_MAX_BATCH_DELAY", value_parser = humantime::parse_duration)]
-    pub max_batch_delay: Option<Duration>,
-
-    /// Requests a model may have queued or running; beyond it, RESOURCE_EXHAUSTED.
-    /// Default 1024. Not with --scheduler.
-    #[arg(long, env = "HERD_QUEUE_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
-    pub queue_capacity: Option<u32>,
-
-    /// ONNX Runtime intra-op threads per model; 0 (the default) lets ONNX Runtime
-    /// choose. Not with --scheduler.
-    #[arg(long, env = "HERD_INTRA_OP_THREADS")]
-    pub intra_op_threads: Option<usize>,
-
-    /// Largest gRPC message accepted or sent (e.g. 64MiB).
-    #[arg(long, env = "HERD_MAX_MESSAGE_SIZE", default_value = "64MiB")]
-    pub max_message_size: bytesize::ByteSize,
 }
 
 /// Settings that cannot work together.
@@ -112,46 +97,13 @@ impl AgentConfig {
     /// The settings of a model without a herd.toml of its own: the flags given,
     /// else herd's defaults.
     pub fn model_defaults(&self) -> ModelSettings {
-        let d = ModelSettings::default();
-        ModelSettings {
-            max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
-            max_batch_delay: self.max_batch_delay.unwrap_or(d.max_batch_delay),
-            ttl: self.ttl.unwrap_or(d.ttl),
-            intra_op_threads: self.intra_op_threads.unwrap_or(d.intra_op_threads),
-            queue_capacity: self.queue_capacity.map_or(d.queue_capacity, |n| n as usize),
-        }
-    }
-
-    /// The per-model default flags given (on the command line or by environment).
-    pub fn model_default_flags(&self) -> Vec<&'static str> {
-        [
-            (self.ttl.is_some(), "--ttl (HERD_TTL)"),
-            (
-                self.max_batch_size.is_some(),
-                "--max-batch-size (HERD_MAX_BATCH_SIZE)",
-            ),
-            (
-                self.max_batch_delay.is_some(),
-                "--max-batch-delay (HERD_MAX_BATCH_DELAY)",
-            ),
-            (
-                self.queue_capacity.is_some(),
-                "--queue-capacity (HERD_QUEUE_CAPACITY)",
-            ),
-            (
-                self.intra_op_threads.is_some(),
-                "--intra-op-threads (HERD_INTRA_OP_THREADS)",
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(given, flag)| given.then_some(flag))
-        .collect()
+        self.model_defaults.settings()
     }
 
     /// Refuses settings that would be silently ignored: in a cluster the scheduler
     /// sends each model's settings, so per-model default flags have no effect there.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let flags = self.model_default_flags();
+        let flags = self.model_defaults.given();
         if self.scheduler.is_some() && !flags.is_empty() {
             return Err(ConfigError::DefaultsInCluster {
                 flags: flags.into_iter().map(String::from).collect(),
@@ -163,7 +115,10 @@ impl AgentConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser;
+    use herd_core::Ttl;
 
     use super::*;
 

@@ -41,7 +41,7 @@ use tonic::transport::Channel;
 // The agent's entry points; everything else stays inside the crate.
 pub use batch::NotBatched;
 pub use cache::{CachedModel, Lease, LoadState, Loaded, ModelCache};
-pub use config::{AgentConfig, ConfigError};
+pub use config::{AgentConfig, ConfigError, NodeFlags};
 pub use error::{AgentError, BatchError, RunError};
 pub use files::FileError;
 pub use herd_core::{ModelSettings, Repository};
@@ -90,10 +90,10 @@ pub struct AgentOptions {
 impl AgentOptions {
     pub fn from_config(config: &AgentConfig) -> AgentOptions {
         AgentOptions {
-            name: config.name.clone().unwrap_or_else(default_name),
+            name: config.node.name.clone().unwrap_or_else(default_name),
             model_repository: config.model_repository.clone().unwrap_or_default(),
             model_defaults: config.model_defaults(),
-            memory_limit: config.memory_limit.map(|b| b.as_u64()),
+            memory_limit: config.node.memory_limit.map(|b| b.as_u64()),
             max_message_size: config.max_message_size.as_u64().min(usize::MAX as u64) as usize,
             token: config.token.clone(),
             require_token_for_inference: config.require_token_for_inference,

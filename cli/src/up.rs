@@ -3,7 +3,6 @@
 //! joins over loopback like any other; more machines join with `herd agent --scheduler`.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use herd_agent::Loader;
@@ -16,18 +15,8 @@ pub struct UpConfig {
     #[command(flatten)]
     pub scheduler: SchedulerConfig,
 
-    /// Path of libonnxruntime.so (ONNX Runtime 1.31). Default: the project's
-    /// .cache/onnxruntime (filled by scripts/setup.sh), then the system library path.
-    #[arg(long, env = "HERD_ORT_LIB")]
-    pub ort_lib: Option<PathBuf>,
-
-    /// Memory the local agent offers, when less than the host has (e.g. 4GiB).
-    #[arg(long, env = "HERD_MEMORY_LIMIT")]
-    pub memory_limit: Option<bytesize::ByteSize>,
-
-    /// The local node's name. Default: the host name.
-    #[arg(long, env = "HERD_NAME")]
-    pub name: Option<String>,
+    #[command(flatten)]
+    pub node: herd_agent::NodeFlags,
 }
 
 pub async fn run(
@@ -45,12 +34,13 @@ pub async fn run(
     let agent_addr = agent_listener.local_addr().map_err(|e| e.to_string())?;
     let options = herd_agent::AgentOptions {
         name: config
+            .node
             .name
             .clone()
             .unwrap_or_else(herd_core::paths::default_name),
         model_repository: config.scheduler.model_repository.clone(),
-        model_defaults: herd_core::ModelSettings::default(),
-        memory_limit: config.memory_limit.map(|b| b.as_u64()),
+        model_defaults: config.scheduler.model_defaults.settings(),
+        memory_limit: config.node.memory_limit.map(|b| b.as_u64()),
         max_message_size: MAX_MESSAGE,
         token: Some(scheduler.settings.token.clone()),
         require_token_for_inference: false,

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod contents;
 pub mod device;
 pub mod digest;
+#[cfg(feature = "cli")]
+pub mod flags;
 pub mod histogram;
 pub mod layers;
 pub mod limits;

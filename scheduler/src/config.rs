@@ -70,6 +70,10 @@ pub struct SchedulerConfig {
     /// How long load must stay above the target before a replica is added.
     #[arg(long, env = "HERD_UPSCALE_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upscale_delay: Duration,
+
+    /// Settings of models whose herd.toml does not set them.
+    #[command(flatten)]
+    pub model_defaults: herd_core::flags::ModelDefaultFlags,
 }
 
 impl SchedulerConfig {

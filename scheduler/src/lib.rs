@@ -58,7 +58,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         config.report_interval,
         config.down_after,
     );
-    let defaults = herd_core::ModelSettings::default();
+    let defaults = config.model_defaults.settings();
     let repository = config.model_repository.clone();
     let scanned = tokio::task::spawn_blocking(move || catalog::scan(&repository, &defaults))
         .await
@@ -135,7 +135,8 @@ pub async fn serve(
         Some(scheduler.settings.token.clone()),
         require_token_for_inference,
     ))
-    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
+    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT)
+    .metrics(scheduler.grpc_metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

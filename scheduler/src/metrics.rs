@@ -25,6 +25,18 @@ struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    method: String,
+    quantile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
 }
@@ -119,11 +131,48 @@ pub fn render(scheduler: &Scheduler) -> String {
         capacity,
     );
     registry.register("herd_node_up", "1 while a node reports", up);
+    register_grpc(&mut registry, &scheduler.grpc_metrics);
     let mut out = String::new();
     if encode(&mut out, &registry).is_err() {
         out.clear();
     }
     out
+}
+
+/// The scheduler's own gRPC calls, as its metrics layer counted them: answers by
+/// method and status code, and latency quantiles by method.
+fn register_grpc(registry: &mut Registry, grpc: &herd_core::layers::GrpcMetrics) {
+    let handled = Family::<CallLabels, Counter>::default();
+    let latency = Family::<LatencyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (method, m) in grpc.snapshot() {
+        for (code, n) in m.codes() {
+            handled
+                .get_or_create(&CallLabels {
+                    method: method.clone(),
+                    code: format!("{code:?}"),
+                })
+                .inc_by(n);
+        }
+        for q in ["0.5", "0.99"] {
+            let us = m.latency_us().value_at_quantile(q.parse().unwrap_or(0.5));
+            latency
+                .get_or_create(&LatencyLabels {
+                    method: method.clone(),
+                    quantile: q.to_string(),
+                })
+                .set(us as f64 / 1e6);
+        }
+    }
+    registry.register(
+        "herd_grpc_server_handled",
+        "gRPC calls the scheduler answered, by method and status code",
+        handled,
+    );
+    registry.register(
+        "herd_grpc_server_latency_seconds",
+        "Time from a gRPC call's arrival to its status, by method (quantiles)",
+        latency,
+    );
 }
 
 async fn metrics(State(scheduler): State<Arc<Scheduler>>) -> impl IntoResponse {

@@ -39,6 +39,8 @@ pub struct Scheduler {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub repository: std::path::PathBuf,
+    /// Calls to the scheduler's gRPC services, by method and status, for /metrics.
+    pub grpc_metrics: herd_core::layers::GrpcMetrics,
 }
 
 impl Scheduler {
@@ -57,6 +59,7 @@ impl Scheduler {
             settings,
             store,
             repository,
+            grpc_metrics: herd_core::layers::GrpcMetrics::new(),
         })
     }
 

@@ -511,6 +511,9 @@ async fn metrics_use_triton_names_and_count_what_ran() {
         "nv_inference_compute_infer_duration_us_total",
         "herd_node_memory_capacity_bytes{node=\"a\"} 1073741824",
         "herd_node_up{node=\"a\"} 1",
+        // The scheduler's own calls, as its metrics layer counted them.
+        "herd_grpc_server_handled_total{method=\"/inference.GRPCInferenceService/ModelInfer\",code=\"Ok\"} 3",
+        "herd_grpc_server_latency_seconds{method=\"/inference.GRPCInferenceService/ModelInfer\",quantile=\"0.99\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
@@ -743,4 +746,29 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
         load.message()
     );
     infer_ok(&cluster, mlp_request(1, 0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedulers_model_default_flags_apply_where_herd_toml_is_silent() {
+    let cluster = TestCluster::start_with(
+        &[],
+        &[("tiny_fixed", "max_batch_size = 2\n")],
+        PolicyArg::Spread,
+        |config| {
+            config.model_defaults.ttl = Some(herd_core::Ttl::Never);
+            config.model_defaults.max_batch_size = Some(4);
+        },
+    )
+    .await;
+    let c = cluster.scheduler.lock();
+    let settings = |model: &str| {
+        let m = c.model(model).unwrap_or_else(|| panic!("{model} in the catalog"));
+        (m.settings.max_batch_size, m.settings.ttl)
+    };
+    assert_eq!(settings("tiny_mlp"), (4, herd_core::Ttl::Never));
+    assert_eq!(
+        settings("tiny_fixed"),
+        (2, herd_core::Ttl::Never),
+        "herd.toml overrides a default flag; the other defaults still apply"
+    );
 }

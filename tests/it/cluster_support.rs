@@ -57,6 +57,7 @@ pub fn scheduler_config(
         load_timeout: Duration::from_secs(30),
         target_ongoing_requests: 2.0,
         upscale_delay: Duration::from_secs(3600),
+        model_defaults: Default::default(),
     }
 }
 

@@ -8,14 +8,14 @@
 //! are unloaded, a replica that went since is not brought back, and a new replica is
 //! loaded only on a node that still takes one, for a model that still wants one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use herd_proto::herd::ModelSource;
 use tokio::time::Instant;
 
 use super::replicas::{Replica, ReplicaState};
-use super::{Action, ClusterModel, Key, Node};
+use super::{Action, ClusterModel, Key};
 use crate::placement::{
     Decision, Device, GpuView, ModelDemand, NodeView, Policy, Problem, Replica as PlacedReplica,
     Solution,
@@ -111,25 +111,28 @@ impl ClusterModel {
         // the lock, so its cost is what routing may wait).
         // One hash lookup per replica: a BTreeMap lookup compares (and fetches) a dozen
         // names, which at 20,000 replicas is most of the snapshot's time.
-        let by_name: HashMap<&str, &Node> =
-            self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
+        let schedulable_nodes: HashSet<&str> = self
+            .nodes
+            .values()
+            .filter(|n| n.schedulable())
+            .map(|n| n.name.as_str())
+            .collect();
         let mut models = Vec::with_capacity(self.models.len());
         let mut previous = Vec::with_capacity(self.replicas.len());
         let mut replicas = self.replicas.iter().peekable();
         for m in self.models.values() {
             // Replicas of models the catalog no longer has: solve drops them.
             while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm < m.name) {
-                previous.push(placed(key, r, by_name.get(key.1.as_str()), 0, now));
+                previous.push(placed(key, r, 0, now));
             }
             // Those on draining nodes are moving away: they do not count.
             let mut schedulable = 0;
             while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm == m.name) {
-                let node = by_name.get(key.1.as_str());
-                if node.is_some_and(|n| n.schedulable()) {
+                if schedulable_nodes.contains(key.1.as_str()) {
                     schedulable += 1;
                 }
                 let hint = m.policy.memory_hint.unwrap_or(0);
-                previous.push(placed(key, r, node, hint, now));
+                previous.push(placed(key, r, hint, now));
             }
             models.push(ModelDemand {
                 name: m.name.clone(),
@@ -142,7 +145,7 @@ impl ClusterModel {
             });
         }
         for (key, r) in replicas {
-            previous.push(placed(key, r, by_name.get(key.1.as_str()), 0, now));
+            previous.push(placed(key, r, 0, now));
         }
         Some(Snapshot {
             problem: Problem {
@@ -307,16 +310,7 @@ impl ClusterModel {
 
 /// A replica as placement sees it. Its memory is as measured, but never below the
 /// model's hint (a floor for peaks).
-fn placed(
-    (model, node): &Key,
-    r: &Replica,
-    on: Option<&&Node>,
-    hint: u64,
-    now: Instant,
-) -> PlacedReplica {
-    let measured = on
-        .and_then(|n| n.status.models.iter().find(|s| &s.name == model))
-        .map_or(0, |s| s.memory_bytes);
+fn placed((model, node): &Key, r: &Replica, hint: u64, now: Instant) -> PlacedReplica {
     PlacedReplica {
         model: model.clone(),
         node: node.clone(),
@@ -328,6 +322,6 @@ fn placed(
                 .saturating_duration_since(r.last_used)
                 .as_millis()
                 .min(u64::MAX as u128) as u64,
-        memory: measured.max(hint),
+        memory: r.memory.max(hint),
     }
 }

@@ -29,6 +29,9 @@ pub struct Replica {
     pub pinned: bool,
     /// When it last changed state: a report sent before that is no news about it.
     pub since: Instant,
+    /// Bytes it uses as its node last reported; 0 = not reported yet. Kept here so
+    /// that a placement snapshot (taken under the lock) need not search reports.
+    pub memory: u64,
 }
 
 impl Replica {
@@ -40,6 +43,7 @@ impl Replica {
             last_used: now,
             pinned,
             since: now,
+            memory: 0,
         }
     }
 }
@@ -103,6 +107,11 @@ impl ClusterModel {
                 "the node no longer holds it (idle TTL or restart)",
             );
             self.demand_ends_if_gone(&key.0);
+        }
+        for m in &status.models {
+            if let Some(r) = self.replicas.get_mut(&(m.name.clone(), node.to_string())) {
+                r.memory = m.memory_bytes;
+            }
         }
     }
 

@@ -295,11 +295,22 @@ fn a_restarted_scheduler_adopts_what_agents_report_and_loads_nothing_again() {
         c.report("a", "a:8002", status(200 * MIB, &["m"]), t0),
         Reported::Unknown
     );
-    c.join("a", "a:8002", status(200 * MIB, &["m"]), t0)
-        .expect("join");
+    // It measured more than the model's hint (60 MiB).
+    let mut holding = status(200 * MIB, &["m"]);
+    holding.models[0].memory_bytes = 80 * MIB;
+    c.join("a", "a:8002", holding, t0).expect("join");
     assert_eq!(ready_nodes(&c, "m"), vec!["a"]);
     assert_eq!(events(&c, "adopted"), 1);
     assert_eq!(round(&mut c, t0 + DOWN_AFTER), vec![], "nothing moves");
+    let snapshot = c
+        .snapshot(Policy::Spread, 0.0, t0 + DOWN_AFTER)
+        .expect("past the learning period");
+    let adopted = &snapshot.previous[0];
+    assert_eq!(
+        (adopted.node.as_str(), adopted.memory),
+        ("a", 80 * MIB),
+        "placement counts the memory the node reported for the replica"
+    );
 }
 
 #[test]

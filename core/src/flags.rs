@@ -1,0 +1,120 @@
+//! The per-model default flags, shared by `herd agent`, `herd scheduler` and `herd up`:
+//! what a model without a setting of its own in herd.toml gets.
+
+use std::time::Duration;
+
+use crate::settings::{ModelSettings, Ttl};
+
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct ModelDefaultFlags {
+    /// Idle time after which a model is unloaded: a duration ("300s", "5m"),
+    /// 0 to unload right after use, or -1 / "never". Default 300s. A model's herd.toml
+    /// `ttl` overrides it.
+    #[arg(long, env = "HERD_TTL", value_parser = Ttl::parse, allow_hyphen_values = true)]
+    pub ttl: Option<Ttl>,
+
+    /// Most items in one model run. Default 32. herd.toml `max_batch_size` overrides it.
+    #[arg(long, env = "HERD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_size: Option<u32>,
+
+    /// How long a partial batch may wait for more requests ("2ms"); 0 (the default)
+    /// runs at once. herd.toml `max_batch_delay` overrides it.
+    #[arg(long, env = "HERD_MAX_BATCH_DELAY", value_parser = humantime::parse_duration)]
+    pub max_batch_delay: Option<Duration>,
+
+    /// Requests a model may have queued or running; beyond it, RESOURCE_EXHAUSTED.
+    /// Default 1024. herd.toml `queue_capacity` overrides it.
+    #[arg(long, env = "HERD_QUEUE_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: Option<u32>,
+
+    /// ONNX Runtime intra-op threads per model; 0 (the default) lets ONNX Runtime
+    /// choose. herd.toml `intra_op_threads` overrides it.
+    #[arg(long, env = "HERD_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
+}
+
+impl ModelDefaultFlags {
+    /// The settings of a model without a herd.toml of its own: the flags given, else
+    /// herd's defaults.
+    pub fn settings(&self) -> ModelSettings {
+        let d = ModelSettings::default();
+        ModelSettings {
+            max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
+            max_batch_delay: self.max_batch_delay.unwrap_or(d.max_batch_delay),
+            ttl: self.ttl.unwrap_or(d.ttl),
+            intra_op_threads: self.intra_op_threads.unwrap_or(d.intra_op_threads),
+            queue_capacity: self.queue_capacity.map_or(d.queue_capacity, |n| n as usize),
+        }
+    }
+
+    /// The flags given (on the command line or by environment), each with its
+    /// environment variable: "--ttl (HERD_TTL)".
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.ttl.is_some(), "--ttl (HERD_TTL)"),
+            (
+                self.max_batch_size.is_some(),
+                "--max-batch-size (HERD_MAX_BATCH_SIZE)",
+            ),
+            (
+                self.max_batch_delay.is_some(),
+                "--max-batch-delay (HERD_MAX_BATCH_DELAY)",
+            ),
+            (
+                self.queue_capacity.is_some(),
+                "--queue-capacity (HERD_QUEUE_CAPACITY)",
+            ),
+            (
+                self.intra_op_threads.is_some(),
+                "--intra-op-threads (HERD_INTRA_OP_THREADS)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        defaults: ModelDefaultFlags,
+    }
+
+    fn parse(args: &[&str]) -> ModelDefaultFlags {
+        let args = std::iter::once("herd").chain(args.iter().copied());
+        Cli::try_parse_from(args).expect("valid flags").defaults
+    }
+
+    #[test]
+    fn flags_given_override_herds_defaults_and_are_named() {
+        let flags = parse(&["--ttl", "never", "--max-batch-size", "4"]);
+        let s = flags.settings();
+        assert_eq!(s.ttl, Ttl::Never);
+        assert_eq!(s.max_batch_size, 4);
+        assert_eq!(s.queue_capacity, ModelSettings::default().queue_capacity);
+        assert_eq!(
+            flags.given(),
+            ["--ttl (HERD_TTL)", "--max-batch-size (HERD_MAX_BATCH_SIZE)"]
+        );
+    }
+
+    #[test]
+    fn no_flags_give_herds_defaults() {
+        let flags = parse(&[]);
+        assert_eq!(flags.settings(), ModelSettings::default());
+        assert!(flags.given().is_empty());
+    }
+
+    #[test]
+    fn a_zero_batch_size_is_refused() {
+        let args = ["herd", "--max-batch-size", "0"];
+        assert!(Cli::try_parse_from(args).is_err());
+    }
+}
