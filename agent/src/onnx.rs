@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use herd_proto::DataType;
 use ort::session::Session as OrtSession;
-use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+use ort::value::{
+    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType,
+};
 
 use crate::session::{LoadError, Loader, Session, SessionError};
 use herd_core::repository::ModelFiles;
-use herd_core::tensor::{ModelSpec, Tensor, TensorSpec};
+use herd_core::tensor::{decode, encode, Element, ModelSpec, Tensor, TensorSpec};
 
 /// The ONNX Runtime version herd is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
@@ -150,25 +152,10 @@ fn outlet_spec(name: &str, dtype: &ValueType) -> Result<TensorSpec, OrtError> {
             kind: format!("{dtype:?}"),
         });
     };
-    let dtype = match ty {
-        TensorElementType::Bool => DataType::Bool,
-        TensorElementType::Uint8 => DataType::Uint8,
-        TensorElementType::Uint16 => DataType::Uint16,
-        TensorElementType::Uint32 => DataType::Uint32,
-        TensorElementType::Uint64 => DataType::Uint64,
-        TensorElementType::Int8 => DataType::Int8,
-        TensorElementType::Int16 => DataType::Int16,
-        TensorElementType::Int32 => DataType::Int32,
-        TensorElementType::Int64 => DataType::Int64,
-        TensorElementType::Float32 => DataType::Fp32,
-        TensorElementType::Float64 => DataType::Fp64,
-        other => {
-            return Err(OrtError::UnsupportedElement {
-                name: name.to_string(),
-                kind: format!("{other:?}"),
-            })
-        }
-    };
+    let dtype = data_type(*ty).ok_or_else(|| OrtError::UnsupportedElement {
+        name: name.to_string(),
+        kind: format!("{ty:?}"),
+    })?;
     Ok(TensorSpec {
         name: name.to_string(),
         dtype,
@@ -197,80 +184,73 @@ impl OnnxSession {
     }
 }
 
-fn le<const N: usize>(chunk: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(chunk);
-    a
+/// Calls `$f::<T>($arg)` with `T` the Rust type of `$dtype`, for the element types
+/// herd serves; `$other` takes the rest.
+macro_rules! by_element {
+    ($dtype:expr, $f:ident($arg:expr), $other:pat => $fallback:expr) => {
+        match $dtype {
+            DataType::Bool => $f::<bool>($arg),
+            DataType::Uint8 => $f::<u8>($arg),
+            DataType::Uint16 => $f::<u16>($arg),
+            DataType::Uint32 => $f::<u32>($arg),
+            DataType::Uint64 => $f::<u64>($arg),
+            DataType::Int8 => $f::<i8>($arg),
+            DataType::Int16 => $f::<i16>($arg),
+            DataType::Int32 => $f::<i32>($arg),
+            DataType::Int64 => $f::<i64>($arg),
+            DataType::Fp32 => $f::<f32>($arg),
+            DataType::Fp64 => $f::<f64>($arg),
+            $other => $fallback,
+        }
+    };
+}
+
+/// A type of element both herd's byte codec and ONNX Runtime know.
+trait OrtElement: Element + PrimitiveTensorElementType + std::fmt::Debug + 'static {}
+impl<T: Element + PrimitiveTensorElementType + std::fmt::Debug + 'static> OrtElement for T {}
+
+/// herd's data type of ONNX Runtime's element type, for the types herd serves.
+fn data_type(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        _ => return None,
+    })
 }
 
 fn to_ort(t: &Tensor) -> Result<DynValue, OrtError> {
-    macro_rules! numeric {
-        ($ty:ty) => {{
-            const N: usize = std::mem::size_of::<$ty>();
-            let v: Vec<$ty> = t
-                .data
-                .chunks_exact(N)
-                .map(|c| <$ty>::from_le_bytes(le::<N>(c)))
-                .collect();
-            OrtTensor::from_array((t.shape.clone(), v)).map(|x| x.into_dyn())
-        }};
+    /// The bytes decode straight into the `Vec` ONNX Runtime takes over: one copy.
+    fn value<T: OrtElement>(t: &Tensor) -> Result<DynValue, OrtError> {
+        let values: Vec<T> = decode(&t.data);
+        Ok(OrtTensor::from_array((t.shape.clone(), values))?.into_dyn())
     }
-    let value = match t.dtype {
-        DataType::Bool => {
-            let v: Vec<bool> = t.data.iter().map(|&b| b != 0).collect();
-            OrtTensor::from_array((t.shape.clone(), v)).map(|x| x.into_dyn())
-        }
-        DataType::Uint8 => numeric!(u8),
-        DataType::Uint16 => numeric!(u16),
-        DataType::Uint32 => numeric!(u32),
-        DataType::Uint64 => numeric!(u64),
-        DataType::Int8 => numeric!(i8),
-        DataType::Int16 => numeric!(i16),
-        DataType::Int32 => numeric!(i32),
-        DataType::Int64 => numeric!(i64),
-        DataType::Fp32 => numeric!(f32),
-        DataType::Fp64 => numeric!(f64),
-        other => return Err(OrtError::UnsupportedInput(other)),
-    };
-    Ok(value?)
+    by_element!(t.dtype, value(t), other => Err(OrtError::UnsupportedInput(other)))
 }
 
 fn from_ort(v: &DynValue) -> Result<Tensor, OrtError> {
-    macro_rules! numeric {
-        ($ty:ty, $dt:expr) => {{
-            let (shape, data) = v.try_extract_tensor::<$ty>()?;
-            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (shape.to_vec(), $dt, bytes)
-        }};
+    /// ONNX Runtime's buffer encodes straight into the tensor's bytes: one copy.
+    fn tensor<T: OrtElement>(v: &DynValue) -> Result<Tensor, OrtError> {
+        let (shape, data) = v.try_extract_tensor::<T>()?;
+        Ok(Tensor {
+            dtype: T::DTYPE,
+            shape: shape.to_vec(),
+            data: Bytes::from(encode(data.iter().copied())),
+        })
     }
     let ty = match v.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
         other => return Err(OrtError::NonTensorOutput(format!("{other:?}"))),
     };
-    let (shape, dtype, bytes) = match ty {
-        TensorElementType::Bool => {
-            let (shape, data) = v.try_extract_tensor::<bool>()?;
-            (
-                shape.to_vec(),
-                DataType::Bool,
-                data.iter().map(|&b| b as u8).collect(),
-            )
-        }
-        TensorElementType::Uint8 => numeric!(u8, DataType::Uint8),
-        TensorElementType::Uint16 => numeric!(u16, DataType::Uint16),
-        TensorElementType::Uint32 => numeric!(u32, DataType::Uint32),
-        TensorElementType::Uint64 => numeric!(u64, DataType::Uint64),
-        TensorElementType::Int8 => numeric!(i8, DataType::Int8),
-        TensorElementType::Int16 => numeric!(i16, DataType::Int16),
-        TensorElementType::Int32 => numeric!(i32, DataType::Int32),
-        TensorElementType::Int64 => numeric!(i64, DataType::Int64),
-        TensorElementType::Float32 => numeric!(f32, DataType::Fp32),
-        TensorElementType::Float64 => numeric!(f64, DataType::Fp64),
-        other => return Err(OrtError::UnsupportedOutput(format!("{other:?}"))),
-    };
-    Ok(Tensor {
-        dtype,
-        shape,
-        data: Bytes::from(bytes),
-    })
+    let unsupported = || OrtError::UnsupportedOutput(format!("{ty:?}"));
+    let dtype = data_type(ty).ok_or_else(unsupported)?;
+    by_element!(dtype, tensor(v), _ => Err(unsupported()))
 }

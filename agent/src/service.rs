@@ -105,7 +105,6 @@ async fn infer_in_span(
     Ok(response)
 }
 
-/// What herd says of itself as a Triton server, agent or scheduler alike.
 /// A hold on the model a request names, checking the version if one is given.
 fn lease(agent: &Agent, name: &str, version: &str) -> Result<Lease, AgentError> {
     let lease = agent.cache.lease(name)?;
@@ -180,16 +179,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelInferResponse>, Status> {
         // The server's request-id layer has already chosen this call's id; keep it, so
         // the `grpc` span and the `request` span name the same request.
-        let layered = request
-            .extensions()
-            .get::<herd_core::layers::RequestId>()
-            .map(|id| id.as_str().to_string());
-        let given = request.metadata().get(REQUEST_ID_HEADER);
-        let id = RequestId::from_caller(
-            layered
-                .as_deref()
-                .or_else(|| given.and_then(|v| v.to_str().ok())),
-        );
+        let id = RequestId::of(&request);
         let header = id.as_str().parse().ok();
         let mut response = Response::new(infer(&self.agent, request.into_inner(), id, None).await?);
         if let Some(header) = header {

@@ -476,67 +476,7 @@ pub fn node_detail(n: &NodeView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hdrhistogram::serialization::Serializer;
-    use herd_proto::herd::{Gpu, ModelPolicy, ModelStatus, NodeResources, Replica};
-    use herd_proto::herd::{ListModelsResponse, ListNodesResponse, ModelInfo, NodeInfo};
-
-    const GIB: u64 = 1 << 30;
-    const MIB: u64 = 1 << 20;
-
-    fn models(requests: u64) -> ListModelsResponse {
-        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
-        for v in [100, 200, 300, 400, 10_000] {
-            h.record(v).expect("record");
-        }
-        let mut latency = Vec::new();
-        hdrhistogram::serialization::V2Serializer::new()
-            .serialize(&h, &mut latency)
-            .expect("serialise");
-        ListModelsResponse {
-            models: vec![
-                ModelInfo {
-                    name: "magika".into(),
-                    version: 1,
-                    digest: "ab12".into(),
-                    file_bytes: 3 * MIB,
-                    memory_bytes: 40 * MIB,
-                    policy: Some(ModelPolicy {
-                        min_replicas: 1,
-                        max_replicas: 2,
-                        device: "cpu".into(),
-                        memory_hint_bytes: 0,
-                    }),
-                    replicas: vec![
-                        Replica {
-                            node: "nas".into(),
-                            state: ModelState::Ready as i32,
-                            memory_bytes: 40 * MIB,
-                            in_flight: 2,
-                            queue_length: 1,
-                            mean_batch_size: 3.5,
-                            ttl_ms: 300_000,
-                            idle_ms: 50_000,
-                            device: "cpu".into(),
-                        },
-                        Replica {
-                            node: "gpu-box".into(),
-                            state: ModelState::Loading as i32,
-                            ttl_ms: 300_000,
-                            ..Default::default()
-                        },
-                    ],
-                    requests_total: requests,
-                    latency_histogram: latency,
-                    ..Default::default()
-                },
-                ModelInfo {
-                    name: "alpha".into(),
-                    version: 2,
-                    ..Default::default()
-                },
-            ],
-        }
-    }
+    use herd_client::fixtures::{models, nodes};
 
     #[test]
     fn models_table_shows_replicas_where_state_memory_ttl_and_rate() {
@@ -573,63 +513,6 @@ magika        1    1/2  gpu-box (loading), nas (ready)  40.0 MiB  4m 10s    250.
             ["nas", "ready", "cpu", "40.0", "MiB", "2", "1", "3.5", "4m", "10s"]
         );
         assert!(model_detail(&views[0]).ends_with("no replicas\n"));
-    }
-
-    fn nodes(requests: u64) -> ListNodesResponse {
-        ListNodesResponse {
-            nodes: vec![
-                NodeInfo {
-                    name: "nas".into(),
-                    address: "10.0.0.2:8001".into(),
-                    state: NodeState::Up as i32,
-                    resources: Some(NodeResources {
-                        memory_total_bytes: 16 * GIB,
-                        memory_available_bytes: 12 * GIB,
-                        memory_capacity_bytes: 8 * GIB,
-                        cpu_count: 4,
-                        cpu_load: 0.25,
-                        gpus: vec![],
-                        agent_rss_bytes: 8 * MIB,
-                    }),
-                    models: vec![
-                        ModelStatus {
-                            name: "magika".into(),
-                            state: ModelState::Ready as i32,
-                            memory_bytes: 40 * MIB,
-                            ttl_ms: -1,
-                            ..Default::default()
-                        },
-                        ModelStatus {
-                            name: "idle-on-disk".into(),
-                            state: ModelState::Available as i32,
-                            ..Default::default()
-                        },
-                    ],
-                    last_report_ms: 800,
-                    requests_total: requests,
-                },
-                NodeInfo {
-                    name: "gpu-box".into(),
-                    address: "10.0.0.3:8001".into(),
-                    state: NodeState::Draining as i32,
-                    resources: Some(NodeResources {
-                        memory_total_bytes: 32 * GIB,
-                        memory_available_bytes: 30 * GIB,
-                        cpu_count: 16,
-                        cpu_load: 0.5,
-                        gpus: vec![Gpu {
-                            index: 0,
-                            name: "RTX 3090".into(),
-                            memory_total_bytes: 24 * GIB,
-                            memory_used_bytes: 6 * GIB,
-                        }],
-                        ..Default::default()
-                    }),
-                    last_report_ms: 1_500,
-                    ..Default::default()
-                },
-            ],
-        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod error;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod tensor;
 pub mod view;
 

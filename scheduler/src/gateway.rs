@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use herd_core::auth::RequireToken;
+use herd_core::layers::deadline::{parse_grpc_timeout, GRPC_TIMEOUT};
+use herd_core::layers::RequestId;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
@@ -39,18 +41,7 @@ impl Gateway {
 
 /// The client's grpc-timeout, so that the deadline travels on to the agent.
 fn timeout_of<T>(request: &Request<T>) -> Option<std::time::Duration> {
-    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => std::time::Duration::from_secs(n * 3600),
-        "M" => std::time::Duration::from_secs(n * 60),
-        "S" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_millis(n),
-        "u" => std::time::Duration::from_micros(n),
-        "n" => std::time::Duration::from_nanos(n),
-        _ => return None,
-    })
+    parse_grpc_timeout(request.metadata().get(GRPC_TIMEOUT)?.as_bytes())
 }
 
 fn add(a: &mut Option<StatisticDuration>, b: &Option<StatisticDuration>) {
@@ -141,19 +132,13 @@ impl GrpcInferenceService for Gateway {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let timeout = timeout_of(&request);
         // The server's request-id layer has chosen this call's id (and echoes it to the
-        // client); the gateway's own rule is for calls that bypass the layers.
-        let id = request
-            .extensions()
-            .get::<herd_core::layers::RequestId>()
-            .map_or_else(
-                || crate::request_id::of(request.metadata()),
-                |id| id.as_str().to_string(),
-            );
+        // client); a call that bypasses the layers gets the same rule here.
+        let id = RequestId::of(&request);
         let request = request.into_inner();
         let span = tracing::info_span!("request", request_id = %id, model = %request.model_name);
         let response = self
             .scheduler
-            .infer(request, timeout, &id)
+            .infer(request, timeout, id.as_str())
             .instrument(span)
             .await?;
         Ok(Response::new(response))

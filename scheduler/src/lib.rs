@@ -16,7 +16,6 @@ pub mod model;
 pub mod placement;
 pub mod reconcile;
 pub mod records;
-pub mod request_id;
 pub mod router;
 pub mod sender;
 pub mod state;

@@ -39,12 +39,34 @@ impl RequestId {
         Some(RequestId(text.into()))
     }
 
+    /// The caller's id if it gave a sane one, else a fresh one.
+    pub fn from_caller(given: Option<&str>) -> RequestId {
+        given
+            .and_then(|id| RequestId::parse(id.as_bytes()))
+            .unwrap_or_else(RequestId::generate)
+    }
+
     /// The caller's id from these headers, or a fresh one.
     pub fn from_headers(headers: &http::HeaderMap) -> RequestId {
         headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| RequestId::parse(v.as_bytes()))
             .unwrap_or_else(RequestId::generate)
+    }
+
+    /// A gRPC handler's id for its call: the one [`RequestIdLayer`] chose, or for a
+    /// call that did not pass the layer (a service called directly), the caller's
+    /// `x-request-id` or a fresh one.
+    pub fn of<T>(request: &tonic::Request<T>) -> RequestId {
+        match request.extensions().get::<RequestId>() {
+            Some(id) => id.clone(),
+            None => RequestId::from_caller(
+                request
+                    .metadata()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -171,6 +193,24 @@ mod tests {
         assert_eq!(fresh.as_str().len(), 32);
         assert!(RequestId::parse(fresh.as_str().as_bytes()).is_some());
         assert_ne!(fresh, RequestId::generate());
+    }
+
+    #[test]
+    fn a_handler_takes_the_layers_id_else_the_callers_else_a_fresh_one() {
+        assert_eq!(RequestId::from_caller(Some("req-42")).as_str(), "req-42");
+        for bad in [Some(""), Some("two words"), Some("caf\u{e9}"), None] {
+            let id = RequestId::from_caller(bad);
+            assert_eq!(id.as_str().len(), 32, "{bad:?} is replaced: {id}");
+        }
+        let mut request = tonic::Request::new(());
+        assert_eq!(RequestId::of(&request).as_str().len(), 32);
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_HEADER, "req-7".parse().expect("ascii"));
+        assert_eq!(RequestId::of(&request).as_str(), "req-7");
+        let layered = RequestId::generate();
+        request.extensions_mut().insert(layered.clone());
+        assert_eq!(RequestId::of(&request), layered);
     }
 
     #[tokio::test]
