@@ -34,8 +34,12 @@ pub struct CatalogModel {
     pub cold_starts: u64,
     pub latency: Histogram<u64>,
     pub last_placement: Option<Event>,
-    /// Why it could not be placed, while that holds.
+    /// Why it could not be placed, while that holds and it has no replica: the
+    /// answer to requests waiting for it.
     pub unplaceable: Option<String>,
+    /// Why it has fewer replicas than it wants, as last logged: the event is logged
+    /// when this changes, not every placement round.
+    pub short_logged: Option<String>,
     /// Why its last load failed; the next request tries again.
     pub load_error: Option<String>,
 }
@@ -61,6 +65,7 @@ impl CatalogModel {
             latency: herd_core::histogram::latency_histogram(),
             last_placement: None,
             unplaceable: None,
+            short_logged: None,
             load_error: None,
         }
     }

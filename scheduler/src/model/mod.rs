@@ -48,6 +48,9 @@ pub struct ClusterModel {
     down_after: Duration,
     /// Placement waits this long after a start, to learn from reports what agents hold.
     learn_until: Instant,
+    /// When liveness was last checked: a scheduler that was stalled (paused, swapped
+    /// out) heard nothing meanwhile, and that silence is its own, not the nodes'.
+    last_liveness_check: Instant,
 }
 
 impl ClusterModel {
@@ -64,6 +67,7 @@ impl ClusterModel {
             grace: report_interval * 2,
             down_after,
             learn_until: now + down_after,
+            last_liveness_check: now,
         }
     }
 

@@ -115,6 +115,20 @@ impl ClusterModel {
     /// Marks nodes silent for too long as down; their replicas go, to be placed again.
     pub fn mark_silent_down(&mut self, now: Instant) -> Vec<Action> {
         let limit = self.down_after;
+        // Checks come at least every report interval; a longer gap means the scheduler
+        // itself was not listening. Nodes get a whole window from now to be heard.
+        let stalled = now.saturating_duration_since(self.last_liveness_check);
+        self.last_liveness_check = now;
+        if stalled > self.grace {
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "the scheduler was stalled; node silence is counted again from now"
+            );
+            for n in self.nodes.values_mut() {
+                n.last_report = n.last_report.max(now);
+            }
+            return Vec::new();
+        }
         let silent: Vec<String> = self
             .nodes
             .values()

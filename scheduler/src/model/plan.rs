@@ -171,6 +171,21 @@ impl ClusterModel {
     /// the replicas that go and adds the ones that come, as loading. Returns the unloads
     /// and loads to carry out.
     pub fn apply(&mut self, changes: &Changes, now: Instant) -> Vec<Action> {
+        // Models short of their target last round and not this one are whole again: a
+        // later shortage is news and is logged.
+        let short: HashSet<&str> = changes
+            .decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Unplaceable { model, .. } => Some(model.as_str()),
+                _ => None,
+            })
+            .collect();
+        for m in self.models.values_mut() {
+            if m.short_logged.is_some() && !short.contains(m.name.as_str()) {
+                m.short_logged = None;
+            }
+        }
         let mut placed: BTreeMap<Key, String> = BTreeMap::new();
         let mut evicted = Vec::new();
         for d in &changes.decisions {
@@ -207,7 +222,9 @@ impl ClusterModel {
                     model,
                     needed,
                     largest_free,
-                } => self.unplaceable(model, *needed, *largest_free),
+                    have,
+                    target,
+                } => self.unplaceable(model, *needed, *largest_free, *have, *target),
             }
         }
 
@@ -289,23 +306,44 @@ impl ClusterModel {
         })
     }
 
-    /// Nothing fits a model: requests waiting for it are told why (and the log once).
-    fn unplaceable(&mut self, model: &str, needed: u64, largest_free: u64) {
-        let why = format!(
-            "no node can hold model '{model}': it needs {}, the largest free space is {}",
-            bytesize::ByteSize(needed),
-            bytesize::ByteSize(largest_free)
-        );
+    /// A model ends below its target. The event says why, once while the reason
+    /// holds; requests are failed with it only when the model has no replica at all
+    /// (with one ready or loading, they are served or wait for it).
+    fn unplaceable(&mut self, model: &str, needed: u64, largest_free: u64, have: u32, target: u32) {
+        let why = unplaceable_reason(model, needed, largest_free, have, target);
         let Some(m) = self.models.get_mut(model) else {
             return;
         };
-        if m.unplaceable.as_deref() != Some(why.as_str()) {
+        if m.short_logged.as_deref() != Some(why.as_str()) {
             self.events.push("unplaceable", "", model, why.clone());
         }
         if let Some(m) = self.models.get_mut(model) {
-            m.unplaceable = Some(why);
+            m.short_logged = Some(why.clone());
+            m.unplaceable = (have == 0).then_some(why);
         }
     }
+}
+
+/// Why a model has fewer replicas than it wants, in words that are true: no room, or
+/// room only on nodes that hold a replica already (a node holds one per model).
+fn unplaceable_reason(model: &str, needed: u64, largest_free: u64, have: u32, target: u32) -> String {
+    let needed_text = bytesize::ByteSize(needed);
+    if have > 0 && largest_free >= needed {
+        return format!(
+            "model '{model}' wants {target} replicas and has {have}: every node with room \
+             ({needed_text} free) holds one already, and a node holds one replica of a model"
+        );
+    }
+    let which = if have > 0 {
+        format!(" for replica {} of {target}", have + 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "no node can hold model '{model}'{which}: it needs {needed_text}, the largest free space \
+         is {}",
+        bytesize::ByteSize(largest_free)
+    )
 }
 
 /// A replica as placement sees it. Its memory is as measured, but never below the

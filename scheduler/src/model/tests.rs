@@ -124,6 +124,18 @@ fn place_and_load(c: &mut ClusterModel, now: Instant) -> Vec<(String, String)> {
     placed
 }
 
+/// Liveness checked every report interval after `from` up to `to`, as the placement
+/// loop does; what the checks returned.
+fn check_liveness_until(c: &mut ClusterModel, from: Instant, to: Instant) -> Vec<Action> {
+    let mut t = from;
+    let mut actions = Vec::new();
+    while t < to {
+        t = (t + REPORT).min(to);
+        actions.extend(c.mark_silent_down(t));
+    }
+    actions
+}
+
 fn events(c: &ClusterModel, kind: &str) -> usize {
     c.events()
         .recent(1000)
@@ -217,7 +229,7 @@ fn silent_nodes_go_down_and_their_replicas_are_placed_again() {
         vec![],
         "not silent for long enough"
     );
-    let actions = c.mark_silent_down(later);
+    let actions = check_liveness_until(&mut c, now, later);
     assert_eq!(
         actions,
         vec![
@@ -234,6 +246,28 @@ fn silent_nodes_go_down_and_their_replicas_are_placed_again() {
         vec![("m".to_string(), to.to_string())]
     );
     assert_eq!(c.mark_silent_down(later), vec![], "marked once");
+}
+
+#[test]
+fn a_stalled_scheduler_does_not_blame_the_nodes_for_its_own_silence() {
+    let (mut c, now) = cluster(&["a"], vec![]);
+    c.report("a", "a:8002", status(MIB, &[]), now);
+    assert_eq!(c.mark_silent_down(now), vec![]);
+    // Paused for 33 s: no report was read meanwhile.
+    let resumed = now + Duration::from_secs(33);
+    assert_eq!(c.mark_silent_down(resumed), vec![], "the silence was ours");
+    assert!(c.node("a").is_some_and(|n| !n.down));
+    // The node gets a whole window from then; silent through it, it is down.
+    let after = resumed + DOWN_AFTER + Duration::from_millis(1);
+    assert_eq!(
+        check_liveness_until(&mut c, resumed, after),
+        vec![
+            Action::NodeDown {
+                node: "a".to_string()
+            },
+            Action::Reconcile
+        ]
+    );
 }
 
 #[test]
@@ -556,4 +590,47 @@ fn on_equal_load_the_replica_used_last_wins() {
     let later = t + Duration::from_millis(1);
     let loads = [(0, t), (0, later)];
     assert!((0..100).all(|_| choose(&loads, &mut rng) == 1));
+}
+
+#[test]
+fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once_truly() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(2))]);
+    let mut rng = StdRng::seed_from_u64(11);
+    assert!(matches!(
+        c.pick("m", None, false, now, &mut rng),
+        Ok(Pick::Asked)
+    ));
+    assert_eq!(loads(&round(&mut c, now)), vec![("m".into(), "a".into())]);
+    let logged: Vec<String> = c
+        .events()
+        .recent(100)
+        .into_iter()
+        .filter(|e| e.kind == "unplaceable")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].contains("wants 2 replicas and has 1")
+            && logged[0].contains("holds one already"),
+        "the reason is the one-replica-per-node rule, not memory: {}",
+        logged[0]
+    );
+    assert!(
+        matches!(c.pick("m", None, true, now, &mut rng), Ok(Pick::Wait)),
+        "a request waits for the loading replica instead of failing"
+    );
+    c.loaded("m", "a", 60 * MIB, true, Duration::from_millis(5), now);
+    for _ in 0..3 {
+        round(&mut c, now);
+    }
+    assert_eq!(events(&c, "unplaceable"), 1, "not again every round");
+    assert!(matches!(
+        c.pick("m", None, true, now, &mut rng),
+        Ok(Pick::Ready { .. })
+    ));
+    // A second node makes it whole; a later shortage would be news again.
+    c.join("b", "b:8002", status(200 * MIB, &[]), now)
+        .expect("join");
+    assert_eq!(loads(&round(&mut c, now)), vec![("m".into(), "b".into())]);
+    assert_eq!(c.model("m").and_then(|m| m.short_logged.clone()), None);
 }

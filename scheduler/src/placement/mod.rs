@@ -150,10 +150,13 @@ pub enum Decision {
         node: String,
         reason: String,
     },
+    /// The model ends below its target: `have` replicas of `target`.
     Unplaceable {
         model: String,
         needed: u64,
         largest_free: u64,
+        have: u32,
+        target: u32,
     },
 }
 

@@ -454,10 +454,13 @@ impl<'a> State<'a> {
                     .map(|&k| self.largest_free(k))
                     .max()
                     .unwrap_or(0);
+                let m = &self.models[model];
                 self.decisions.push(Decision::Unplaceable {
                     model: view.name.clone(),
                     needed: view.memory,
                     largest_free,
+                    have: m.count,
+                    target: m.target,
                 });
                 return;
             }

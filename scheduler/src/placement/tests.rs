@@ -144,6 +144,7 @@ fn unplaceable(s: &Solution) -> Vec<(String, u64, u64)> {
                 model,
                 needed,
                 largest_free,
+                ..
             } => Some((model.clone(), *needed, *largest_free)),
             _ => None,
         })
