@@ -261,6 +261,8 @@ mod routing {
             load_timeout: Duration::from_secs(1),
             target_ongoing_requests: 2.0,
             upscale_delay: Duration::from_secs(5),
+            model_defaults: Default::default(),
+            rescan_interval: Duration::ZERO,
         };
         let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());
         let _guard = runtime.enter();

@@ -113,7 +113,7 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
 
 /// Wants a model (at least one replica, or min_replicas) and waits until one is ready.
 pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>, SchedulerError> {
-    refresh_catalog(scheduler, model)?;
+    crate::rescan::find_new(scheduler, model).await?;
     let actions = scheduler.lock().want_model(model)?;
     scheduler.persist(model).await;
     scheduler.execute(actions);
@@ -124,18 +124,6 @@ pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>
         .into_iter()
         .map(|(n, _)| n)
         .collect())
-}
-
-/// Reads a model the repository gained since the scheduler started.
-fn refresh_catalog(scheduler: &Arc<Scheduler>, model: &str) -> Result<(), SchedulerError> {
-    if scheduler.lock().model(model).is_some() {
-        return Ok(());
-    }
-    let repo = herd_core::Repository::new(scheduler.repository.clone(), Default::default());
-    let entry =
-        crate::catalog::read_model(&repo, model).map_err(SchedulerError::NotInRepository)?;
-    scheduler.lock().add_model(entry, true);
-    Ok(())
 }
 
 /// Unloads every replica of a model; it stays in the catalog, and the next request

@@ -3,37 +3,9 @@
 //! in the state store, so that a restarted scheduler remembers which models were
 //! loaded.
 
-use std::path::Path;
-
-use herd_core::digest::sha256_file;
-use herd_core::settings::ModelSettings;
-use herd_core::Repository;
 use serde::{Deserialize, Serialize};
 
 use crate::model::CatalogModel;
-
-/// Reads one model of the repository: its files, settings and digest.
-pub fn read_model(repo: &Repository, name: &str) -> Result<CatalogModel, String> {
-    let files = repo.find(name).map_err(|e| e.to_string())?;
-    let digest = sha256_file(&files.path)
-        .map_err(|e| format!("cannot read {}: {e}", files.path.display()))?;
-    Ok(CatalogModel::new(files, digest))
-}
-
-/// Every model of the repository; models that cannot be read are logged and left out.
-pub fn scan(root: &Path, defaults: &ModelSettings) -> Vec<CatalogModel> {
-    let repo = Repository::new(root.to_path_buf(), defaults.clone());
-    repo.names()
-        .into_iter()
-        .filter_map(|name| match read_model(&repo, &name) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(model = %name, error = %e, "model left out of the catalog");
-                None
-            }
-        })
-        .collect()
-}
 
 /// What the store keeps of a catalog entry.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

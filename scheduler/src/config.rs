@@ -71,6 +71,12 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_UPSCALE_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upscale_delay: Duration,
 
+    /// How often the model repository is read again for new models, new versions,
+    /// replaced files and edited herd.toml files (a file is hashed again only when its
+    /// size or mtime changed); 0 turns it off.
+    #[arg(long, env = "HERD_RESCAN_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rescan_interval: Duration,
+
     /// Settings of models whose herd.toml does not set them.
     #[command(flatten)]
     pub model_defaults: herd_core::flags::ModelDefaultFlags,

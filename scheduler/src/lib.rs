@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod placement;
 pub mod reconcile;
+pub mod rescan;
 pub mod records;
 pub mod router;
 pub mod sender;
@@ -57,9 +58,14 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         config.report_interval,
         config.down_after,
     );
-    let defaults = config.model_defaults.settings();
-    let repository = config.model_repository.clone();
-    let scanned = tokio::task::spawn_blocking(move || catalog::scan(&repository, &defaults))
+    let model_defaults = config.model_defaults.settings();
+    let repository = herd_core::Repository::new(
+        config.model_repository.clone(),
+        model_defaults.clone(),
+    );
+    let digests = Arc::new(rescan::DigestCache::default());
+    let scan_digests = digests.clone();
+    let scanned = tokio::task::spawn_blocking(move || rescan::scan(&repository, &scan_digests))
         .await
         .map_err(|e| format!("reading the model repository failed: {e}"))?;
     let remembered = store
@@ -93,12 +99,15 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         load_timeout: config.load_timeout,
         target_ongoing_requests: config.target_ongoing_requests,
         upscale_delay: config.upscale_delay,
+        model_defaults,
+        rescan_interval: config.rescan_interval,
     };
-    Ok(Scheduler::new(
+    Ok(Scheduler::with_digests(
         cluster,
         settings,
         store,
         config.model_repository.clone(),
+        digests,
     ))
 }
 
@@ -147,6 +156,12 @@ pub async fn serve(
             let _ = stop_http.wait_for(|s| *s).await;
         });
     let placement = tokio::spawn(reconcile::run(scheduler.clone()));
+    let rescans = (!scheduler.settings.rescan_interval.is_zero()).then(|| {
+        tokio::spawn(rescan::run(
+            scheduler.clone(),
+            scheduler.settings.rescan_interval,
+        ))
+    });
     let mut stop_grpc = stop_rx;
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
@@ -162,6 +177,9 @@ pub async fn serve(
         r = http_server => r.map_err(|e| format!("HTTP server: {e}")),
     };
     placement.abort();
+    if let Some(rescans) = rescans {
+        rescans.abort();
+    }
     result
 }
 

@@ -41,10 +41,24 @@ impl Scheduler {
     ) -> Result<Picked, SchedulerError> {
         let mut changes = self.changes();
         let mut asked = false;
+        let mut looked_on_disk = false;
         loop {
             let pick = self
                 .lock()
-                .pick(model, avoid, asked, Instant::now(), &mut rand::rng())?;
+                .pick(model, avoid, asked, Instant::now(), &mut rand::rng());
+            let pick = match pick {
+                // A model directory added since the last rescan loads on its first
+                // request. The answer stays NOT_FOUND naming only the model: a reason
+                // from the disk could carry server paths.
+                Err(e @ SchedulerError::UnknownModel(_)) if !looked_on_disk => {
+                    looked_on_disk = true;
+                    if crate::rescan::find_new(self, model).await.is_err() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                other => other?,
+            };
             match pick {
                 Pick::Ready { node, outstanding } => {
                     let (sender, link) = {

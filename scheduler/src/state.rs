@@ -25,6 +25,11 @@ pub struct Settings {
     pub load_timeout: Duration,
     pub target_ongoing_requests: f64,
     pub upscale_delay: Duration,
+    /// Settings of models whose herd.toml is silent.
+    pub model_defaults: herd_core::ModelSettings,
+    /// How often the repository is read again; zero: never (only at start, and for a
+    /// request naming a model the catalog lacks).
+    pub rescan_interval: Duration,
 }
 
 pub struct Scheduler {
@@ -41,6 +46,9 @@ pub struct Scheduler {
     pub repository: std::path::PathBuf,
     /// Calls to the scheduler's gRPC services, by method and status, for /metrics.
     pub grpc_metrics: herd_core::layers::GrpcMetrics,
+    /// Model file digests by path, so that reading the repository again hashes only
+    /// files that changed.
+    pub digests: Arc<crate::rescan::DigestCache>,
 }
 
 impl Scheduler {
@@ -49,6 +57,17 @@ impl Scheduler {
         settings: Settings,
         store: Arc<dyn Store>,
         repository: std::path::PathBuf,
+    ) -> Arc<Scheduler> {
+        Scheduler::with_digests(model, settings, store, repository, Arc::default())
+    }
+
+    /// As `new`, keeping the digests the catalog was read with.
+    pub fn with_digests(
+        model: ClusterModel,
+        settings: Settings,
+        store: Arc<dyn Store>,
+        repository: std::path::PathBuf,
+        digests: Arc<crate::rescan::DigestCache>,
     ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             model: Mutex::new(model),
@@ -60,6 +79,7 @@ impl Scheduler {
             store,
             repository,
             grpc_metrics: herd_core::layers::GrpcMetrics::new(),
+            digests,
         })
     }
 

@@ -58,6 +58,8 @@ pub fn scheduler_config(
         target_ongoing_requests: 2.0,
         upscale_delay: Duration::from_secs(3600),
         model_defaults: Default::default(),
+        // Tests read the repository again through rescan::once, not on a timer.
+        rescan_interval: Duration::ZERO,
     }
 }
 

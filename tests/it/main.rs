@@ -8,6 +8,7 @@ mod cli_cluster;
 mod cluster;
 mod cluster_support;
 mod dash;
+mod repository;
 mod serving;
 mod support;
 mod ttl;

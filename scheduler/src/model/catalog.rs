@@ -134,6 +134,71 @@ impl ClusterModel {
         self.models.insert(model.name.clone(), model);
     }
 
+    /// Brings a model in line with the repository as read again: a new model joins the
+    /// catalog; a changed file (or a new version) replaces the old one, and its
+    /// replicas are unloaded so that placement loads the new file where they were
+    /// wanted (requests meanwhile wait for it); changed settings apply to replicas
+    /// loaded from now on. Returns what to carry out.
+    pub fn refresh_model(&mut self, new: CatalogModel, now: Instant) -> Vec<Action> {
+        let Some(m) = self.models.get_mut(&new.name) else {
+            let name = new.name.clone();
+            self.add_model(new, true);
+            tracing::info!(model = %name, "a new model in the repository");
+            return vec![Action::Reconcile];
+        };
+        let mut actions = Vec::new();
+        if m.settings != new.settings || m.policy != new.policy {
+            m.settings = new.settings.clone();
+            m.policy = new.policy.clone();
+            self.events.push(
+                "changed",
+                "",
+                &new.name,
+                "herd.toml changed: new replicas use the new settings",
+            );
+            actions.push(Action::Reconcile);
+        }
+        let Some(m) = self.models.get_mut(&new.name) else {
+            return actions;
+        };
+        if m.digest == new.digest && m.version == new.version {
+            return actions;
+        }
+        let why = format!(
+            "the model file changed (version {} -> {}, sha256 {} -> {}): replicas load the new file",
+            m.version,
+            new.version,
+            short(&m.digest),
+            short(&new.digest)
+        );
+        m.version = new.version;
+        m.digest = new.digest;
+        m.path = new.path;
+        m.file_bytes = new.file_bytes;
+        m.measured = 0;
+        m.load_error = None;
+        // Whoever wanted the old file wants the new one: placement loads it again.
+        let wanted_again = m.wanted || !self.replicas_of(&new.name).is_empty();
+        self.events.push("changed", "", &new.name, why);
+        let nodes: Vec<String> = self
+            .replicas_of(&new.name)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for node in nodes {
+            self.unload_replica(&new.name, &node, now);
+            actions.push(Action::Unload {
+                model: new.name.clone(),
+                node,
+            });
+        }
+        if let Some(m) = self.models.get_mut(&new.name) {
+            m.wanted = wanted_again;
+        }
+        actions.push(Action::Reconcile);
+        actions
+    }
+
     /// The file of the catalog with this digest: only those are served to agents.
     pub fn file_with_digest(&self, digest: &str) -> Result<&Path, SchedulerError> {
         self.models
@@ -199,4 +264,9 @@ impl ClusterModel {
             }
         }
     }
+}
+
+/// The first characters of a digest, enough to tell two apart in a log line.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }

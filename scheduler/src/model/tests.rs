@@ -634,3 +634,26 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
     assert_eq!(loads(&round(&mut c, now)), vec![("m".into(), "b".into())]);
     assert_eq!(c.model("m").and_then(|m| m.short_logged.clone()), None);
 }
+
+#[test]
+fn a_changed_file_unloads_the_old_replicas_and_places_the_new_one_where_wanted() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
+    assert_eq!(place_and_load(&mut c, now).len(), 1);
+    let same = catalog_model("m", pinned(1));
+    assert_eq!(c.refresh_model(same, now), vec![], "nothing changed");
+    let mut changed = catalog_model("m", pinned(1));
+    changed.digest = "sha-m-2".into();
+    changed.version = 2;
+    let actions = c.refresh_model(changed, now);
+    assert_eq!(unloads(&actions), vec![("m".into(), "a".into())]);
+    assert!(actions.contains(&Action::Reconcile));
+    assert_eq!(
+        loads(&round(&mut c, now)),
+        vec![("m".into(), "a".into())],
+        "the new file is loaded where the old one was"
+    );
+    assert_eq!(c.model("m").map(|m| m.version), Some(2));
+    let added = c.refresh_model(catalog_model("new", ClusterPolicy::default()), now);
+    assert_eq!(added, vec![Action::Reconcile]);
+    assert_eq!(events(&c, "cataloged"), 1);
+}
