@@ -35,7 +35,7 @@ use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 use tonic::transport::Channel;
 
 // The agent's entry points; everything else stays inside the crate.
@@ -154,14 +154,14 @@ pub async fn serve(
         agent.require_token_for_inference,
     ))
     .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
-    // Nagle's algorithm on accepted sockets delays replies by ~40 ms (the builder's
-    // tcp_nodelay applies only to listeners it binds itself).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    // Connections bounded, idle ones closed, accept errors backed off; the accepted
+    // sockets without Nagle's delay (~40 ms per reply otherwise).
+    let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
+    herd_core::incoming::server_builder()
         .layer(layers)
         .add_service(inference)
         .add_service(control)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
         .await
 }
 

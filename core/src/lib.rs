@@ -10,6 +10,7 @@ pub mod digest;
 #[cfg(feature = "cli")]
 pub mod flags;
 pub mod histogram;
+pub mod incoming;
 pub mod layers;
 pub mod limits;
 pub mod metadata;

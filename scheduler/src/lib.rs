@@ -30,7 +30,7 @@ use herd_proto::herd::admin_server::AdminServer;
 use herd_proto::herd::scheduler_server::SchedulerServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;
@@ -163,13 +163,14 @@ pub async fn serve(
         ))
     });
     let mut stop_grpc = stop_rx;
-    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-    let grpc_server = tonic::transport::Server::builder()
+    // Connections bounded, idle ones closed, accept errors backed off.
+    let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
+    let grpc_server = herd_core::incoming::server_builder()
         .layer(layers)
         .add_service(inference)
         .add_service(joins)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, async move {
+        .serve_with_incoming_shutdown(incoming(grpc, limits), async move {
             let _ = stop_grpc.wait_for(|s| *s).await;
         });
     let result = tokio::select! {

@@ -7,6 +7,7 @@ mod cli;
 mod cli_cluster;
 mod cluster;
 mod cluster_support;
+mod connections;
 mod dash;
 mod repository;
 mod serving;
