@@ -7,6 +7,7 @@ use herd_proto::inference::ModelInferRequest;
 use herd_proto::DataType;
 
 use crate::error::AgentError;
+use herd_core::limits::quoted_name;
 use herd_core::tensor::{element_count, shape_string, ModelSpec, Tensor, TensorSpec};
 
 /// Requests batch together only when every input agrees on its non-batch dimensions.
@@ -48,22 +49,36 @@ pub fn validate(
             .ok_or_else(|| {
                 invalid(format!(
                     "no input named '{}'; its inputs are: {}",
-                    input.name,
+                    quoted_name(&input.name),
                     names(&spec.inputs)
                 ))
             })?;
         let want = &spec.inputs[index];
         if slots[index].is_some() {
-            return Err(invalid(format!("input '{}' is given twice", input.name)));
+            return Err(invalid(format!("input '{}' is given twice", want.name)));
         }
         let dtype: DataType = input
             .datatype
             .parse()
-            .map_err(|e| invalid(format!("input '{}': {e}", input.name)))?;
+            .map_err(|e| invalid(format!("input '{}': {e}", want.name)))?;
         if dtype != want.dtype {
             return Err(invalid(format!(
                 "input '{}' must be {}, got {}",
                 want.name, want.dtype, dtype
+            )));
+        }
+        if use_raw && input.contents.is_some() {
+            return Err(invalid(format!(
+                "input '{}' has typed contents as well as raw_input_contents; send one kind",
+                want.name
+            )));
+        }
+        if let Some(d) = input.shape.iter().position(|&d| d < 1) {
+            return Err(invalid(format!(
+                "input '{}' has shape {}: dimension {d} is {}; every size must be at least 1",
+                want.name,
+                shape_string(&input.shape),
+                input.shape[d]
             )));
         }
         if !shape_fits(want, &input.shape) {
@@ -150,7 +165,7 @@ pub fn validate(
                     .ok_or_else(|| {
                         invalid(format!(
                             "no output named '{}'; its outputs are: {}",
-                            o.name,
+                            quoted_name(&o.name),
                             names(&spec.outputs)
                         ))
                     })
@@ -291,7 +306,22 @@ mod tests {
             ),
             (
                 request(vec![input("a", "FP32", &[1, -4]), ok_b()], vec![16, 32]),
-                "has shape [1,-4]",
+                "has shape [1,-4]: dimension 1 is -4; every size must be at least 1",
+            ),
+            (
+                request(vec![input("a", "FP32", &[-1, 4]), ok_b()], vec![16, 32]),
+                "dimension 0 is -1",
+            ),
+            (
+                request(vec![input("a", "FP32", &[1, 0]), ok_b()], vec![0, 32]),
+                "dimension 1 is 0",
+            ),
+            (
+                request(
+                    vec![input(&"n".repeat(10_000), "FP32", &[1, 4]), ok_b()],
+                    vec![16, 32],
+                ),
+                "(10000 bytes)",
             ),
         ];
         for (req, want) in cases {
@@ -345,5 +375,127 @@ mod tests {
         r.outputs[0].name = "nope".into();
         assert!(err(validate("m", &spec(), 8, r))
             .contains("no output named 'nope'; its outputs are: sum, neg"));
+    }
+
+    #[test]
+    fn raw_and_typed_contents_together_are_refused() {
+        let mut a = input("a", "FP32", &[1, 4]);
+        a.contents = Some(herd_proto::inference::InferTensorContents {
+            fp32_contents: vec![9.0; 4],
+            ..Default::default()
+        });
+        let r = request(vec![a, input("b", "INT64", &[1, 4])], vec![16, 32]);
+        let got = err(validate("m", &spec(), 8, r));
+        assert!(
+            got.contains("typed contents as well as raw_input_contents"),
+            "{got}"
+        );
+    }
+
+    mod arbitrary {
+        use herd_proto::inference::InferTensorContents;
+        use proptest::prelude::*;
+        use tonic::Code;
+
+        use super::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("sum".to_string()),
+                ".{0,40}",
+            ]
+        }
+
+        fn datatype() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("FP32".to_string()),
+                Just("INT64".to_string()),
+                Just("BYTES".to_string()),
+                Just("BOOL".to_string()),
+                "[A-Z0-9]{0,8}",
+            ]
+        }
+
+        fn shape() -> impl Strategy<Value = Vec<i64>> {
+            prop::collection::vec(
+                prop_oneof![
+                    0i64..10,
+                    Just(-1i64),
+                    Just(i64::MAX),
+                    Just(i64::MIN),
+                    Just(1i64 << 40),
+                ],
+                0..4,
+            )
+        }
+
+        fn tensor() -> impl Strategy<Value = InferInputTensor> {
+            (
+                name(),
+                datatype(),
+                shape(),
+                prop::option::of((
+                    prop::collection::vec(any::<f32>(), 0..12),
+                    prop::collection::vec(any::<i64>(), 0..12),
+                )),
+            )
+                .prop_map(|(name, datatype, shape, contents)| InferInputTensor {
+                    name,
+                    datatype,
+                    shape,
+                    contents: contents.map(|(f, i)| InferTensorContents {
+                        fp32_contents: f,
+                        int64_contents: i,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+        }
+
+        fn infer_request() -> impl Strategy<Value = ModelInferRequest> {
+            (
+                prop::collection::vec(tensor(), 0..4),
+                prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..4),
+                prop::collection::vec(name(), 0..3),
+            )
+                .prop_map(|(inputs, raw, outputs)| ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs,
+                    raw_input_contents: raw.into_iter().map(Bytes::from).collect(),
+                    outputs: outputs
+                        .into_iter()
+                        .map(|name| InferRequestedOutputTensor {
+                            name,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+        }
+
+        proptest! {
+            /// Whatever arrives: never a panic, and either a valid request that agrees
+            /// with the model or INVALID_ARGUMENT.
+            #[test]
+            fn any_request_is_valid_or_invalid_argument(req in infer_request()) {
+                let s = spec();
+                match validate("m", &s, 8, req) {
+                    Ok(v) => {
+                        prop_assert_eq!(v.inputs.len(), s.inputs.len());
+                        prop_assert!((1..=8).contains(&v.rows));
+                        for (t, want) in v.inputs.iter().zip(&s.inputs) {
+                            prop_assert_eq!(t.dtype, want.dtype);
+                            let bytes = element_count(&t.shape)
+                                .zip(t.dtype.size())
+                                .map(|(n, size)| n * size);
+                            prop_assert_eq!(Some(t.data.len()), bytes);
+                        }
+                    }
+                    Err(e) => prop_assert_eq!(e.code(), Code::InvalidArgument, "{}", e),
+                }
+            }
+        }
     }
 }

@@ -19,3 +19,32 @@ pub const HTTP_PORT: u16 = 8000;
 /// Calls a server has in flight before it sheds more with RESOURCE_EXHAUSTED: a
 /// backstop above the per-model queues, which refuse first.
 pub const MAX_IN_FLIGHT: usize = 16 * 1024;
+
+/// Longest name (of a model, an input, an output) quoted whole in an error message.
+pub const QUOTED_NAME: usize = 64;
+
+/// A caller's name as an error message quotes it: whole when short, else its start and
+/// its length, so that a 10,000-character name does not come back 10,000 characters
+/// long (nor fill the logs).
+pub fn quoted_name(name: &str) -> String {
+    if name.chars().count() <= QUOTED_NAME {
+        return name.to_string();
+    }
+    let start: String = name.chars().take(QUOTED_NAME).collect();
+    format!("{start}… ({} bytes)", name.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_quoted_by_their_start_and_length() {
+        assert_eq!(quoted_name("tiny_mlp"), "tiny_mlp");
+        let long = "x".repeat(10_000);
+        let quoted = quoted_name(&long);
+        assert_eq!(quoted, format!("{}… (10000 bytes)", "x".repeat(64)));
+        // Whole characters, never a split one.
+        assert!(quoted_name(&"é".repeat(100)).starts_with(&"é".repeat(64)));
+    }
+}

@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::limits::quoted_name;
 use crate::settings::{ClusterPolicy, ModelSettings, SettingsError};
 
+/// Names in these errors are as [`quoted_name`] gives them: a caller's long name is not
+/// echoed in full.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RepositoryError {
     #[error("model '{0}' is not in the model repository")]
@@ -70,11 +73,11 @@ impl Repository {
         // No repository (an agent whose models all come from the scheduler): never
         // look for models relative to the working directory.
         if self.root.as_os_str().is_empty() {
-            return Err(RepositoryError::ModelNotFound(name.to_string()));
+            return Err(RepositoryError::ModelNotFound(quoted_name(name)));
         }
         let dir = self.root.join(name);
-        let version =
-            latest_version(&dir).ok_or_else(|| RepositoryError::ModelNotFound(name.to_string()))?;
+        let version = latest_version(&dir)
+            .ok_or_else(|| RepositoryError::ModelNotFound(quoted_name(name)))?;
         let path = dir.join(version.to_string()).join("model.onnx");
         let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let bad = |reason: SettingsError| RepositoryError::BadSettings {
@@ -112,7 +115,7 @@ pub fn check_name(name: &str) -> Result<(), RepositoryError> {
     if plain {
         Ok(())
     } else {
-        Err(RepositoryError::InvalidModelName(name.to_string()))
+        Err(RepositoryError::InvalidModelName(quoted_name(name)))
     }
 }
 

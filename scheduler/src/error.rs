@@ -11,7 +11,7 @@ pub enum SchedulerError {
     BadAgentAddress(String),
     #[error("a node named {name:?} is already in the cluster at {address}; give this agent another --name")]
     NameTaken { name: String, address: String },
-    #[error("model '{0}' is not in the catalog")]
+    #[error("model '{}' is not in the catalog", herd_core::limits::quoted_name(.0))]
     UnknownModel(String),
     /// The repository has no such model, or cannot read it (the reason as it says it).
     #[error("{0}")]
