@@ -31,6 +31,27 @@ impl Drop for Picked {
     }
 }
 
+/// Where a failed attempt is tried again, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The node could not be reached: it is marked down, and another replica tried.
+    Elsewhere,
+    /// The replica's agent answered UNAVAILABLE (its model worker died or was
+    /// unloaded under the request): any replica, the same one included (the agent loads
+    /// the model afresh).
+    Anywhere,
+}
+
+/// Whether a failed attempt is worth another; the request's own failures (invalid
+/// input, its deadline) are not.
+pub fn retry(e: &SendError) -> Option<Retry> {
+    match e {
+        SendError::Transport(e) if e.is_unreachable() => Some(Retry::Elsewhere),
+        SendError::Answer(e) if e.code() == tonic::Code::Unavailable => Some(Retry::Anywhere),
+        _ => None,
+    }
+}
+
 impl Scheduler {
     /// A ready replica of `model`, not on `avoid`; places and waits for one if needed.
     pub async fn pick(
@@ -125,19 +146,28 @@ impl Scheduler {
             None => attempt.await,
         };
         let result = match result {
-            Err((Some(node), SendError::Transport(e))) if e.is_unreachable() => {
-                debug!(node = %node, error = %e, "retrying on another replica");
-                self.node_unreachable(&node, &e.to_string());
-                self.infer_once(
-                    &request,
-                    Some(&node),
-                    deadline,
-                    timeout.map(|t| t.saturating_sub(started.elapsed())),
-                    request_id,
-                )
-                .await
-                .map_err(|(_, e)| e)
-            }
+            Err((Some(node), e)) => match retry(&e) {
+                Some(again) => {
+                    debug!(node = %node, error = %e.as_inner(), ?again, "retrying");
+                    let avoid = match again {
+                        Retry::Elsewhere => {
+                            self.node_unreachable(&node, &e.as_inner().to_string());
+                            Some(node.as_str())
+                        }
+                        Retry::Anywhere => None,
+                    };
+                    self.infer_once(
+                        &request,
+                        avoid,
+                        deadline,
+                        timeout.map(|t| t.saturating_sub(started.elapsed())),
+                        request_id,
+                    )
+                    .await
+                    .map_err(|(_, e)| e)
+                }
+                None => Err(e),
+            },
             other => other.map_err(|(_, e)| e),
         };
         let micros = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
@@ -164,5 +194,44 @@ impl Scheduler {
             .send(request.clone(), remaining, request_id)
             .await
             .map_err(|e| (Some(picked.node.clone()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    fn agent(code: Code) -> SchedulerError {
+        SchedulerError::Agent {
+            code,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn only_failures_of_the_way_or_the_worker_are_tried_again() {
+        assert_eq!(
+            retry(&SendError::Transport(agent(Code::Unavailable))),
+            Some(Retry::Elsewhere)
+        );
+        assert_eq!(
+            retry(&SendError::Answer(agent(Code::Unavailable))),
+            Some(Retry::Anywhere),
+            "a worker that died under the request"
+        );
+        for code in [
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Internal,
+        ] {
+            assert_eq!(retry(&SendError::Answer(agent(code))), None, "{code:?}");
+        }
+        assert_eq!(
+            retry(&SendError::Transport(SchedulerError::SenderStopped)),
+            None
+        );
     }
 }

@@ -44,6 +44,12 @@ pub enum SendError {
 }
 
 impl SendError {
+    pub fn as_inner(&self) -> &SchedulerError {
+        match self {
+            SendError::Answer(e) | SendError::Transport(e) => e,
+        }
+    }
+
     pub fn into_inner(self) -> SchedulerError {
         match self {
             SendError::Answer(e) | SendError::Transport(e) => e,
