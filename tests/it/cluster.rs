@@ -762,7 +762,9 @@ async fn the_schedulers_model_default_flags_apply_where_herd_toml_is_silent() {
     .await;
     let c = cluster.scheduler.lock();
     let settings = |model: &str| {
-        let m = c.model(model).unwrap_or_else(|| panic!("{model} in the catalog"));
+        let m = c
+            .model(model)
+            .unwrap_or_else(|| panic!("{model} in the catalog"));
         (m.settings.max_batch_size, m.settings.ttl)
     };
     assert_eq!(settings("tiny_mlp"), (4, herd_core::Ttl::Never));

@@ -326,7 +326,13 @@ impl ClusterModel {
 
 /// Why a model has fewer replicas than it wants, in words that are true: no room, or
 /// room only on nodes that hold a replica already (a node holds one per model).
-fn unplaceable_reason(model: &str, needed: u64, largest_free: u64, have: u32, target: u32) -> String {
+fn unplaceable_reason(
+    model: &str,
+    needed: u64,
+    largest_free: u64,
+    have: u32,
+    target: u32,
+) -> String {
     let needed_text = bytesize::ByteSize(needed);
     if have > 0 && largest_free >= needed {
         return format!(

@@ -610,8 +610,7 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
         .collect();
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(
-        logged[0].contains("wants 2 replicas and has 1")
-            && logged[0].contains("holds one already"),
+        logged[0].contains("wants 2 replicas and has 1") && logged[0].contains("holds one already"),
         "the reason is the one-replica-per-node rule, not memory: {}",
         logged[0]
     );
