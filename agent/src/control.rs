@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use herd_proto::herd::agent_server::Agent as AgentRpc;
 use herd_proto::herd::{
     infer_result, AgentStatus, FetchModelRequest, InferBatchRequest, InferBatchResponse,
@@ -13,11 +14,10 @@ use herd_proto::herd::{
     StatusRequest, UnloadModelRequest, UnloadModelResponse,
 };
 use tonic::{Request, Response, Status};
-use tracing::info;
 
 use crate::cache::LoadState;
 use crate::error::AgentError;
-use crate::files::FileError;
+use crate::files::Chunks;
 use crate::trace::RequestId;
 use crate::Agent;
 use herd_core::digest::valid_digest;
@@ -132,8 +132,8 @@ fn settings_from(
 }
 
 impl ControlService {
-    /// The local path of the file with `digest`, fetching it from the scheduler if the
-    /// node holds no copy. Returns the path and whether it was fetched.
+    /// The local path of the file with `digest`, fetched from the scheduler if the node
+    /// holds no good copy. Returns the path and whether it was fetched.
     async fn file(
         &self,
         digest: &str,
@@ -141,53 +141,25 @@ impl ControlService {
     ) -> Result<(std::path::PathBuf, bool), AgentError> {
         let agent = self.agent.clone();
         let wanted = digest.to_string();
-        let local = tokio::task::spawn_blocking(move || {
-            agent
-                .files
-                .inventory(agent.cache.repository())
-                .remove(&wanted)
-        })
-        .await
-        .map_err(|e| AgentError::task("file inventory", e))?;
-        if let Some(path) = local {
-            return Ok((path, false));
-        }
-        let mut client = self
+        let fetch = move || async move {
+            let mut client = agent.scheduler_client().ok_or(AgentError::NoFileSource)?;
+            let stream = client
+                .fetch_model(FetchModelRequest {
+                    digest: wanted,
+                    offset: 0,
+                })
+                .await
+                .map_err(AgentError::Upstream)?
+                .into_inner();
+            Ok::<Chunks, _>(stream.map_err(AgentError::Upstream).boxed())
+        };
+        let repo = self.agent.cache.repository().clone();
+        let local = self
             .agent
-            .scheduler_client()
-            .ok_or(AgentError::NoFileSource)?;
-        let mut writer = self.agent.files.writer(digest)?;
-        let mut stream = client
-            .fetch_model(FetchModelRequest {
-                digest: digest.to_string(),
-                offset: 0,
-            })
-            .await
-            .map_err(AgentError::Upstream)?
-            .into_inner();
-        while let Some(chunk) = stream.message().await.map_err(AgentError::Upstream)? {
-            if chunk.offset != writer.bytes {
-                return Err(FileError::OutOfOrder {
-                    offset: chunk.offset,
-                    expected: writer.bytes,
-                }
-                .into());
-            }
-            writer.write(&chunk.data)?;
-        }
-        if expected_bytes > 0 && writer.bytes != expected_bytes {
-            return Err(FileError::Incomplete {
-                got: writer.bytes,
-                expected: expected_bytes,
-            }
-            .into());
-        }
-        let bytes = writer.bytes;
-        let path = tokio::task::spawn_blocking(move || writer.finish())
-            .await
-            .map_err(|e| AgentError::task("saving the model file", e))??;
-        info!(digest, bytes, path = %path.display(), "model file fetched");
-        Ok((path, true))
+            .files
+            .obtain(digest, expected_bytes, repo, fetch)
+            .await?;
+        Ok((local.path, local.fetched))
     }
 }
 

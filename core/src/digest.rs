@@ -1,7 +1,9 @@
 //! Model files by content: sha256, lowercase hex.
 
+use std::fs::Metadata;
 use std::io::Read;
 use std::path::Path;
+use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
@@ -33,6 +35,48 @@ pub fn valid_digest(digest: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// What a remembered digest holds for: a file's size and modification time. A file
+/// changed in place almost always moves one of them, so hashing again only when either
+/// moved keeps a large model from being read whole on every load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+}
+
+impl FileStamp {
+    /// None where the platform keeps no mtime, or one before 1970.
+    pub fn of(meta: &Metadata) -> Option<FileStamp> {
+        let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            mtime_ns: mtime.as_nanos(),
+        })
+    }
+
+    /// The stamp of the file at `path` now.
+    pub fn read(path: &Path) -> Option<FileStamp> {
+        FileStamp::of(&std::fs::metadata(path).ok()?)
+    }
+
+    /// One line of text, as kept in a marker file; [`FileStamp::decode`] reads it back.
+    pub fn encode(&self) -> String {
+        format!("{} {}\n", self.len, self.mtime_ns)
+    }
+
+    /// None for anything [`FileStamp::encode`] did not write (a torn or foreign marker).
+    pub fn decode(text: &str) -> Option<FileStamp> {
+        let mut fields = text.trim_end_matches('\n').split(' ');
+        let len = fields.next()?.parse().ok()?;
+        let mtime_ns = fields.next()?.parse().ok()?;
+        fields
+            .next()
+            .is_none()
+            .then_some(FileStamp { len, mtime_ns })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +91,28 @@ mod tests {
         assert!(valid_digest(&d));
         assert!(!valid_digest("../etc/passwd"));
         assert!(!valid_digest(&d.to_uppercase()));
+    }
+
+    #[test]
+    fn a_stamp_reads_back_what_it_wrote_and_moves_with_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"model bytes").expect("write");
+        let stamp = FileStamp::read(&path).expect("stamp");
+        assert_eq!(stamp.len, 11);
+        assert_eq!(FileStamp::decode(&stamp.encode()), Some(stamp));
+        for torn in ["", "11", "11 x", "11 5 7", "-1 5"] {
+            assert_eq!(FileStamp::decode(torn), None, "{torn:?}");
+        }
+        // Set the mtime rather than wait for the clock: filesystems keep it coarsely.
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            .expect("set mtime");
+        let moved = FileStamp::read(&path).expect("stamp");
+        assert_eq!(moved.len, stamp.len);
+        assert_eq!(moved.mtime_ns, 1_000_000_000_000_000);
     }
 }

@@ -24,11 +24,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Display;
+use std::io;
 use std::ops::Bound;
-use std::path::Path;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -171,19 +173,35 @@ impl EmbeddedStore {
     /// Opens (or creates) the redb database at `path` and loads its keys and revision. The
     /// parent directory must exist. This blocks on file I/O: call it at startup, or from
     /// `spawn_blocking`.
+    ///
+    /// The file is kept 0600. A file that is not a readable state store (truncated,
+    /// garbage, a record that does not decode; redb panics on some of these) is moved
+    /// aside as `<name>.corrupt-<unix time>` and the store starts empty: the state is
+    /// soft (agents report again what they hold, the catalog comes from the repository),
+    /// and a scheduler that will not start is worse than one that forgot. A file another
+    /// process holds open, or one that cannot be read at all (permissions, a missing
+    /// directory), is an error instead: moving it aside would be unsafe or would not help.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::create(path).map_err(io(format_args!(
-            "cannot open state file {}",
-            path.display()
-        )))?;
-        let state = load(&db)?;
-        tracing::debug!(
+        let reason = match open_file(path) {
+            Ok(store) => return Ok(store),
+            Err(OpenError::Corrupt(reason)) => reason,
+            Err(OpenError::Failed(error)) => return Err(error),
+        };
+        let aside = move_aside(path)?;
+        tracing::warn!(
             path = %path.display(),
-            keys = state.keys.len(),
-            revision = state.revision,
-            "state store loaded"
+            moved_to = %aside.display(),
+            reason = %reason,
+            "state file is corrupt: moved it aside and starting with an empty state \
+             (agents report their models again)"
         );
-        Ok(EmbeddedStore::new(state, Some(db)))
+        open_file(path).map_err(|e| match e {
+            OpenError::Corrupt(reason) => StoreError::Io(format!(
+                "the new state file {} is unreadable at once: {reason}",
+                path.display()
+            )),
+            OpenError::Failed(error) => error,
+        })
     }
 
     fn new(state: State, db: Option<Database>) -> EmbeddedStore {
@@ -534,6 +552,110 @@ fn io<E: Display>(what: impl Display) -> impl FnOnce(E) -> StoreError {
     move |error| StoreError::Io(format!("{what}: {error}"))
 }
 
+/// Why a state file did not open.
+enum OpenError {
+    /// The file is not a readable state store; starting afresh is the way out.
+    Corrupt(String),
+    /// Anything else: someone else holds the file, or it cannot be read at all.
+    Failed(StoreError),
+}
+
+impl OpenError {
+    /// Sorts a redb error: corruption, or a reason to stop.
+    fn from_redb(what: &str, error: impl Into<redb::Error>) -> OpenError {
+        let error: redb::Error = error.into();
+        let corrupt = match &error {
+            // Another scheduler has it open: never take a live store away from it.
+            redb::Error::DatabaseAlreadyOpen => false,
+            // Bad magic comes as InvalidData, a short file as UnexpectedEof; other I/O
+            // errors (permissions, a missing directory, a full disk) say nothing of the
+            // file's contents.
+            redb::Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ),
+            _ => true,
+        };
+        if corrupt {
+            OpenError::Corrupt(format!("{what}: {error}"))
+        } else {
+            OpenError::Failed(StoreError::Io(format!("{what}: {error}")))
+        }
+    }
+}
+
+/// Opens the file and loads it, turning a panic inside redb into [`OpenError::Corrupt`].
+fn open_file(path: &Path) -> Result<EmbeddedStore, OpenError> {
+    let what = format!("cannot open state file {}", path.display());
+    create_private(path).map_err(|e| OpenError::Failed(StoreError::Io(format!("{what}: {e}"))))?;
+    // redb asserts its invariants on what it reads from the file, so a truncated file can
+    // panic rather than fail; the panic is about the file, not about this process.
+    let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let db = Database::create(path).map_err(|e| OpenError::from_redb(&what, e))?;
+        let state = load(&db)?;
+        Ok((db, state))
+    }));
+    let (db, state) = match opened {
+        Ok(opened) => opened?,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            return Err(OpenError::Corrupt(format!(
+                "{what}: redb panicked reading it: {message}"
+            )));
+        }
+    };
+    tracing::debug!(
+        path = %path.display(),
+        keys = state.keys.len(),
+        revision = state.revision,
+        "state store loaded"
+    );
+    Ok(EmbeddedStore::new(state, Some(db)))
+}
+
+/// Creates the file 0600 if it is missing (redb fills an empty file), and makes an
+/// existing one 0600: the state is the scheduler's alone.
+fn create_private(path: &Path) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(path)?);
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Renames a corrupt state file to `<name>.corrupt-<unix time>` (with `-<n>` added if
+/// that name is taken), keeping it for a person to look at.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{now}"));
+    let mut aside = PathBuf::from(&name);
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        let mut taken = name.clone();
+        taken.push(format!("-{n}"));
+        aside = PathBuf::from(taken);
+    }
+    std::fs::rename(path, &aside).map_err(|e| {
+        StoreError::Io(format!(
+            "the state file {} is corrupt and cannot be moved aside: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(aside)
+}
+
 /// Writes `batch` to the file in one transaction (committed with an fsync).
 fn persist(db: &Database, batch: &Batch) -> Result<(), StoreError> {
     let Some(last) = batch.changes.last() else {
@@ -573,33 +695,38 @@ fn persist(db: &Database, batch: &Batch) -> Result<(), StoreError> {
 }
 
 /// Reads every durable key and the revision counter; creates the tables in a new file.
-fn load(db: &Database) -> Result<State, StoreError> {
+fn load(db: &Database) -> Result<State, OpenError> {
     let mut state = State::default();
     let txn = db
         .begin_write()
-        .map_err(io("cannot begin a state file transaction"))?;
+        .map_err(|e| OpenError::from_redb("cannot begin a state file transaction", e))?;
     {
         let keys = txn
             .open_table(KV_TABLE)
-            .map_err(io("cannot open the state file's key table"))?;
-        for entry in keys.iter().map_err(io("cannot read the state file"))? {
-            let (key, record) = entry.map_err(io("cannot read the state file"))?;
-            let kv = decode(key.value(), record.value())?;
+            .map_err(|e| OpenError::from_redb("cannot open the state file's key table", e))?;
+        for entry in keys
+            .iter()
+            .map_err(|e| OpenError::from_redb("cannot read the state file", e))?
+        {
+            let (key, record) =
+                entry.map_err(|e| OpenError::from_redb("cannot read the state file", e))?;
+            let kv = decode(key.value(), record.value())
+                .map_err(|e| OpenError::Corrupt(e.to_string()))?;
             state.revision = state.revision.max(kv.mod_revision);
             state.keys.insert(kv.key.clone(), kv);
         }
         let meta = txn
             .open_table(META_TABLE)
-            .map_err(io("cannot open the state file's meta table"))?;
+            .map_err(|e| OpenError::from_redb("cannot open the state file's meta table", e))?;
         let revision = meta
             .get(REVISION_KEY)
-            .map_err(io("cannot read the revision"))?;
+            .map_err(|e| OpenError::from_redb("cannot read the revision", e))?;
         if let Some(revision) = revision {
             state.revision = state.revision.max(revision.value());
         }
     }
     txn.commit()
-        .map_err(io("cannot commit to the state file"))?;
+        .map_err(|e| OpenError::from_redb("cannot commit to the state file", e))?;
     Ok(state)
 }
 
@@ -634,6 +761,7 @@ fn decode(key: &str, record: &[u8]) -> Result<KeyValue, StoreError> {
 #[cfg(test)]
 mod tests {
     use std::ops::Deref;
+    use std::path::{Path, PathBuf};
 
     use futures::StreamExt;
     use tempfile::TempDir;
@@ -778,6 +906,147 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let result = EmbeddedStore::open(&dir.path().join("missing").join("state.redb"));
         assert!(matches!(result, Err(StoreError::Io(_))));
+    }
+
+    /// The files in `dir` whose names start with `prefix`.
+    fn named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// A state file with a few keys, as a scheduler leaves it; returns its bytes.
+    async fn written_state(path: &Path) -> Vec<u8> {
+        let store = EmbeddedStore::open(path).expect("open");
+        for i in 0..20 {
+            store
+                .put(&format!("/models/m{i}"), vec![7; 300], None)
+                .await
+                .expect("put");
+        }
+        drop(store);
+        std::fs::read(path).expect("read state")
+    }
+
+    /// Opening `path` starts afresh, with the old file kept beside it (as it was, when
+    /// `old` is given), and the new store works and lasts.
+    async fn assert_starts_afresh(path: &Path, old: Option<&[u8]>) {
+        let dir = path.parent().expect("parent");
+        let store =
+            EmbeddedStore::open(path).expect("a corrupt state file does not stop the store");
+        assert_eq!(store.revision().await.expect("revision"), 0);
+        assert!(store.range("/").await.expect("range").is_empty());
+        let aside = named(dir, "state.redb.corrupt-");
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        if let Some(old) = old {
+            // Not assert_eq: a diff of two state files is no help to anyone.
+            assert!(
+                std::fs::read(&aside[0]).expect("read aside") == old,
+                "kept as it was"
+            );
+        }
+        store
+            .put("/models/a", b"a".to_vec(), None)
+            .await
+            .expect("put");
+        drop(store);
+        let store = EmbeddedStore::open(path).expect("reopen");
+        assert_eq!(
+            store
+                .get("/models/a")
+                .await
+                .expect("get")
+                .map(|kv| kv.value),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            named(dir, "state.redb.corrupt-").len(),
+            1,
+            "nothing more moved"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_state_file_is_moved_aside_and_the_store_starts_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let whole = written_state(&path).await;
+        // Cut at several places: redb fails on some and panics on others.
+        for len in [whole.len() / 2, 4096, 1000, 100, 9] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("state.redb");
+            std::fs::write(&path, &whole[..len]).expect("truncate");
+            assert_starts_afresh(&path, Some(&whole[..len])).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_state_file_with_a_garbage_header_is_moved_aside_and_the_store_starts_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let mut bytes = written_state(&path).await;
+        bytes[..16].copy_from_slice(b"not a redb file!");
+        std::fs::write(&path, &bytes).expect("write");
+        assert_starts_afresh(&path, Some(&bytes)).await;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let text = b"this is not a database at all\n".repeat(1000);
+        std::fs::write(&path, &text).expect("write");
+        assert_starts_afresh(&path, Some(&text)).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_corruption_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(KV_TABLE)
+                .expect("table")
+                .insert("/models/a", b"short".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        assert_starts_afresh(&path, None).await;
+    }
+
+    #[tokio::test]
+    async fn a_state_file_another_store_holds_open_is_left_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let first = EmbeddedStore::open(&path).expect("open");
+        first
+            .put("/models/a", b"a".to_vec(), None)
+            .await
+            .expect("put");
+        let second = EmbeddedStore::open(&path);
+        assert!(matches!(second, Err(StoreError::Io(_))));
+        assert!(named(dir.path(), "state.redb.corrupt-").is_empty());
+        assert!(first.get("/models/a").await.expect("get").is_some());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_state_file_is_private_to_the_scheduler() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        drop(EmbeddedStore::open(&path).expect("open"));
+        assert_eq!(mode(&path), 0o600);
+        // A file an older scheduler left readable is closed on the next start.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(EmbeddedStore::open(&path).expect("reopen"));
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[tokio::test]

@@ -5,6 +5,10 @@
 //! survives a restart; an etcd implementation backs the same trait for HA. Every
 //! implementation runs the same conformance suite (`conformance.rs`).
 //!
+//! The state is soft: agents report what they hold and the catalog is read from the
+//! repository, so a state file that cannot be read is moved aside and the store starts
+//! empty rather than keep the scheduler from starting (see [`EmbeddedStore::open`]).
+//!
 //! Semantics follow etcd v3:
 //! - one global revision counter, incremented by every put and every delete (a lease ending
 //!   with three keys attached makes three deletes, each with its own revision);
