@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use herd_core::auth::TokenFileError;
 use herd_core::flags::ModelDefaultFlags;
 use herd_core::settings::ModelSettings;
 
@@ -28,11 +30,17 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_SCHEDULER")]
     pub scheduler: Option<String>,
 
-    /// The cluster token (printed by the scheduler on first start, kept in its data
-    /// directory). With --scheduler, it is required to join; the agent also requires it
-    /// of calls to its herd.v1 service.
+    /// The cluster token (kept in the scheduler's data directory, DATA_DIR/token). With
+    /// --scheduler, it is required to join; the agent also requires it of calls to its
+    /// herd.v1 service and of repository load and unload calls. A token on the command
+    /// line shows in `ps`: prefer --token-file or HERD_TOKEN.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Read the cluster token from this file (surrounding whitespace ignored) instead
+    /// of --token, e.g. a copy of the scheduler's DATA_DIR/token.
+    #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// Address the scheduler uses to reach this agent (HOST:PORT). Default: --listen,
     /// or when that is 0.0.0.0, this machine's address toward the scheduler.
@@ -44,7 +52,8 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Require the cluster token for inference too, not only for herd.v1 calls.
+    /// Require the cluster token for inference too, not only for herd.v1 calls. With
+    /// --scheduler, it is also required once the scheduler says it requires it.
     #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
     pub require_token_for_inference: bool,
 
@@ -91,6 +100,8 @@ pub enum ConfigError {
         /// Each flag given, with its environment variable: "--ttl (HERD_TTL)".
         flags: Vec<String>,
     },
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
 }
 
 impl AgentConfig {
@@ -110,6 +121,15 @@ impl AgentConfig {
             });
         }
         Ok(())
+    }
+
+    /// This config with the token of --token-file read into `token`, so that what
+    /// follows needs only `token`.
+    pub fn with_token_from_file(mut self) -> Result<AgentConfig, ConfigError> {
+        self.token =
+            herd_core::auth::given_token(self.token.as_deref(), self.token_file.as_deref())?;
+        self.token_file = None;
+        Ok(self)
     }
 }
 
@@ -175,5 +195,36 @@ mod tests {
         let joined = parse(&["--scheduler", "s:8001"]);
         joined.check().expect("no per-model flags");
         assert_eq!(joined.model_defaults(), ModelSettings::default());
+    }
+
+    #[test]
+    fn the_token_comes_from_a_file_and_not_from_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let config = parse(&["--scheduler", "s:8001", "--token-file", file])
+            .with_token_from_file()
+            .expect("a readable file");
+        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        let args = [
+            "herd-agent",
+            "--scheduler",
+            "s:8001",
+            "--token-file",
+            file,
+            "--token",
+            "t",
+        ];
+        let err = Cli::try_parse_from(args).err().expect("both refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let missing = parse(&[
+            "--scheduler",
+            "s:8001",
+            "--token-file",
+            "/nonexistent/token",
+        ]);
+        let err = missing.with_token_from_file().expect_err("no such file");
+        assert!(matches!(err, ConfigError::TokenFile(_)), "{err}");
     }
 }

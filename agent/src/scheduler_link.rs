@@ -1,6 +1,7 @@
 //! The agent's link to its scheduler: join the cluster, then report every interval. An
 //! unreachable scheduler is retried with backoff (the agent keeps serving what it
-//! holds meanwhile); a refused token ends the agent with an error instead.
+//! holds meanwhile); a refusal (a wrong token, a name another node holds) ends the
+//! agent with the scheduler's reason instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +26,8 @@ pub struct Link {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// The scheduler will not have this agent (a wrong token, a bad address); retrying
-/// cannot help.
+/// The scheduler will not have this agent (a wrong token, a bad address, a name a live
+/// node at another address holds); retrying cannot help.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the scheduler at {scheduler} refused this agent: {message}")]
 pub struct JoinRefused {
@@ -41,18 +42,12 @@ pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), JoinRe
     let mut backoff = Duration::from_millis(100);
     loop {
         match session(&agent, &link, &address).await {
-            Err(status)
-                if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument) =>
-            {
+            Err(status) if is_refusal(status.code()) => {
                 return Err(JoinRefused {
                     scheduler: link.scheduler.clone(),
                     message: status.message().to_string(),
                 });
             }
-            // A name still held by a node that has not yet been marked down (this
-            // agent's previous life, after a quick restart) frees up after a few
-            // report intervals; a name held by a live node never does, and the
-            // warning says why.
             Err(status) => {
                 warn!(scheduler = %link.scheduler, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "scheduler unreachable; retrying");
                 tokio::time::sleep(backoff).await;
@@ -61,6 +56,17 @@ pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), JoinRe
             Ok(()) => backoff = Duration::from_millis(100),
         }
     }
+}
+
+/// Whether the scheduler's answer refuses this agent for good. ALREADY_EXISTS: a node
+/// at another address still reports under this agent's name after the scheduler waited
+/// for its reports to be overdue (as they would be from this agent's previous life):
+/// another agent was given the same --name, and waiting would only hide that.
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unauthenticated | Code::InvalidArgument | Code::AlreadyExists
+    )
 }
 
 /// One connection's worth: join, then report until a report fails.
@@ -76,6 +82,12 @@ async fn session(agent: &Arc<Agent>, link: &Link, address: &str) -> Result<(), t
         .await?
         .into_inner();
     agent.set_scheduler_client(client.clone());
+    // Before "joined" is logged: from then on, the agent's port holds to the
+    // scheduler's rule. Never turned off here: the agent's own flag may have set it.
+    if joined.require_token_for_inference && !agent.require_token_for_inference.is_required() {
+        agent.require_token_for_inference.require();
+        info!(scheduler = %link.scheduler, "inference calls need the cluster token, as the scheduler requires");
+    }
     let interval = Duration::from_millis(joined.report_interval_ms.max(50));
     info!(scheduler = %link.scheduler, name = %agent.name, address, interval_ms = interval.as_millis() as u64, "joined the cluster");
     let mut ticks = tokio::time::interval(interval);

@@ -1,5 +1,7 @@
 //! The cluster token: `authorization: Bearer <token>` on calls between agents, the
-//! scheduler and people's tools.
+//! scheduler and people's tools, and the file it is kept in.
+
+use std::path::{Path, PathBuf};
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -86,6 +88,43 @@ impl Interceptor for SendToken {
     }
 }
 
+/// A token file that gives no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the token file {}: {reason}", .path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("the token file {} is empty", .path.display())]
+    Empty { path: PathBuf },
+}
+
+/// The token kept in the file at `path`, without surrounding whitespace (the newline
+/// an editor or `echo` leaves).
+pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TokenFileError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(TokenFileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token.to_string())
+}
+
+/// The token a command was given: `--token` (`token`), else the one in `--token-file`
+/// (`file`), else none. An empty `--token` counts as none.
+pub fn given_token(
+    token: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, TokenFileError> {
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        return Ok(Some(t.to_string()));
+    }
+    file.map(read_token_file).transpose()
+}
+
 /// Compares without stopping at the first difference, so timing does not leak the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -121,5 +160,44 @@ mod tests {
             .call(Request::new(()))
             .expect("ok");
         assert!(closed.check(&right).is_ok());
+    }
+
+    #[test]
+    fn a_token_file_gives_its_token_without_the_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        assert_eq!(read_token_file(&path), Ok("s3cret".to_string()));
+        assert_eq!(
+            given_token(None, Some(&path)),
+            Ok(Some("s3cret".to_string()))
+        );
+        assert_eq!(
+            given_token(Some("given"), Some(&path)),
+            Ok(Some("given".to_string()))
+        );
+        assert_eq!(given_token(Some(""), None), Ok(None));
+    }
+
+    #[test]
+    fn an_empty_or_missing_token_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").expect("write");
+        assert_eq!(
+            read_token_file(&empty),
+            Err(TokenFileError::Empty {
+                path: empty.clone()
+            })
+        );
+        let missing = dir.path().join("missing");
+        let err = given_token(None, Some(&missing)).expect_err("no such file");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot read the token file {}: ",
+                missing.display()
+            )),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,11 @@ pub mod herd {
 
 pub use datatype::DataType;
 
+/// The encoded `google.protobuf.FileDescriptorSet` of every .proto above (imports
+/// included): what a test needs to list every service and RPC, so none is forgotten.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herd_descriptor.bin"));
+
 /// The URL of a gRPC server given as HOST:PORT (plain HTTP/2) or as a URL already.
 pub fn grpc_url(addr: &str) -> String {
     if addr.contains("://") {

@@ -30,9 +30,15 @@ pub struct SchedulerConfig {
     pub model_repository: PathBuf,
 
     /// The cluster token agents and admin tools must present. Default: the one kept in
-    /// the data directory, generated (and printed once) on first start.
+    /// the data directory (DATA_DIR/token), generated on first start. A token on the
+    /// command line shows in `ps`: prefer --token-file or HERD_TOKEN.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Read the cluster token from this file (surrounding whitespace ignored) instead
+    /// of --token.
+    #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// Require the cluster token for inference calls too.
     #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
@@ -83,9 +89,48 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The token given by --token or --token-file; `None`: the one kept in the data
+    /// directory.
+    pub fn given_token(&self) -> Result<Option<String>, herd_core::auth::TokenFileError> {
+        herd_core::auth::given_token(self.token.as_deref(), self.token_file.as_deref())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| herd_core::paths::default_data_dir().join("scheduler"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        scheduler: SchedulerConfig,
+    }
+
+    #[test]
+    fn the_token_comes_from_a_file_and_not_from_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let parse = |args: &[&str]| {
+            let args = ["herd-scheduler", "--model-repository", "m"]
+                .into_iter()
+                .chain(args.iter().copied());
+            Cli::try_parse_from(args).map(|c| c.scheduler)
+        };
+        let config = parse(&["--token-file", file]).expect("valid flags");
+        assert_eq!(config.given_token(), Ok(Some("s3cret".to_string())));
+        let err = parse(&["--token-file", file, "--token", "t"]).expect_err("both refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let config = parse(&[]).expect("valid flags");
+        assert_eq!(config.given_token(), Ok(None));
     }
 }

@@ -7,6 +7,7 @@ use herd_proto::herd::{
     FetchModelRequest, JoinRequest, JoinResponse, ModelChunk, ReportRequest, ReportResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -15,11 +16,24 @@ use crate::state::Scheduler;
 
 pub struct JoinService {
     scheduler: Arc<Scheduler>,
+    /// Told to agents at join, so that they require the token for inference too:
+    /// otherwise an agent's own port would be a way around the scheduler's rule.
+    require_token_for_inference: bool,
 }
 
 impl JoinService {
-    pub fn new(scheduler: Arc<Scheduler>) -> JoinService {
-        JoinService { scheduler }
+    pub fn new(scheduler: Arc<Scheduler>, require_token_for_inference: bool) -> JoinService {
+        JoinService {
+            scheduler,
+            require_token_for_inference,
+        }
+    }
+
+    /// When the node `name` counts as silent unless it reports again.
+    fn reports_overdue_at(&self, name: &str) -> Option<Instant> {
+        let cluster = self.scheduler.lock();
+        let node = cluster.node(name)?;
+        Some(node.last_report + cluster.down_after())
     }
 }
 
@@ -29,10 +43,23 @@ const CHUNK: usize = 1 << 20;
 impl SchedulerRpc for JoinService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let r = request.into_inner();
-        self.scheduler
-            .join(&r.name, &r.address, r.status.unwrap_or_default())?;
+        let status = r.status.unwrap_or_default();
+        match self.scheduler.join(&r.name, &r.address, status.clone()) {
+            // The holder of the name may be this agent's previous life, killed and
+            // started again on another port: once the holder's reports are overdue, the
+            // name is free. A holder still reporting by then is another agent given the
+            // same name, and the refusal stands; the agent gives up on it.
+            Err(SchedulerError::NameTaken { .. }) => {
+                if let Some(overdue) = self.reports_overdue_at(&r.name) {
+                    tokio::time::sleep_until(overdue).await;
+                }
+                self.scheduler.join(&r.name, &r.address, status)?;
+            }
+            joined => joined?,
+        }
         Ok(Response::new(JoinResponse {
             report_interval_ms: self.scheduler.settings.report_interval.as_millis() as u64,
+            require_token_for_inference: self.require_token_for_inference,
         }))
     }
 

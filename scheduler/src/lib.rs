@@ -15,8 +15,8 @@ pub mod metrics;
 pub mod model;
 pub mod placement;
 pub mod reconcile;
-pub mod rescan;
 pub mod records;
+pub mod rescan;
 pub mod router;
 pub mod sender;
 pub mod state;
@@ -26,11 +26,11 @@ pub mod token;
 use std::future::Future;
 use std::sync::Arc;
 
+use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 use herd_proto::herd::admin_server::AdminServer;
 use herd_proto::herd::scheduler_server::SchedulerServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;
@@ -46,9 +46,12 @@ use herd_core::limits::MAX_MESSAGE;
 /// store remembers).
 pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir)
+    create_private_dir(&data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let token = token::load_or_create(config.token.clone(), &data_dir)?;
+    let given = config.given_token().map_err(|e| e.to_string())?;
+    let token = token::load_or_create(given, &data_dir)?;
+    // A state file that cannot be read is moved aside there and the state starts empty
+    // (it is soft); only one that cannot be opened at all stops the start.
     let store: Arc<dyn Store> = Arc::new(
         store::embedded::EmbeddedStore::open(&data_dir.join("state.redb"))
             .map_err(|e| e.to_string())?,
@@ -59,10 +62,8 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         config.down_after,
     );
     let model_defaults = config.model_defaults.settings();
-    let repository = herd_core::Repository::new(
-        config.model_repository.clone(),
-        model_defaults.clone(),
-    );
+    let repository =
+        herd_core::Repository::new(config.model_repository.clone(), model_defaults.clone());
     let digests = Arc::new(rescan::DigestCache::default());
     let scan_digests = digests.clone();
     let scanned = tokio::task::spawn_blocking(move || rescan::scan(&repository, &scan_digests))
@@ -111,6 +112,30 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
     ))
 }
 
+/// Creates the data directory (and missing parents) 0700: it holds the token and the
+/// state. An existing directory keeps its mode (it may be one a person chose and shares),
+/// but one open to others is worth a word.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700).create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format_args!("{mode:o}"),
+                "the data directory is open to other users; its files are kept 0600"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
 impl Scheduler {
     /// Records a model's catalog entry in the store.
     pub async fn persist(&self, model: &str) {
@@ -136,7 +161,8 @@ pub async fn serve(
     let inference = GrpcInferenceServiceServer::new(gateway::Gateway::new(scheduler.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let joins = SchedulerServer::new(joins::JoinService::new(scheduler.clone()));
+    let joins = joins::JoinService::new(scheduler.clone(), require_token_for_inference);
+    let joins = SchedulerServer::new(joins);
     let admin = AdminServer::new(admin::AdminService::new(scheduler.clone()));
     // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
     let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::scheduler(

@@ -1,5 +1,6 @@
-//! The cluster token: given, or kept in the data directory (generated and printed
-//! once on first start).
+//! The cluster token: given, or kept in the data directory (generated on first start,
+//! when herd says where it is kept but never prints the token itself: stderr ends up
+//! in logs and terminals' scrollback).
 
 use std::io::Write;
 use std::path::Path;
@@ -31,9 +32,43 @@ pub fn load_or_create(given: Option<String>, data_dir: &Path) -> Result<String, 
         .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
     file.write_all(token.as_bytes())
         .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
-    eprintln!(
-        "herd: generated the cluster token {token}; it is kept in {} — agents join with --token {token} (or HERD_TOKEN)",
-        path.display()
-    );
+    eprintln!("{}", generated_notice(&path));
     Ok(token)
+}
+
+/// What herd says once it has generated a token: where it is and how to use it, never
+/// the token itself.
+fn generated_notice(path: &Path) -> String {
+    let path = path.display();
+    format!(
+        "herd: generated the cluster token, kept in {path} (readable only by you); \
+         agents and tools read it with --token-file {path} (or HERD_TOKEN_FILE), \
+         and `cat {path}` shows it"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_is_kept_and_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = load_or_create(None, dir.path()).expect("generated");
+        assert_eq!(token.len(), 32);
+        let kept = std::fs::read_to_string(dir.path().join("token")).expect("kept");
+        assert_eq!(kept, token);
+        assert_eq!(load_or_create(None, dir.path()), Ok(token));
+        assert_eq!(
+            load_or_create(Some("given".into()), dir.path()),
+            Ok("given".into())
+        );
+    }
+
+    #[test]
+    fn the_notice_says_where_the_token_is_and_how_to_use_it() {
+        let notice = generated_notice(Path::new("/data/token"));
+        assert!(notice.contains("kept in /data/token"), "{notice}");
+        assert!(notice.contains("--token-file /data/token"), "{notice}");
+    }
 }

@@ -48,6 +48,7 @@ pub fn scheduler_config(
         http: "127.0.0.1:0".parse().expect("addr"),
         model_repository: repo.to_path_buf(),
         token: Some(TOKEN.into()),
+        token_file: None,
         require_token_for_inference: false,
         data_dir: Some(data.join("scheduler")),
         report_interval: Duration::from_millis(100),

@@ -1,10 +1,11 @@
-//! The cluster-token rule as a tower layer: which gRPC services need the token, by
-//! path, and what their calls are called when one is refused. The check itself is
+//! The cluster-token rule as a tower layer: which gRPC services and methods need the
+//! token, by path, and what their calls are called when one is refused. The check itself is
 //! `auth::verify`, the same as [`crate::auth::RequireToken`]'s, so both answer with the
 //! same UNAUTHENTICATED messages.
 
 use std::fmt;
 use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,29 +16,81 @@ use super::Either;
 
 /// Which calls need the cluster token.
 ///
-/// Services are named as in their path (`herd.v1.Admin` for `/herd.v1.Admin/ListNodes`).
-/// A service not named needs the token too (as "calls"), so a service added later is
-/// closed until someone opens it on purpose. Without a token, every call is let through.
-/// Printed with `{:?}`, the token itself is redacted.
+/// Services are named as in their path (`herd.v1.Admin` for `/herd.v1.Admin/ListNodes`);
+/// a rule for one method of a service overrides the service's. A service not named
+/// needs the token too (as "calls"), so a service added later is closed until someone
+/// opens it on purpose. Without a token, every call is let through. Printed with
+/// `{:?}`, the token itself is redacted.
 #[derive(Clone)]
 pub struct TokenRule {
     token: Option<Arc<str>>,
-    services: Arc<Vec<Guard>>,
+    guards: Arc<Vec<Guard>>,
 }
 
 #[derive(Clone, Debug)]
 struct Guard {
-    /// `/<service>/`.
-    prefix: String,
-    /// What the calls are called in the error; `None`: open.
-    what: Option<&'static str>,
+    /// `/<service>/` for a whole service, `/<service>/<method>` for one method.
+    path: String,
+    access: Access,
+}
+
+#[derive(Clone, Debug)]
+enum Access {
+    Open,
+    /// Needs the token; the str names the calls in the error.
+    Token(&'static str),
+    /// Needs the token while the switch is on.
+    Switched(TokenSwitch, &'static str),
+}
+
+impl Access {
+    fn what(&self) -> Option<&'static str> {
+        match self {
+            Access::Open => None,
+            Access::Token(what) => Some(what),
+            Access::Switched(switch, what) => switch.is_required().then_some(*what),
+        }
+    }
+}
+
+/// Whether some calls need the token, changeable while the server runs: an agent
+/// learns at join, after it started serving, whether its scheduler requires the token
+/// for inference. Clones share the setting.
+#[derive(Clone, Default)]
+pub struct TokenSwitch(Arc<AtomicBool>);
+
+impl TokenSwitch {
+    pub fn new(required: bool) -> TokenSwitch {
+        TokenSwitch(Arc::new(AtomicBool::new(required)))
+    }
+
+    /// From now on, the calls need the token.
+    pub fn require(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_required(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl From<bool> for TokenSwitch {
+    fn from(required: bool) -> TokenSwitch {
+        TokenSwitch::new(required)
+    }
+}
+
+impl fmt::Debug for TokenSwitch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenSwitch({})", self.is_required())
+    }
 }
 
 impl fmt::Debug for TokenRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenRule")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("services", &self.services)
+            .field("guards", &self.guards)
             .finish()
     }
 }
@@ -45,25 +98,28 @@ impl fmt::Debug for TokenRule {
 /// What calls to services the rule does not name are called in the error.
 pub const OTHER_CALLS: &str = "calls";
 
+/// What Triton's repository load and unload calls are called in the error.
+pub const REPOSITORY_CALLS: &str = "repository load and unload calls";
+
 impl TokenRule {
     /// Every call needs `token` (when one is set) until services are named with
     /// [`TokenRule::require`] or [`TokenRule::open`].
     pub fn new(token: Option<String>) -> TokenRule {
         TokenRule {
             token: token.map(Arc::from),
-            services: Arc::new(Vec::new()),
+            guards: Arc::new(Vec::new()),
         }
     }
 
     /// Calls to `service` (`herd.v1.Admin`) need the token; `what` names them in the
     /// error ("admin calls").
     pub fn require(self, service: &str, what: &'static str) -> TokenRule {
-        self.with(service, Some(what))
+        self.with(format!("/{service}/"), Access::Token(what))
     }
 
     /// Calls to `service` need no token.
     pub fn open(self, service: &str) -> TokenRule {
-        self.with(service, None)
+        self.with(format!("/{service}/"), Access::Open)
     }
 
     /// Calls to `service` need the token only `if required`.
@@ -75,35 +131,72 @@ impl TokenRule {
         }
     }
 
-    fn with(self, service: &str, what: Option<&'static str>) -> TokenRule {
-        let mut services = Arc::unwrap_or_clone(self.services);
-        let prefix = format!("/{service}/");
-        services.retain(|g| g.prefix != prefix);
-        services.push(Guard { prefix, what });
+    /// Calls to `service` need the token while `switch` is on.
+    pub fn require_while(
+        self,
+        switch: TokenSwitch,
+        service: &str,
+        what: &'static str,
+    ) -> TokenRule {
+        self.with(format!("/{service}/"), Access::Switched(switch, what))
+    }
+
+    /// Calls to `method` of `service` need the token, whatever the service's rule.
+    pub fn require_method(self, service: &str, method: &str, what: &'static str) -> TokenRule {
+        self.with(format!("/{service}/{method}"), Access::Token(what))
+    }
+
+    /// Calls to `method` of `service` need no token, whatever the service's rule.
+    pub fn open_method(self, service: &str, method: &str) -> TokenRule {
+        self.with(format!("/{service}/{method}"), Access::Open)
+    }
+
+    fn with(self, path: String, access: Access) -> TokenRule {
+        let mut guards = Arc::unwrap_or_clone(self.guards);
+        guards.retain(|g| g.path != path);
+        guards.push(Guard { path, access });
         TokenRule {
             token: self.token,
-            services: Arc::new(services),
+            guards: Arc::new(guards),
         }
     }
 
-    /// An agent's rule, as `herd_agent::serve` has it: inference calls need the token
-    /// only when `require_token_for_inference`; `herd.v1.Agent` calls always do.
-    pub fn agent(token: Option<String>, require_token_for_inference: bool) -> TokenRule {
-        use herd_proto::herd::agent_server::SERVICE_NAME as AGENT;
+    /// The inference service as agents and schedulers alike serve it: open unless
+    /// `inference` requires the token, except liveness and readiness, which probes
+    /// call without one, and repository load and unload, which change what is served
+    /// and so always need it.
+    fn inference(self, inference: TokenSwitch) -> TokenRule {
         use herd_proto::inference::grpc_inference_service_server::SERVICE_NAME as INFERENCE;
+        self.require_while(inference, INFERENCE, "inference calls")
+            .open_method(INFERENCE, "ServerLive")
+            .open_method(INFERENCE, "ServerReady")
+            .require_method(INFERENCE, "RepositoryModelLoad", REPOSITORY_CALLS)
+            .require_method(INFERENCE, "RepositoryModelUnload", REPOSITORY_CALLS)
+    }
+
+    /// An agent's rule, as `herd_agent::serve` has it: inference calls need the token
+    /// while `require_token_for_inference` is on (a joined agent turns it on when its
+    /// scheduler says so); `herd.v1.Agent` calls always do.
+    pub fn agent(
+        token: Option<String>,
+        require_token_for_inference: impl Into<TokenSwitch>,
+    ) -> TokenRule {
+        use herd_proto::herd::agent_server::SERVICE_NAME as AGENT;
         TokenRule::new(token)
-            .require_if(require_token_for_inference, INFERENCE, "inference calls")
+            .inference(require_token_for_inference.into())
             .require(AGENT, "herd.v1 agent calls")
     }
 
     /// The scheduler's rule, as `herd_scheduler::serve` has it: inference calls need the
     /// token only when `require_token_for_inference`; joining and admin calls always do.
-    pub fn scheduler(token: Option<String>, require_token_for_inference: bool) -> TokenRule {
+    pub fn scheduler(
+        token: Option<String>,
+        require_token_for_inference: impl Into<TokenSwitch>,
+    ) -> TokenRule {
         use herd_proto::herd::admin_server::SERVICE_NAME as ADMIN;
         use herd_proto::herd::scheduler_server::SERVICE_NAME as SCHEDULER;
-        use herd_proto::inference::grpc_inference_service_server::SERVICE_NAME as INFERENCE;
         TokenRule::new(token)
-            .require_if(require_token_for_inference, INFERENCE, "inference calls")
+            .inference(require_token_for_inference.into())
             .require(SCHEDULER, "joining the cluster")
             .require(ADMIN, "admin calls")
     }
@@ -111,8 +204,14 @@ impl TokenRule {
     /// What calls to `path` are called when refused, or `None` when they need no token.
     pub fn guard(&self, path: &str) -> Option<&'static str> {
         self.token.as_ref()?;
-        match self.services.iter().find(|g| path.starts_with(&g.prefix)) {
-            Some(g) => g.what,
+        let method = self.guards.iter().find(|g| g.path == path);
+        let service = || {
+            self.guards
+                .iter()
+                .find(|g| g.path.ends_with('/') && path.starts_with(&g.path))
+        };
+        match method.or_else(service) {
+            Some(g) => g.access.what(),
             None => Some(OTHER_CALLS),
         }
     }
@@ -191,7 +290,11 @@ mod tests {
     use crate::layers::test_support::{grpc_request, status_of};
     use tower_test::mock;
 
-    const INFERENCE: &str = "/inference.GRPCInferenceService/ServerLive";
+    const INFERENCE: &str = "/inference.GRPCInferenceService/ModelInfer";
+    const LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
+    const READY: &str = "/inference.GRPCInferenceService/ServerReady";
+    const LOAD: &str = "/inference.GRPCInferenceService/RepositoryModelLoad";
+    const UNLOAD: &str = "/inference.GRPCInferenceService/RepositoryModelUnload";
     const ADMIN: &str = "/herd.v1.Admin/ListNodes";
 
     #[test]
@@ -213,6 +316,46 @@ mod tests {
         // A prefix of a service name is another service.
         assert_eq!(rule.guard("/herd.v1.AgentX/Status"), Some("calls"));
         assert_eq!(TokenRule::agent(None, true).guard(ADMIN), None);
+    }
+
+    #[test]
+    fn repository_load_and_unload_need_the_token_even_when_inference_is_open() {
+        for rule in [
+            TokenRule::agent(Some("s3cret".into()), false),
+            TokenRule::scheduler(Some("s3cret".into()), false),
+        ] {
+            assert_eq!(rule.guard(INFERENCE), None);
+            assert_eq!(rule.guard(LOAD), Some(REPOSITORY_CALLS));
+            assert_eq!(rule.guard(UNLOAD), Some(REPOSITORY_CALLS));
+            // A method rule is the method's only: a longer name is not it.
+            assert_eq!(rule.guard(&format!("{LOAD}X")), None);
+        }
+        assert_eq!(TokenRule::agent(None, false).guard(UNLOAD), None);
+    }
+
+    #[test]
+    fn probes_need_no_token_even_when_inference_does() {
+        for rule in [
+            TokenRule::agent(Some("s3cret".into()), true),
+            TokenRule::scheduler(Some("s3cret".into()), true),
+        ] {
+            assert_eq!(rule.guard(INFERENCE), Some("inference calls"));
+            assert_eq!(rule.guard(LIVE), None);
+            assert_eq!(rule.guard(READY), None);
+        }
+    }
+
+    #[test]
+    fn a_switch_turned_on_after_the_rule_was_built_closes_inference() {
+        let switch = TokenSwitch::new(false);
+        let rule = TokenRule::agent(Some("s3cret".into()), switch.clone());
+        let layer = AuthLayer::new(rule.clone());
+        assert_eq!(rule.guard(INFERENCE), None);
+        switch.require();
+        assert_eq!(rule.guard(INFERENCE), Some("inference calls"));
+        // Layers and services built from the rule share the switch.
+        assert_eq!(layer.rule.guard(INFERENCE), Some("inference calls"));
+        assert_eq!(rule.guard(LIVE), None);
     }
 
     #[test]
