@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use crate::batch::NotBatched;
 use crate::files::FileError;
+use crate::isolate::Blame;
 use crate::session::{LoadError, SessionError};
 
 /// Why `herd agent` stopped with an error.
@@ -131,8 +132,45 @@ impl AgentError {
             AgentError::BadSettings { .. } | AgentError::LoadFailed { .. } => {
                 Code::FailedPrecondition
             }
-            AgentError::Inference { .. } => Code::Internal,
+            AgentError::Inference { reason, .. } => reason.code(),
             AgentError::Stopped(_) => Code::Unavailable,
+        }
+    }
+}
+
+impl BatchError {
+    /// How a failed run bears on the requests in it (isolate.rs).
+    pub fn blame(&self) -> Blame {
+        match self {
+            BatchError::Session(SessionError::WorkerDied { .. } | SessionError::Broken(_)) => {
+                Blame::Fatal
+            }
+            // The engine's words may quote any request's data. Outputs that do not
+            // split by rows still serve requests run alone.
+            BatchError::Session(SessionError::Failed(_)) | BatchError::NotBatched(_) => {
+                Blame::Split
+            }
+            BatchError::Session(SessionError::BadReply(_)) => Blame::Shared,
+        }
+    }
+
+    /// A failed run's code as its requests hear it. The runner hands the engine's own
+    /// failure (`Failed`) only to a request that ran alone (isolate.rs), so it is that
+    /// request's doing (an index out of range, a shape ONNX Runtime refuses):
+    /// INVALID_ARGUMENT, in the engine's words. A model that fails every input hears
+    /// the same; the words say which. A dead worker is the node's trouble, not the
+    /// request's: UNAVAILABLE, which callers retry (the gateway on another replica).
+    /// INTERNAL stays for what is about no request: a reply the agent cannot read, a
+    /// model whose outputs do not split by rows.
+    pub fn code(&self) -> Code {
+        match self {
+            BatchError::Session(SessionError::Failed(_)) => Code::InvalidArgument,
+            BatchError::Session(SessionError::WorkerDied { .. } | SessionError::Broken(_)) => {
+                Code::Unavailable
+            }
+            BatchError::Session(SessionError::BadReply(_)) | BatchError::NotBatched(_) => {
+                Code::Internal
+            }
         }
     }
 }
@@ -159,8 +197,41 @@ mod tests {
                     model: "m".into(),
                     reason: died.into(),
                 },
-                Code::Internal,
+                Code::Unavailable,
                 "model 'm' failed to run: the model worker (pid 7) died: signal: 9 (SIGKILL)",
+            ),
+            (
+                AgentError::Inference {
+                    model: "m".into(),
+                    reason: SessionError::Broken("answered out of turn".into()).into(),
+                },
+                Code::Unavailable,
+                "model 'm' failed to run: answered out of turn",
+            ),
+            (
+                AgentError::Inference {
+                    model: "m".into(),
+                    reason: SessionError::Failed("idx=1000 out of range".into()).into(),
+                },
+                Code::InvalidArgument,
+                "model 'm' failed to run: idx=1000 out of range",
+            ),
+            (
+                AgentError::Inference {
+                    model: "m".into(),
+                    reason: SessionError::BadReply("an empty reply".into()).into(),
+                },
+                Code::Internal,
+                "model 'm' failed to run: an empty reply",
+            ),
+            (
+                AgentError::Inference {
+                    model: "m".into(),
+                    reason: NotBatched { rows: 1, total: 2 }.into(),
+                },
+                Code::Internal,
+                "model 'm' failed to run: an output has 1 rows for a batch of 2; \
+                 the model does not batch along its first dimension",
             ),
             (
                 AgentError::LoadFailed {

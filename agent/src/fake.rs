@@ -1,7 +1,8 @@
 //! A scripted inference engine for unit tests: a `Loader` whose sessions compute in
 //! memory (each output is its input with every FP32 value doubled), and which a test
-//! can tell to fail a load, fail a run, die like a crashed worker, or hold a load or a
-//! run at a gate until it opens. No ONNX Runtime, no processes.
+//! can tell to fail a load, fail a run, refuse runs that hold a marked value (as ONNX
+//! Runtime refuses an index out of range), die like a crashed worker, or hold a load or
+//! a run at a gate until it opens. No ONNX Runtime, no processes.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -63,6 +64,8 @@ struct Script {
     load_gate: Option<Arc<Gate>>,
     run_gate: Option<Arc<Gate>>,
     failing_run: Option<String>,
+    /// Runs holding a negative FP32 value fail, naming it.
+    refusing_negative: bool,
     dying_run: bool,
     loads: usize,
     /// Rows of each batch run, in order.
@@ -160,6 +163,12 @@ impl FakeLoader {
         lock(&self.script).failing_run = Some(reason.into());
     }
 
+    /// Every run holding a negative value fails from now on, its error naming the first
+    /// such value, as ONNX Runtime names the index it refused; the session stays usable.
+    pub fn refuse_negative_values(&self) {
+        lock(&self.script).refusing_negative = true;
+    }
+
     /// The session of the next run dies in it, as a crashed worker does.
     pub fn die_on_next_run(&self) {
         lock(&self.script).dying_run = true;
@@ -249,6 +258,16 @@ impl Session for FakeSession {
         }
         if let Some(reason) = script.failing_run.take() {
             return Err(SessionError::Failed(reason));
+        }
+        if script.refusing_negative {
+            let negative = inputs
+                .iter()
+                .filter(|t| t.dtype == DataType::Fp32)
+                .flat_map(f32_values)
+                .find(|v| *v < 0.0);
+            if let Some(v) = negative {
+                return Err(SessionError::Failed(format!("value {v} is out of range")));
+            }
         }
         Ok(inputs.into_iter().map(double).collect())
     }

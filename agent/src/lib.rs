@@ -12,6 +12,7 @@ mod error;
 mod fake;
 mod files;
 mod idle;
+mod isolate;
 mod memory;
 mod onnx;
 mod probe;
@@ -30,12 +31,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 use herd_proto::herd::agent_server::AgentServer;
 use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
 use tonic::transport::Channel;
 
 // The agent's entry points; everything else stays inside the crate.
@@ -67,7 +68,9 @@ pub struct Agent {
     pub model_defaults: ModelSettings,
     pub max_message_size: usize,
     pub token: Option<String>,
-    pub require_token_for_inference: bool,
+    /// On when inference calls need the token: by --require-token-for-inference, or once
+    /// the scheduler says so at join.
+    pub require_token_for_inference: herd_core::layers::auth::TokenSwitch,
     /// The scheduler's connection once joined: model files are fetched through it.
     scheduler: Mutex<Option<SchedulerRpc>>,
 }
@@ -115,7 +118,7 @@ impl Agent {
             model_defaults: options.model_defaults,
             max_message_size: options.max_message_size,
             token: options.token,
-            require_token_for_inference: options.require_token_for_inference,
+            require_token_for_inference: options.require_token_for_inference.into(),
             scheduler: Mutex::new(None),
         })
     }
@@ -151,7 +154,7 @@ pub async fn serve(
     // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
     let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::agent(
         agent.token.clone(),
-        agent.require_token_for_inference,
+        agent.require_token_for_inference.clone(),
     ))
     .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
     // Connections bounded, idle ones closed, accept errors backed off; the accepted
@@ -177,6 +180,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.check()?;
+    let config = config.with_token_from_file()?;
     let options = AgentOptions::from_config(&config);
     let local = listener.local_addr().map_err(RunError::Address)?;
     let models =

@@ -1,10 +1,15 @@
 //! Model sessions in worker processes: the agent's side of `herd worker`. Loading a
 //! model starts a worker; unloading ends it, and with it every byte the model used.
+//! A watchdog kills a worker whose run outlives its limit (a hung or stopped
+//! process), so that its batch fails as a dead worker's instead of waiting forever.
 
 use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use herd_proto::herd::{
     worker_command, worker_reply, WorkerCommand, WorkerLoad, WorkerReply, WorkerRun,
@@ -31,6 +36,8 @@ pub enum WorkerError {
     OutOfTurn(&'static str),
     #[error("the model worker sent a tensor of unknown datatype {0:?}")]
     BadDataType(String),
+    #[error("cannot start the model worker's watchdog: {0}")]
+    Watchdog(String),
 }
 
 impl From<UnknownDataType> for WorkerError {
@@ -43,13 +50,15 @@ impl From<WorkerError> for SessionError {
     fn from(e: WorkerError) -> SessionError {
         match e {
             WorkerError::Died { pid, how } => SessionError::WorkerDied { pid, how },
-            // One reply answered one command: the pipe is still in step.
+            // One reply answered one command: the pipe is still in step. The fault is
+            // the worker's, not the data's.
             WorkerError::EmptyReply | WorkerError::BadDataType(_) => {
-                SessionError::Failed(e.to_string())
+                SessionError::BadReply(e.to_string())
             }
-            WorkerError::Start { .. } | WorkerError::NoPipes | WorkerError::OutOfTurn(_) => {
-                SessionError::Broken(e.to_string())
-            }
+            WorkerError::Start { .. }
+            | WorkerError::NoPipes
+            | WorkerError::OutOfTurn(_)
+            | WorkerError::Watchdog(_) => SessionError::Broken(e.to_string()),
         }
     }
 }
@@ -81,26 +90,69 @@ impl WorkerProgram {
     }
 }
 
+/// How long a run may take before its worker is taken for hung and killed:
+/// `multiple` times the slowest run the worker has answered, never less than `floor`.
+/// The slowest run rather than a percentile: a limit that only grows never kills a
+/// run like one that has already been answered, and it is one number to keep. The
+/// floor covers the first runs, which have nothing to go by and warm up slowly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Watchdog {
+    pub floor: Duration,
+    pub multiple: u32,
+}
+
+impl Default for Watchdog {
+    /// Generous on purpose: a kill fails a whole batch and reloads the model, so only
+    /// a worker that is surely stuck should meet it.
+    fn default() -> Watchdog {
+        Watchdog {
+            floor: Duration::from_secs(30),
+            multiple: 20,
+        }
+    }
+}
+
+impl Watchdog {
+    /// The time the next run may take, given the slowest run answered so far.
+    pub fn limit(&self, slowest: Option<Duration>) -> Duration {
+        slowest.map_or(self.floor, |s| {
+            s.saturating_mul(self.multiple).max(self.floor)
+        })
+    }
+}
+
 /// Loads each model in a worker process of its own.
 #[derive(Clone)]
 pub struct ProcessLoader {
     program: WorkerProgram,
+    watchdog: Watchdog,
 }
 
 impl ProcessLoader {
+    /// Runs are watched with the default limit: 20 × the slowest run, at least 30 s.
     pub fn new(program: WorkerProgram) -> ProcessLoader {
-        ProcessLoader { program }
+        ProcessLoader {
+            program,
+            watchdog: Watchdog::default(),
+        }
+    }
+
+    /// Kills a worker whose run takes longer than `multiple` times its slowest
+    /// answered run, and never sooner than `floor`.
+    pub fn with_watchdog(mut self, floor: Duration, multiple: u32) -> ProcessLoader {
+        self.watchdog = Watchdog { floor, multiple };
+        self
     }
 
     /// Starts a worker to check that ONNX Runtime loads; returns the library it found.
     pub fn check(&self) -> Result<String, LoadError> {
-        Worker::start(&self.program).map(|(_, library)| library)
+        Worker::start(&self.program, self.watchdog).map(|(_, library)| library)
     }
 }
 
 impl Loader for ProcessLoader {
     fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
-        let (mut worker, _) = Worker::start(&self.program)?;
+        let (mut worker, _) = Worker::start(&self.program, self.watchdog)?;
         let load = worker_command::Command::Load(WorkerLoad {
             path: files.path.display().to_string(),
             intra_op_threads: u32::try_from(files.settings.intra_op_threads).unwrap_or(u32::MAX),
@@ -125,17 +177,27 @@ impl Loader for ProcessLoader {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A running worker process. Dropping it kills the process and reaps it.
 struct Worker {
-    child: Child,
+    /// Shared with the watchdog, which may kill it; only this side waits for it.
+    child: Arc<Mutex<Child>>,
+    pid: u32,
     input: BufWriter<ChildStdin>,
     output: BufReader<ChildStdout>,
     /// Why the worker can no longer serve, once it cannot.
     dead: Option<WorkerError>,
+    watch: Watch,
+    watchdog: Watchdog,
+    /// The slowest run answered so far.
+    slowest: Option<Duration>,
 }
 
 impl Worker {
-    fn start(program: &WorkerProgram) -> Result<(Worker, String), LoadError> {
+    fn start(program: &WorkerProgram, watchdog: Watchdog) -> Result<(Worker, String), LoadError> {
         let mut child = Command::new(&program.program)
             .args(&program.args)
             .stdin(Stdio::piped())
@@ -151,11 +213,29 @@ impl Worker {
             let _ = child.wait();
             return Err(WorkerError::NoPipes.into());
         };
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        let killer = child.clone();
+        let watch = match Watch::start(pid, move || {
+            let _ = lock(&killer).kill();
+        }) {
+            Ok(watch) => watch,
+            Err(e) => {
+                let mut child = lock(&child);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Watchdog(e.to_string()).into());
+            }
+        };
         let mut worker = Worker {
             child,
+            pid,
             input: BufWriter::new(input),
             output: BufReader::new(output),
             dead: None,
+            watch,
+            watchdog,
+            slowest: None,
         };
         match worker.receive()? {
             worker_reply::Reply::Hello(hello) => Ok((worker, hello.onnxruntime)),
@@ -192,15 +272,20 @@ impl Worker {
 
     /// Records that the worker is gone, and says how it ended.
     fn died(&mut self, error: io::Error) -> WorkerError {
-        let _ = self.child.kill();
-        let how = match self.child.wait() {
-            Ok(status) => status.to_string(),
-            Err(_) => error.to_string(),
+        let ended = {
+            let mut child = lock(&self.child);
+            let _ = child.kill();
+            child.wait()
         };
-        let why = WorkerError::Died {
-            pid: self.child.id(),
-            how,
+        let how = match (self.watch.fired(), ended) {
+            (Some(limit), _) => format!(
+                "it gave no answer within {}, so the agent killed it",
+                humantime::format_duration(limit)
+            ),
+            (None, Ok(status)) => status.to_string(),
+            (None, Err(_)) => error.to_string(),
         };
+        let why = WorkerError::Died { pid: self.pid, how };
         self.dead = Some(why.clone());
         why
     }
@@ -223,7 +308,15 @@ impl Session for Worker {
         let run = worker_command::Command::Run(WorkerRun {
             inputs: inputs.into_iter().map(tensor_to_wire).collect(),
         });
-        match self.call(run)? {
+        self.watch.arm(self.watchdog.limit(self.slowest));
+        let started = std::time::Instant::now();
+        let reply = self.call(run);
+        self.watch.disarm();
+        if reply.is_ok() {
+            let took = started.elapsed();
+            self.slowest = Some(self.slowest.map_or(took, |s| s.max(took)));
+        }
+        match reply? {
             worker_reply::Reply::Outputs(o) => o
                 .outputs
                 .into_iter()
@@ -235,7 +328,7 @@ impl Session for Worker {
     }
 
     fn process_id(&self) -> Option<u32> {
-        Some(self.child.id())
+        Some(self.pid)
     }
 }
 
@@ -243,7 +336,158 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // The worker holds nothing worth a graceful exit; killing it frees its memory
         // at once even in the middle of a run.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A thread that calls `kill` when an armed run outlives its limit. Armed around each
+/// run; std time, as the run itself blocks a plain thread.
+struct Watch {
+    shared: Arc<Watched>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Watched {
+    state: Mutex<WatchState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// When the run now armed must have been answered, and its limit.
+    deadline: Option<(std::time::Instant, Duration)>,
+    /// The limit of the run it killed, once it has.
+    fired: Option<Duration>,
+    closed: bool,
+}
+
+impl Watch {
+    fn start(pid: u32, mut kill: impl FnMut() + Send + 'static) -> io::Result<Watch> {
+        let shared = Arc::new(Watched::default());
+        let watched = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("herd-watch-{pid}"))
+            .spawn(move || {
+                let mut state = lock(&watched.state);
+                while !state.closed {
+                    let Some((at, limit)) = state.deadline else {
+                        state = watched
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    if now < at {
+                        state = watched
+                            .changed
+                            .wait_timeout(state, at - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        continue;
+                    }
+                    // Recorded before the kill, so that whoever sees the worker die
+                    // can say why.
+                    state.deadline = None;
+                    state.fired = Some(limit);
+                    drop(state);
+                    kill();
+                    state = lock(&watched.state);
+                }
+            })?;
+        Ok(Watch {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn arm(&self, limit: Duration) {
+        // A limit past the end of the clock never fires.
+        let deadline = std::time::Instant::now()
+            .checked_add(limit)
+            .map(|at| (at, limit));
+        lock(&self.shared.state).deadline = deadline;
+        self.shared.changed.notify_all();
+    }
+
+    fn disarm(&self) {
+        lock(&self.shared.state).deadline = None;
+        self.shared.changed.notify_all();
+    }
+
+    /// The limit of the run it killed, once it has.
+    fn fired(&self) -> Option<Duration> {
+        lock(&self.shared.state).fired
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_a_multiple_of_the_slowest_run_and_never_under_the_floor() {
+        let watchdog = Watchdog::default();
+        assert_eq!(
+            watchdog.limit(None),
+            Duration::from_secs(30),
+            "nothing to go by"
+        );
+        assert_eq!(
+            watchdog.limit(Some(Duration::from_millis(5))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            watchdog.limit(Some(Duration::from_secs(2))),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            watchdog.limit(Some(Duration::MAX)),
+            Duration::MAX,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn a_run_past_its_limit_is_killed_and_the_limit_named() {
+        let (killed, kills) = std::sync::mpsc::channel();
+        let watch = Watch::start(0, move || {
+            let _ = killed.send(());
+        })
+        .expect("watch thread");
+        assert_eq!(watch.fired(), None);
+        watch.arm(Duration::from_millis(1));
+        kills.recv().expect("the watch kills the late run");
+        assert_eq!(watch.fired(), Some(Duration::from_millis(1)));
+        drop(watch);
+        assert!(kills.try_recv().is_err(), "killed once");
+    }
+
+    #[test]
+    fn a_run_answered_in_time_is_never_killed() {
+        let (killed, kills) = std::sync::mpsc::channel();
+        let watch = Watch::start(0, move || {
+            let _ = killed.send(());
+        })
+        .expect("watch thread");
+        for limit in [Duration::from_secs(3600), Duration::MAX] {
+            watch.arm(limit);
+            watch.disarm();
+        }
+        drop(watch);
+        assert!(kills.recv().is_err(), "the watch ended without killing");
     }
 }

@@ -4,6 +4,11 @@
 //! A request holds a queue permit from admission until it is answered, so the queue
 //! is bounded; when every permit is taken the request is refused at once. Its span
 //! travels with it, and the batch it runs in names it in the logs.
+//!
+//! A batch that fails inside the model runs again in halves (isolate.rs), so that only
+//! the request at fault fails, with words from a run of its own data alone.
+
+mod throttle;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +22,18 @@ use tracing::{debug, warn, Span};
 use crate::batch::{concat, split};
 use crate::batcher::{BatchQueue, Next, Queued};
 use crate::error::{AgentError, BatchError};
+use crate::isolate::isolate;
 use crate::session::{Session, SessionError};
 use crate::stats::ModelStats;
 use crate::trace::RequestId;
 use crate::validate::ValidRequest;
 use herd_core::tensor::Tensor;
+use throttle::Throttle;
+
+/// At most one line per model this often about requests that failed; the next one
+/// says how many were held back, so that a client sending bad input cannot flood the
+/// logs.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 pub type Reply = Result<Vec<Tensor>, AgentError>;
 
@@ -267,10 +279,10 @@ fn work(
     stats: &ModelStats,
     alive: &AtomicBool,
 ) {
+    let mut failures = Throttle::new(FAILURE_LOG_EVERY);
     for job in jobs {
         let dispatched = Instant::now();
-        let rows: Vec<usize> = job.batch.iter().map(|p| p.request.rows).collect();
-        let items: usize = rows.iter().sum();
+        let items: usize = job.batch.iter().map(|p| p.request.rows).sum();
         let requests = job
             .batch
             .iter()
@@ -283,32 +295,22 @@ fn work(
         }
         let _entered = span.enter();
         debug!(%requests, size = job.batch.len(), items, "batch running");
-        let inputs: Vec<&[Tensor]> = job
-            .batch
-            .iter()
-            .map(|p| p.request.inputs.as_slice())
-            .collect();
-        let batched = concat(&inputs);
-        let started = std::time::Instant::now();
-        let result: Result<_, BatchError> =
-            std::panic::catch_unwind(AssertUnwindSafe(|| session.run(batched)))
-                .unwrap_or_else(|_| {
-                    Err(SessionError::Failed(
-                        "the inference engine panicked".to_string(),
-                    ))
-                })
-                .map_err(BatchError::from)
-                .and_then(|outputs| Ok(split(outputs, &rows)?));
-        let compute = started.elapsed();
-        stats.record_run(items as u64, compute, result.is_ok());
+        let results = isolate(
+            &job.batch,
+            |part| run_part(session.as_mut(), part, stats),
+            BatchError::blame,
+        );
+        let died = results.iter().find_map(|r| match r {
+            Err(BatchError::Session(e)) if e.ends_session() => Some(e.clone()),
+            _ => None,
+        });
         // Known dead before anyone hears of the failure, so that a retry loads afresh.
-        let dead = matches!(&result, Err(BatchError::Session(e)) if e.ends_session());
-        if dead {
+        if died.is_some() {
             alive.store(false, Ordering::Release);
         }
-        match result {
-            Ok(per_request) => {
-                for (p, outputs) in job.batch.into_iter().zip(per_request) {
+        for (p, result) in job.batch.into_iter().zip(results) {
+            match result {
+                Ok(outputs) => {
                     let selected = p
                         .request
                         .outputs
@@ -317,24 +319,56 @@ fn work(
                         .collect();
                     answer(stats, p, dispatched, Ok(selected));
                 }
-            }
-            Err(reason) => {
-                warn!(model = %model, %requests, items, error = %reason, "batch failed");
-                for p in job.batch {
+                Err(reason) => {
+                    // A death is logged once below, not per request.
+                    let fatal = matches!(&reason, BatchError::Session(e) if e.ends_session());
+                    if !fatal {
+                        if let Some(suppressed) = failures.admit(Instant::now()) {
+                            warn!(model = %model, request = %p.id, error = %reason, suppressed, "request failed");
+                        }
+                    }
                     let err = AgentError::Inference {
                         model: model.to_string(),
-                        reason: reason.clone(),
+                        reason,
                     };
                     answer(stats, p, dispatched, Err(err));
                 }
             }
         }
         let _ = job.done.send(());
-        if dead {
-            warn!(model = %model, "model session died; it will be loaded again on the next request");
+        if let Some(error) = died {
+            warn!(model = %model, %requests, %error, "model session died; it will be loaded again on the next request");
             return;
         }
     }
+}
+
+/// One run of some of a batch's requests: their inputs stacked, the outputs split
+/// back. Every run counts in the model's statistics, re-runs included.
+fn run_part(
+    session: &mut dyn Session,
+    part: &[Pending],
+    stats: &ModelStats,
+) -> Result<Vec<Vec<Tensor>>, BatchError> {
+    let rows: Vec<usize> = part.iter().map(|p| p.request.rows).collect();
+    let items: usize = rows.iter().sum();
+    let inputs: Vec<&[Tensor]> = part.iter().map(|p| p.request.inputs.as_slice()).collect();
+    let batched = concat(&inputs);
+    let started = std::time::Instant::now();
+    let result: Result<_, BatchError> =
+        std::panic::catch_unwind(AssertUnwindSafe(|| session.run(batched)))
+            .unwrap_or_else(|_| {
+                Err(SessionError::Failed(
+                    "the inference engine panicked".to_string(),
+                ))
+            })
+            .map_err(BatchError::from)
+            .and_then(|outputs| Ok(split(outputs, &rows)?));
+    stats.record_run(items as u64, started.elapsed(), result.is_ok());
+    if let Err(error) = &result {
+        debug!(size = part.len(), items, %error, "run failed");
+    }
+    result
 }
 
 fn answer(stats: &ModelStats, p: Pending, dispatched: Instant, reply: Reply) {
@@ -439,7 +473,7 @@ mod tests {
         let err = answer(submit(&runner, 1, 1.0))
             .await
             .expect_err("its worker died");
-        assert_eq!(err.code(), Code::Internal);
+        assert_eq!(err.code(), Code::Unavailable, "callers retry a dead worker");
         assert!(
             matches!(
                 &err,
@@ -484,6 +518,52 @@ mod tests {
         assert!(runner.is_alive());
         let out = answer(submit(&runner, 1, 1.0)).await.expect("runs again");
         assert_eq!(f32_values(&out[0]), vec![2.0; 4]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_fails_inside_the_model_fails_alone_and_its_batch_runs() {
+        let fake = FakeLoader::new();
+        fake.refuse_negative_values();
+        let gate = fake.gate_runs();
+        let stats = Arc::new(ModelStats::default());
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_batch_delay: Duration::ZERO,
+            queue_capacity: 64,
+        };
+        let runner = Runner::start("m", fake.session(), policy, stats.clone());
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        let values = [1.0, 2.0, -3.0, 4.0];
+        let waiting: Vec<_> = values.map(|v| (v, submit(&runner, 1, v))).into();
+        gate.open();
+        answer(first).await.expect("runs");
+        for (v, rx) in waiting {
+            match answer(rx).await {
+                Ok(out) => assert_eq!(f32_values(&out[0]), vec![v * 2.0; 4]),
+                Err(err) => {
+                    assert_eq!(v, -3.0, "only the poisoned request fails: {err}");
+                    assert_eq!(err.code(), Code::InvalidArgument, "its own fault");
+                    assert_eq!(
+                        err.to_string(),
+                        "model 'm' failed to run: value -3 is out of range"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            fake.batches(),
+            vec![1, 4, 2, 2, 1, 1],
+            "the failed batch ran again in halves"
+        );
+        let c = stats.lock();
+        assert_eq!(
+            (c.execution_count, c.inference_count),
+            (3, 4),
+            "each successful run counts, re-runs included; the failed ones ran nothing"
+        );
+        assert_eq!((c.success.count, c.fail.count), (4, 1));
+        assert!(runner.is_alive());
     }
 
     #[tokio::test]

@@ -10,9 +10,16 @@ use crate::process::WorkerError;
 /// Why a batch did not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    /// The engine failed this batch; the session can run the next one.
+    /// The engine failed this batch, in its own words; the session can run the next
+    /// one. The words may quote the batch's data (ONNX Runtime names the index it
+    /// refused), so the runner hands them only to a request that ran alone.
     #[error("{0}")]
     Failed(String),
+    /// The engine answered in a way the agent cannot read (a worker's malformed
+    /// reply): its fault, not the data's, and the words quote no data. The session can
+    /// run the next batch.
+    #[error("{0}")]
+    BadReply(String),
     /// The process that held the session is gone: the session can never run again,
     /// and the model is loaded afresh on the next request.
     #[error("the model worker (pid {pid}) died: {how}")]

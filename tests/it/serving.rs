@@ -503,7 +503,7 @@ async fn a_crashed_worker_fails_its_batch_clearly_and_the_model_loads_again() {
         .model_infer(mlp_request(1, 1.0))
         .await
         .expect_err("its worker is gone");
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status
             .message()
