@@ -63,7 +63,9 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
-    /// Shape of an input with dynamic dimensions, NAME=D0,D1,... (repeat per input).
+    /// Shape of an input with dynamic dimensions, NAME=D0,D1,... (repeat per input). For
+    /// a model that batches, D0 is the batch: write -1 or 1; it follows --batch (and
+    /// each --local-batch).
     #[arg(long = "shape", value_parser = parse_shape)]
     pub shapes: Vec<(String, Vec<i64>)>,
 

@@ -17,18 +17,39 @@ use herd_client::tensor::{NamedTensor, Shape, TensorData};
 use herd_client::ClientError;
 
 /// The shape to send for one input: `-1` in the first place becomes `batch` (when the
-/// model batches), other `-1`s must be given through `overrides`.
+/// model batches), other `-1`s must be given through `overrides`. An override of a
+/// batching model gives one item's shape: its first dimension is the batch, which
+/// always follows `batch` (written there as -1, 1 or `batch` itself), so that the items
+/// a bench counts are the items it sends.
 pub fn concrete_shape(
     meta: &TensorMetadata,
     batch: usize,
     batched: bool,
     overrides: &HashMap<String, Vec<i64>>,
 ) -> Result<Vec<i64>, String> {
-    if let Some(shape) = overrides.get(&meta.name) {
-        return Ok(shape.clone());
-    }
-    let mut shape = meta.shape.clone();
+    let mut shape = match overrides.get(&meta.name) {
+        Some(given) if given.len() != meta.shape.len() => {
+            return Err(format!(
+                "--shape {}: {} dimensions given, the model's input has {} ({:?})",
+                meta.name,
+                given.len(),
+                meta.shape.len(),
+                meta.shape
+            ))
+        }
+        Some(given) => given.clone(),
+        None => meta.shape.clone(),
+    };
     if batched {
+        let first = shape[0];
+        if overrides.contains_key(&meta.name) && ![-1, 1, batch as i64].contains(&first) {
+            return Err(format!(
+                "--shape {}={}: the first dimension is the batch, which comes from the batch \
+                 size ({batch}); write it as -1 or 1",
+                meta.name,
+                join(&shape)
+            ));
+        }
         shape[0] = batch as i64;
     } else if batch != 1 {
         return Err(format!(
@@ -43,6 +64,14 @@ pub fn concrete_shape(
         ));
     }
     Ok(shape)
+}
+
+fn join(shape: &[i64]) -> String {
+    shape
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Random little-endian bytes for `count` elements of `dtype`. Integers stay in
@@ -285,6 +314,44 @@ mod tests {
         assert_eq!(tensors[0].data.dtype(), DataType::Fp32);
         assert_eq!(tensors[1].data.dtype(), DataType::Int64);
         assert_eq!(tensors[1].data.shape(), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_shape_given_for_a_batching_model_takes_its_batch_from_the_batch_size() {
+        let image = TensorMetadata {
+            name: "images".into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 3, -1, -1],
+        };
+        let given: HashMap<String, Vec<i64>> =
+            [("images".to_string(), vec![1, 3, 320, 320])].into();
+        for batch in [1, 8] {
+            assert_eq!(
+                concrete_shape(&image, batch, true, &given),
+                Ok(vec![batch as i64, 3, 320, 320]),
+                "the items sent are the items counted"
+            );
+        }
+        let dynamic_first = [("images".to_string(), vec![-1, 3, 64, 64])].into();
+        assert_eq!(
+            concrete_shape(&image, 4, true, &dynamic_first),
+            Ok(vec![4, 3, 64, 64])
+        );
+        let other_batch = [("images".to_string(), vec![8, 3, 320, 320])].into();
+        let e = concrete_shape(&image, 2, true, &other_batch).expect_err("8 is not 2");
+        assert!(e.contains("comes from the batch size (2)"), "{e}");
+        let short = [("images".to_string(), vec![3, 320, 320])].into();
+        let e = concrete_shape(&image, 1, true, &short).expect_err("three of four");
+        assert!(
+            e.contains("3 dimensions given, the model's input has 4"),
+            "{e}"
+        );
+        let unbatched = TensorMetadata {
+            shape: vec![3, -1],
+            ..image.clone()
+        };
+        let fixed = [("images".to_string(), vec![3, 7])].into();
+        assert_eq!(concrete_shape(&unbatched, 1, false, &fixed), Ok(vec![3, 7]));
     }
 
     #[test]
