@@ -25,25 +25,44 @@ use herd_core::repository::Repository;
 
 use crate::error::AgentError;
 
-/// Why a fetched model file was not kept.
+/// Why a fetched model file was not kept. The words may reach clients, so they name no
+/// directory of this node; [`FileError::path`] is for the log.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("this agent has no data directory to keep fetched models in")]
     NoDataDir,
-    #[error("cannot create {}: {error}", .dir.display())]
+    #[error("cannot create the agent's directory for fetched models: {error}")]
     CreateDir { dir: PathBuf, error: io::Error },
-    #[error("cannot write in {}: {error}", .dir.display())]
+    #[error("cannot write in the agent's directory for fetched models: {error}")]
     TempFile { dir: PathBuf, error: io::Error },
     #[error("cannot write the model file: {0}")]
     Write(io::Error),
     #[error("the fetched file's sha256 is {got}, not {expected}; it was discarded")]
     DigestMismatch { got: String, expected: String },
-    #[error("cannot keep {}: {error}", .path.display())]
+    #[error("cannot keep the fetched model file {}: {error}", file_name(.path))]
     Persist { path: PathBuf, error: io::Error },
     #[error("chunk at offset {offset} where {expected} was expected")]
     OutOfOrder { offset: u64, expected: u64 },
     #[error("fetched {got} bytes of a {expected}-byte model file")]
     Incomplete { got: u64, expected: u64 },
+}
+
+impl FileError {
+    /// The directory or file the error is about, for the log.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            FileError::CreateDir { dir, .. } | FileError::TempFile { dir, .. } => Some(dir),
+            FileError::Persist { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// A file's name without its directory.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The chunks of one file in order, as the scheduler's `FetchModel` sends them.

@@ -1,6 +1,7 @@
 //! What every client command takes on its command line: where the scheduler is, the
-//! token, and a deadline.
+//! token (or the file that holds it), and a deadline.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_client::{Client, ClientError, ConnectOptions};
@@ -16,9 +17,15 @@ pub struct ConnectArgs {
     )]
     pub scheduler: String,
 
-    /// Cluster token, sent as `authorization: Bearer <token>` with every request.
+    /// Cluster token, sent as `authorization: Bearer <token>` with every request. A
+    /// token on the command line shows in `ps`: prefer --token-file or HERD_TOKEN.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+
+    /// Read the cluster token from this file (surrounding whitespace ignored) instead
+    /// of --token.
+    #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token", global = true)]
+    pub token_file: Option<PathBuf>,
 
     /// Deadline of each request ("30s", "500ms"); none by default.
     #[arg(long, env = "HERD_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
@@ -26,15 +33,65 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub fn options(&self) -> ConnectOptions {
-        ConnectOptions {
-            token: self.token.clone().filter(|t| !t.is_empty()),
+    /// How to connect; fails only when --token-file gives no token.
+    pub fn options(&self) -> Result<ConnectOptions, ClientError> {
+        let token = herd_core::auth::given_token(self.token.as_deref(), self.token_file.as_deref())
+            .map_err(|e| ClientError::Token(e.to_string()))?;
+        Ok(ConnectOptions {
+            token,
             timeout: self.timeout,
             ..ConnectOptions::default()
-        }
+        })
     }
 
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect_with(&self.scheduler, self.options()).await
+        Client::connect_with(&self.scheduler, self.options()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ConnectArgs, clap::Error> {
+        Cli::try_parse_from(["herd"].iter().chain(args)).map(|c| c.connect)
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_or_a_file_and_not_from_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let options = parse(&["--token-file", file])
+            .expect("valid flags")
+            .options()
+            .expect("a token");
+        assert_eq!(options.token.as_deref(), Some("s3cret"));
+        let options = parse(&["--token", "t"]).expect("valid flags").options();
+        assert_eq!(options.expect("a token").token.as_deref(), Some("t"));
+        let both = parse(&["--token-file", file, "--token", "t"]).err();
+        assert_eq!(
+            both.map(|e| e.kind()),
+            Some(clap::error::ErrorKind::ArgumentConflict)
+        );
+        let missing = dir.path().join("missing");
+        let err = parse(&["--token-file", missing.to_str().expect("utf-8 path")])
+            .expect("valid flags")
+            .options()
+            .expect_err("no such file");
+        assert!(
+            err.to_string()
+                .starts_with("invalid token: cannot read the token file "),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use herd_agent::Loader;
-use herd_core::limits::MAX_MESSAGE;
 use herd_scheduler::SchedulerConfig;
 use tokio::net::TcpListener;
 
@@ -41,7 +40,8 @@ pub async fn run(
         model_repository: config.scheduler.model_repository.clone(),
         model_defaults: config.scheduler.model_defaults.settings(),
         memory_limit: config.node.memory_limit.map(|b| b.as_u64()),
-        max_message_size: MAX_MESSAGE,
+        // One --max-message-size for the gateway and the agent behind it.
+        max_message_size: config.scheduler.max_message_bytes(),
         token: Some(scheduler.settings.token.clone()),
         require_token_for_inference: false,
         data_dir: Some(config.scheduler.data_dir().join("agent")),

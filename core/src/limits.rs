@@ -1,11 +1,26 @@
 //! Sizes and defaults every part agrees on.
 
-/// The largest gRPC message a client, the scheduler or an agent accepts by default
-/// (a 1440 px RGB float image is ~25 MiB; batches of them go in one message).
+/// The largest gRPC message herd's client library accepts or sends (a 1440 px RGB float
+/// image is ~25 MiB; batches of them go in one message). Servers take theirs from
+/// --max-message-size.
 pub const MAX_MESSAGE: usize = 256 << 20;
 
-/// The largest batch message between the scheduler and an agent.
+/// The largest batch message between the scheduler and an agent, at least.
 pub const BATCH_MESSAGE: usize = 256 << 20;
+
+/// Bytes of requests that travel together in one batch from the scheduler to an agent;
+/// a larger request travels alone.
+pub const BATCH_BYTES: usize = 32 << 20;
+
+/// What a batch adds around one request (its id, its deadline, the framing), and more.
+const BATCH_ITEM_OVERHEAD: usize = 1 << 20;
+
+/// The largest batch message between the scheduler and an agent when one request may
+/// be `max_message` bytes: a batch is at most [`BATCH_BYTES`] of requests, or one
+/// request alone.
+pub fn batch_message(max_message: usize) -> usize {
+    BATCH_MESSAGE.max(max_message.saturating_add(BATCH_ITEM_OVERHEAD))
+}
 
 /// The largest message on an agent's link to the scheduler (reports, fetched chunks).
 pub const LINK_MESSAGE: usize = 64 << 20;

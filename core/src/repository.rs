@@ -7,19 +7,70 @@ use crate::limits::quoted_name;
 use crate::settings::{ClusterPolicy, ModelSettings, SettingsError};
 
 /// Names in these errors are as [`quoted_name`] gives them: a caller's long name is not
-/// echoed in full.
+/// echoed in full. Their words may reach clients, so they name files as the repository
+/// does (`<model>/herd.toml`), never by where the repository is; `path` is for logs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RepositoryError {
     #[error("model '{0}' is not in the model repository")]
     ModelNotFound(String),
     #[error("invalid model name {0:?}: use a plain directory name of the model repository")]
     InvalidModelName(String),
-    #[error("model '{model}' cannot be loaded: {}: {reason}", .path.display())]
+    #[error("model '{model}' cannot be loaded: {model}/herd.toml: {reason}")]
     BadSettings {
         model: String,
         path: PathBuf,
         reason: SettingsError,
     },
+}
+
+/// `text` with every absolute path in it cut to what a client may see: a file of the
+/// repository as the repository names it (`<model>/herd.toml`,
+/// `<model>/<version>/model.onnx`), any other file by its name alone. For messages
+/// that leave a server, whose words may quote paths (ONNX Runtime's load errors do);
+/// the whole path belongs in the server's log.
+pub fn without_server_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut at_boundary = true;
+    while let Some(c) = rest.chars().next() {
+        if c == '/' && at_boundary {
+            let end = path_end(rest);
+            out.push_str(&client_path(&rest[..end]));
+            rest = &rest[end..];
+            at_boundary = false;
+            continue;
+        }
+        out.push(c);
+        at_boundary = c.is_whitespace() || "([{\"'=,;".contains(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Where the path that starts `text` ends: at white space, a quote or a closing
+/// bracket, or a colon that ends it (`/a/herd.toml: bad`).
+fn path_end(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    for (i, c) in text.char_indices() {
+        let ends = c.is_whitespace()
+            || "\"'`)]},;".contains(c)
+            || (c == ':' && bytes.get(i + 1).is_none_or(|b| b.is_ascii_whitespace()));
+        if ends {
+            return i;
+        }
+    }
+    text.len()
+}
+
+fn client_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let keep = match parts.last() {
+        None => return path.to_string(),
+        Some(&"herd.toml") => 2,
+        Some(&"model.onnx") => 3,
+        Some(_) => 1,
+    };
+    parts[parts.len().saturating_sub(keep)..].join("/")
 }
 
 #[derive(Clone, Debug)]
@@ -158,7 +209,53 @@ mod tests {
             );
         }
         std::fs::write(dir.path().join("m/herd.toml"), "max_batch_size = \"lots\"").expect("write");
-        let err = repo.find("m").expect_err("bad herd.toml").to_string();
-        assert!(err.contains("herd.toml"), "{err}");
+        let err = repo.find("m").expect_err("bad herd.toml");
+        let RepositoryError::BadSettings { path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            path,
+            &dir.path().join("m/herd.toml"),
+            "the whole path, for logs"
+        );
+        let err = err.to_string();
+        assert!(
+            err.starts_with("model 'm' cannot be loaded: m/herd.toml: "),
+            "named as the repository names it: {err}"
+        );
+        assert!(!err.contains(&*dir.path().to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn server_paths_are_cut_to_what_the_repository_calls_them() {
+        let cases = [
+            (
+                "Load model from /srv/models/m/3/model.onnx failed:Protobuf parsing failed.",
+                "Load model from m/3/model.onnx failed:Protobuf parsing failed.",
+            ),
+            (
+                "/home/me/models/m/herd.toml: expected a table",
+                "m/herd.toml: expected a table",
+            ),
+            (
+                "cannot start a model worker (/usr/local/bin/herd): No such file",
+                "cannot start a model worker (herd): No such file",
+            ),
+            (
+                "ONNX Runtime at \"/opt/ort/lib/libonnxruntime.so.1\" failed",
+                "ONNX Runtime at \"libonnxruntime.so.1\" failed",
+            ),
+            ("path=/var/lib/herd/models/abc.onnx", "path=abc.onnx"),
+            // Not paths: fractions, URLs, words with slashes, a lone slash.
+            (
+                "1/2 of http://host:8001/x and/or a / b",
+                "1/2 of http://host:8001/x and/or a / b",
+            ),
+            ("", ""),
+            ("é /tmp/é/x", "é x"),
+        ];
+        for (text, client) in cases {
+            assert_eq!(without_server_paths(text), client, "{text}");
+        }
     }
 }

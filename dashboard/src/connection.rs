@@ -79,7 +79,9 @@ impl Target {
 /// from.
 fn describe(error: &ClientError) -> String {
     match error {
-        ClientError::Unauthenticated { .. } => format!("{error} (check --token or HERD_TOKEN)"),
+        ClientError::Unauthenticated { .. } => {
+            format!("{error} (check --token, --token-file or HERD_TOKEN)")
+        }
         _ => error.to_string(),
     }
 }

@@ -39,12 +39,23 @@ pub struct DashConfig {
     /// The scheduler's admin gRPC address (HOST:PORT or a URL).
     #[arg(long, env = "HERD_SCHEDULER", default_value = "127.0.0.1:8001")]
     pub scheduler: String,
-    /// The cluster token, sent as `authorization: Bearer <token>`.
+    /// The cluster token, sent as `authorization: Bearer <token>`. A token on the
+    /// command line shows in `ps`: prefer --token-file or HERD_TOKEN.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Draw without colours (also set by a non-empty NO_COLOR).
-    #[arg(long, env = "NO_COLOR")]
+    /// Read the cluster token from this file (surrounding whitespace ignored) instead
+    /// of --token.
+    #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Draw without colours (also set by a non-empty NO_COLOR, whatever its value).
+    #[arg(long, env = "NO_COLOR", action = clap::ArgAction::SetTrue, value_parser = non_empty)]
     pub no_color: bool,
+}
+
+/// NO_COLOR's rule: any non-empty value turns colours off (`NO_COLOR=1` as well as
+/// `true`).
+fn non_empty(value: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(!value.is_empty())
 }
 
 impl std::fmt::Debug for DashConfig {
@@ -52,6 +63,7 @@ impl std::fmt::Debug for DashConfig {
         f.debug_struct("DashConfig")
             .field("scheduler", &self.scheduler)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("no_color", &self.no_color)
             .finish()
     }
@@ -59,10 +71,13 @@ impl std::fmt::Debug for DashConfig {
 
 /// Runs the dashboard until the user quits.
 pub async fn run(config: DashConfig) -> anyhow::Result<()> {
+    // Settings first: their errors are worth more than "needs a terminal".
+    let token =
+        herd_core::auth::given_token(config.token.as_deref(), config.token_file.as_deref())?;
+    let target = Target::new(&config.scheduler, token.as_deref())?;
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("herd dash needs a terminal");
     }
-    let target = Target::new(&config.scheduler, config.token.as_deref())?;
     let (tx, mut rx) = mpsc::channel(64);
     let watcher = tokio::spawn(connection::watch(target.clone(), tx.clone()));
 
@@ -139,4 +154,37 @@ pub async fn run(config: DashConfig) -> anyhow::Result<()> {
     watcher.abort();
     drop(guard);
     result
+}
+
+#[cfg(test)]
+mod config_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dash: DashConfig,
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_or_a_file_and_any_no_color_value_counts() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["herd-dash"].iter().chain(args));
+        let config = parse(&["--token-file", "/run/herd/token", "--no-color"])
+            .expect("valid flags")
+            .dash;
+        assert_eq!(
+            config.token_file.as_deref(),
+            Some(std::path::Path::new("/run/herd/token"))
+        );
+        assert!(config.no_color);
+        let both = parse(&["--token-file", "f", "--token", "t"]).err();
+        assert_eq!(
+            both.map(|e| e.kind()),
+            Some(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(non_empty("1"), Ok(true));
+        assert_eq!(non_empty(""), Ok(false));
+    }
 }

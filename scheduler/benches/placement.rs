@@ -263,6 +263,8 @@ mod routing {
             upscale_delay: Duration::from_secs(5),
             model_defaults: Default::default(),
             rescan_interval: Duration::ZERO,
+            max_message_size: herd_core::limits::MAX_MESSAGE,
+            max_in_flight_bytes: usize::MAX,
         };
         let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());
         let _guard = runtime.enter();

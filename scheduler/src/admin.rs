@@ -92,6 +92,9 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
                     ttl_ms: m.settings.ttl.as_millis(),
                     intra_op_threads: m.settings.intra_op_threads as u32,
                     queue_capacity: m.settings.queue_capacity as u32,
+                    max_item_elements: m.settings.max_item_elements,
+                    max_queue_bytes: m.settings.max_queue_bytes.unwrap_or(0),
+                    max_batch_bytes: m.settings.max_batch_bytes.unwrap_or(0),
                 }),
                 policy: Some(ModelPolicy {
                     min_replicas: m.policy.min_replicas,

@@ -18,12 +18,17 @@ pub struct AgentLink {
     pub inference: InferenceRpc,
 }
 
-use herd_core::limits::MAX_MESSAGE;
-
 impl AgentLink {
     /// Connects lazily: the first call opens the connection, and a dropped one is
-    /// opened again on the next call.
-    pub fn new(address: &str, token: Option<&str>) -> Result<AgentLink, String> {
+    /// opened again on the next call. `max_message` is the gateway's limit on one
+    /// request: a batch carries at most `limits::BATCH_BYTES` of requests or one
+    /// request alone, so the link takes [`herd_core::limits::batch_message`].
+    pub fn new(
+        address: &str,
+        token: Option<&str>,
+        max_message: usize,
+    ) -> Result<AgentLink, String> {
+        let max = herd_core::limits::batch_message(max_message);
         let url = herd_proto::grpc_url(address);
         let channel = Endpoint::from_shared(url)
             .map_err(|e| format!("agent address {address:?}: {e}"))?
@@ -35,11 +40,11 @@ impl AgentLink {
         let token = SendToken::new(token).map_err(|e| e.to_string())?;
         Ok(AgentLink {
             agent: AgentClient::with_interceptor(channel.clone(), token.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             inference: GrpcInferenceServiceClient::with_interceptor(channel, token)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         })
     }
 }

@@ -83,6 +83,18 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_RESCAN_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub rescan_interval: Duration,
 
+    /// Largest gRPC message the inference gateway accepts or sends (e.g. 64MiB); a
+    /// larger one is refused with RESOURCE_EXHAUSTED before it is read. `herd up` gives
+    /// its agent the same limit.
+    #[arg(long, env = "HERD_MAX_MESSAGE_SIZE", default_value = "64MiB")]
+    pub max_message_size: bytesize::ByteSize,
+
+    /// Bytes of requests the scheduler holds at once (each from its arrival to its
+    /// answer, while it waits for a replica); past it, RESOURCE_EXHAUSTED before the
+    /// request is read. Never below --max-message-size.
+    #[arg(long, env = "HERD_MAX_IN_FLIGHT_BYTES", default_value = "512MiB")]
+    pub max_in_flight_bytes: bytesize::ByteSize,
+
     /// Settings of models whose herd.toml does not set them.
     #[command(flatten)]
     pub model_defaults: herd_core::flags::ModelDefaultFlags,
@@ -93,6 +105,18 @@ impl SchedulerConfig {
     /// directory.
     pub fn given_token(&self) -> Result<Option<String>, herd_core::auth::TokenFileError> {
         herd_core::auth::given_token(self.token.as_deref(), self.token_file.as_deref())
+    }
+
+    /// --max-message-size, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_message_size.as_u64()).unwrap_or(usize::MAX)
+    }
+
+    /// --max-in-flight-bytes, in bytes: at least one message of the largest size.
+    pub fn max_in_flight_bytes(&self) -> usize {
+        usize::try_from(self.max_in_flight_bytes.as_u64())
+            .unwrap_or(usize::MAX)
+            .max(self.max_message_bytes())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -132,5 +156,30 @@ mod tests {
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
         let config = parse(&[]).expect("valid flags");
         assert_eq!(config.given_token(), Ok(None));
+    }
+
+    #[test]
+    fn message_limits_default_to_the_agent_s_and_the_budget_holds_one_message() {
+        let parse = |args: &[&str]| {
+            let args = ["herd-scheduler", "--model-repository", "m"]
+                .into_iter()
+                .chain(args.iter().copied());
+            Cli::try_parse_from(args).expect("valid flags").scheduler
+        };
+        let config = parse(&[]);
+        assert_eq!(config.max_message_bytes(), 64 << 20);
+        assert_eq!(config.max_in_flight_bytes(), 512 << 20);
+        let config = parse(&[
+            "--max-message-size",
+            "1GiB",
+            "--max-in-flight-bytes",
+            "1MiB",
+        ]);
+        assert_eq!(config.max_message_bytes(), 1 << 30);
+        assert_eq!(
+            config.max_in_flight_bytes(),
+            1 << 30,
+            "raised to one message"
+        );
     }
 }

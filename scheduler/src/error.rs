@@ -64,8 +64,24 @@ impl SchedulerError {
         }
     }
 
-    /// An agent's status, kept with its code.
+    /// An agent's status, kept with its code. tonic's own refusal of a message over the
+    /// link's size limit (OUT_OF_RANGE) is RESOURCE_EXHAUSTED, as a server says it.
     pub fn agent(status: &Status) -> SchedulerError {
+        if let Some(too_large) = herd_core::layers::TooLarge::of(status) {
+            use herd_core::layers::message_size::Direction;
+            let what = match too_large.direction {
+                Direction::Sent => "the batch for the agent",
+                Direction::Received => "the agent's answer",
+            };
+            return SchedulerError::Agent {
+                code: Code::ResourceExhausted,
+                message: format!(
+                    "{what} is {} bytes, over the limit of {} bytes between the scheduler \
+                     and its agents",
+                    too_large.len, too_large.limit
+                ),
+            };
+        }
         SchedulerError::Agent {
             code: status.code(),
             message: status.message().to_string(),
@@ -86,9 +102,24 @@ impl SchedulerError {
     }
 }
 
+/// Words that may quote a file of this machine (the repository's, read for a request;
+/// an agent's answer, passed on) name it as the repository does, never where it is:
+/// they reach whoever called. The log keeps the whole path.
 impl From<SchedulerError> for Status {
     fn from(e: SchedulerError) -> Status {
-        Status::new(e.code(), e.to_string())
+        use SchedulerError::*;
+        let message = e.to_string();
+        let message = match &e {
+            NotInRepository(_) | LoadFailed(_) | File(_) | Agent { .. } | UnloadFailed { .. } => {
+                let client = herd_core::repository::without_server_paths(&message);
+                if client != message {
+                    tracing::warn!(error = %message, "request failed");
+                }
+                client
+            }
+            _ => message,
+        };
+        Status::new(e.code(), message)
     }
 }
 
@@ -111,6 +142,35 @@ mod tests {
             (s.code(), s.message()),
             (Code::Unavailable, "unload on a node failed: gone")
         );
+    }
+
+    #[test]
+    fn statuses_name_no_server_path() {
+        let e = SchedulerError::NotInRepository(
+            "cannot read /srv/models/m/2/model.onnx: permission denied".into(),
+        );
+        assert_eq!(
+            Status::from(e).message(),
+            "cannot read m/2/model.onnx: permission denied"
+        );
+    }
+
+    #[test]
+    fn a_message_too_large_for_the_link_is_resource_exhausted() {
+        let status = Status::out_of_range(
+            "Error, decoded message length too large: found 300 bytes, the limit is: 200 bytes",
+        );
+        let s = Status::from(SchedulerError::agent(&status));
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::ResourceExhausted,
+                "the agent's answer is 300 bytes, over the limit of 200 bytes between the \
+                 scheduler and its agents"
+            )
+        );
+        let own = SchedulerError::agent(&Status::out_of_range("index 7 of 5"));
+        assert_eq!(own.code(), Code::OutOfRange);
     }
 
     #[test]

@@ -40,8 +40,6 @@ use crate::model::ClusterModel;
 use crate::placement::Policy;
 use crate::store::Store;
 
-use herd_core::limits::MAX_MESSAGE;
-
 /// Builds the scheduler's state: token, store, catalog (the repository, with what the
 /// store remembers).
 pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
@@ -102,6 +100,8 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
         upscale_delay: config.upscale_delay,
         model_defaults,
         rescan_interval: config.rescan_interval,
+        max_message_size: config.max_message_bytes(),
+        max_in_flight_bytes: config.max_in_flight_bytes(),
     };
     Ok(Scheduler::with_digests(
         cluster,
@@ -158,18 +158,23 @@ pub async fn serve(
     require_token_for_inference: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    // A message over the limit is refused as its length prefix arrives, before it is
+    // read into memory (RESOURCE_EXHAUSTED, by the stack's message-size layer).
+    let max_message = scheduler.settings.max_message_size;
     let inference = GrpcInferenceServiceServer::new(gateway::Gateway::new(scheduler.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let joins = joins::JoinService::new(scheduler.clone(), require_token_for_inference);
     let joins = SchedulerServer::new(joins);
     let admin = AdminServer::new(admin::AdminService::new(scheduler.clone()));
-    // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
+    // Token, request id, metrics, in-flight backstops (calls, and the bytes of the
+    // requests held while they wait for a replica) and deadlines, for every call.
     let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::scheduler(
         Some(scheduler.settings.token.clone()),
         require_token_for_inference,
     ))
     .max_in_flight(herd_core::limits::MAX_IN_FLIGHT)
+    .max_in_flight_bytes(scheduler.settings.max_in_flight_bytes)
     .metrics(scheduler.grpc_metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

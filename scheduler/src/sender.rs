@@ -1,5 +1,6 @@
 //! Requests toward one replica travel in batch RPCs: whatever is queued when the
-//! sender is free goes together, so there is no added wait at low load. Up to two
+//! sender is free goes together (up to 256 requests and `limits::BATCH_BYTES`; a
+//! larger request goes alone), so there is no added wait at low load. Up to two
 //! batches are in flight, so the agent always has the next one while it runs one.
 //! Each queued request carries its tracing span, so its log lines keep its request id
 //! across the hop.
@@ -14,6 +15,7 @@ use tracing::{debug, Instrument, Span};
 
 use crate::agent_link::AgentRpc;
 use crate::error::SchedulerError;
+use herd_core::limits::BATCH_BYTES;
 
 /// Where batches go: an agent's `InferBatch`, or a stand-in in tests.
 #[async_trait::async_trait]
@@ -69,8 +71,6 @@ pub struct BatchSender {
 }
 
 const MAX_BATCH: usize = 256;
-/// Tensor bytes in one batch RPC, well under the agent's message limit.
-const MAX_BATCH_BYTES: usize = 32 << 20;
 const IN_FLIGHT: usize = 2;
 
 impl BatchSender {
@@ -107,30 +107,52 @@ impl BatchSender {
     }
 }
 
-fn payload(q: &Queued) -> usize {
-    q.item
-        .request
-        .as_ref()
-        .map_or(0, |r| r.raw_input_contents.iter().map(|b| b.len()).sum())
+/// A request's bytes in a batch message: its tensors, raw or typed, and the rest.
+fn size(q: &Queued) -> usize {
+    prost::Message::encoded_len(&q.item)
+}
+
+/// One batch: `first` and what `more` has ready, at most [`MAX_BATCH`] requests and
+/// [`BATCH_BYTES`] (a larger request goes alone), so that a batch message stays under
+/// the link's limit however many requests wait. The request that did not fit is
+/// returned to start the next batch.
+fn gather<T>(
+    first: T,
+    size: impl Fn(&T) -> usize,
+    mut more: impl FnMut() -> Option<T>,
+) -> (Vec<T>, Option<T>) {
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        let Some(next) = more() else {
+            break;
+        };
+        let n = size(&next);
+        if bytes.saturating_add(n) > BATCH_BYTES {
+            return (batch, Some(next));
+        }
+        bytes += n;
+        batch.push(next);
+    }
+    (batch, None)
 }
 
 async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    let mut held_over = None;
+    loop {
+        let first = match held_over.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = payload(&first);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(q) => {
-                    bytes += payload(&q);
-                    batch.push(q);
-                }
-                Err(_) => break,
-            }
-        }
+        let (mut batch, rest) = gather(first, size, || rx.try_recv().ok());
+        held_over = rest;
         // A caller that has gone does not travel.
         batch.retain(|q| !q.reply.is_closed());
         if batch.is_empty() {
@@ -372,6 +394,53 @@ mod tests {
             Err(SendError::Answer(SchedulerError::ShortAnswer))
         ));
         assert_eq!(agent.batches()[2], vec!["a", "b"]);
+    }
+
+    #[test]
+    fn batches_stop_at_their_count_and_their_bytes_and_a_large_request_goes_alone() {
+        let mut queue: std::collections::VecDeque<usize> =
+            [10, 20, BATCH_BYTES - 30, 1, BATCH_BYTES + 5, 3].into();
+        let first = queue.pop_front().expect("first");
+        let (batch, rest) = gather(first, |n| *n, || queue.pop_front());
+        assert_eq!(batch, vec![10, 20, BATCH_BYTES - 30], "exactly the budget");
+        assert_eq!(rest, Some(1), "the next starts the next batch");
+        let (batch, rest) = gather(1, |n| *n, || queue.pop_front());
+        assert_eq!((batch, rest), (vec![1], Some(BATCH_BYTES + 5)));
+        let (batch, rest) = gather(BATCH_BYTES + 5, |n| *n, || queue.pop_front());
+        assert_eq!((batch, rest), (vec![BATCH_BYTES + 5], Some(3)), "alone");
+
+        let mut many = std::iter::repeat_n(1, 2 * MAX_BATCH);
+        let (batch, rest) = gather(1, |n| *n, || many.next());
+        assert_eq!((batch.len(), rest), (MAX_BATCH, None));
+        assert_eq!(many.count(), MAX_BATCH + 1, "left queued");
+    }
+
+    #[tokio::test]
+    async fn requests_too_large_together_travel_in_separate_batches() {
+        let agent = FakeAgent::new(echo);
+        let sender = BatchSender::start(agent.clone());
+        let (first, second) = fill_both_slots(&agent, &sender).await;
+        // Three of 12 MiB (one buffer, shared) wait: two fit in one batch, not three.
+        let tensor = bytes::Bytes::from(vec![0u8; 12 << 20]);
+        let rest: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| {
+                let (sender, tensor) = (sender.clone(), tensor.clone());
+                tokio::spawn(async move {
+                    let mut request = request();
+                    request.raw_input_contents = vec![tensor];
+                    sender.send(request, None, id).await
+                })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        agent.release.add_permits(10);
+        for task in [first, second].into_iter().chain(rest) {
+            assert!(task.await.expect("task").is_ok());
+        }
+        assert_eq!(&agent.batches()[2..], [vec!["a", "b"], vec!["c"]]);
     }
 
     #[tokio::test]

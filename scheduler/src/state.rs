@@ -30,6 +30,10 @@ pub struct Settings {
     /// How often the repository is read again; zero: never (only at start, and for a
     /// request naming a model the catalog lacks).
     pub rescan_interval: Duration,
+    /// Largest inference message the gateway takes or sends (--max-message-size).
+    pub max_message_size: usize,
+    /// Bytes of requests the gateway holds at once (--max-in-flight-bytes).
+    pub max_in_flight_bytes: usize,
 }
 
 pub struct Scheduler {
@@ -111,8 +115,12 @@ impl Scheduler {
         if name.is_empty() || address.is_empty() {
             return Err(SchedulerError::JoinWithoutName);
         }
-        let link = AgentLink::new(address, Some(&self.settings.token))
-            .map_err(SchedulerError::BadAgentAddress)?;
+        let link = AgentLink::new(
+            address,
+            Some(&self.settings.token),
+            self.settings.max_message_size,
+        )
+        .map_err(SchedulerError::BadAgentAddress)?;
         let actions = self.lock().join(name, address, status, Instant::now())?;
         self.links().connect(name, address, link);
         self.execute(actions);

@@ -61,6 +61,8 @@ pub fn scheduler_config(
         model_defaults: Default::default(),
         // Tests read the repository again through rescan::once, not on a timer.
         rescan_interval: Duration::ZERO,
+        max_message_size: "64MiB".parse().expect("size"),
+        max_in_flight_bytes: "512MiB".parse().expect("size"),
     }
 }
 

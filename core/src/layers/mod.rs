@@ -9,8 +9,12 @@
 //! 2. [`MetricsLayer`]: counts every answer, including the refusals below.
 //! 3. [`AuthLayer`]: a call without the token takes no permit and starts no timer.
 //! 4. [`InFlightLimitLayer`]: sheds load before any work starts.
-//! 5. [`DeadlineLayer`]: times the service itself; a call past its deadline is dropped,
-//!    which frees its permit.
+//! 5. [`InFlightBytesLayer`]: sheds a request that would pass the bytes the server may
+//!    hold, as its length prefix arrives, before it is read into memory.
+//! 6. [`DeadlineLayer`]: times the service itself; a call past its deadline is dropped,
+//!    which frees its permit and its bytes.
+//! 7. [`MessageSizeLayer`]: tonic's OUT_OF_RANGE for a message over the size limit
+//!    becomes RESOURCE_EXHAUSTED, as gRPC's clients expect; the layers above count it so.
 //!
 //! A server adds the stack with `Server::builder().layer(..)`:
 //!
@@ -44,7 +48,9 @@
 
 pub mod auth;
 pub mod deadline;
+pub mod in_flight_bytes;
 pub mod limit;
+pub mod message_size;
 pub mod metrics;
 pub mod request_id;
 mod stack;
@@ -55,7 +61,9 @@ use std::task::{Context, Poll};
 
 pub use auth::{Auth, AuthLayer, TokenRule};
 pub use deadline::{Deadline, DeadlineLayer};
+pub use in_flight_bytes::{InFlightBytes, InFlightBytesLayer};
 pub use limit::{InFlightLimit, InFlightLimitLayer};
+pub use message_size::{MessageSize, MessageSizeLayer, TooLarge};
 pub use metrics::{GrpcMetrics, MethodMetrics, Metrics, MetricsLayer};
 pub use request_id::{RequestId, RequestIdLayer, RequestIdService};
 pub use stack::{ServerStack, Stacked, DEFAULT_MAX_IN_FLIGHT};
@@ -84,6 +92,25 @@ where
     }
 }
 
+/// Undoes grpc-message's percent-encoding.
+pub(crate) fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Requests and statuses as the layers see them.
@@ -106,28 +133,8 @@ pub(crate) mod test_support {
         let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
         let message = headers
             .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .map(percent_decode)
+            .map(|v| super::percent_decode(v.as_bytes()))
             .unwrap_or_default();
         Some(tonic::Status::new(code, message))
-    }
-
-    /// Undoes grpc-message's percent-encoding (ASCII only, as herd's messages are).
-    fn percent_decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
     }
 }

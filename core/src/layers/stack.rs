@@ -6,32 +6,38 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::{
-    Auth, AuthLayer, Deadline, DeadlineLayer, GrpcMetrics, InFlightLimit, InFlightLimitLayer,
-    Metrics, MetricsLayer, RequestIdLayer, RequestIdService, TokenRule,
+    Auth, AuthLayer, Deadline, DeadlineLayer, GrpcMetrics, InFlightBytes, InFlightBytesLayer,
+    InFlightLimit, InFlightLimitLayer, MessageSize, MessageSizeLayer, Metrics, MetricsLayer,
+    RequestIdLayer, RequestIdService, TokenRule,
 };
 
 /// Calls in flight a server takes at once unless told otherwise.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// A service wrapped in the whole stack, outermost first.
-pub type Stacked<S> = RequestIdService<Metrics<Auth<InFlightLimit<Deadline<S>>>>>;
+pub type Stacked<S> =
+    RequestIdService<Metrics<Auth<InFlightLimit<InFlightBytes<Deadline<MessageSize<S>>>>>>>;
 
-/// Request id, metrics, token, in-flight limit and deadline, in that order.
+/// Request id, metrics, token, in-flight limit, in-flight bytes, deadline and the
+/// message-size answer, in that order.
 #[derive(Clone, Debug)]
 pub struct ServerStack {
     auth: AuthLayer,
     limit: InFlightLimitLayer,
+    bytes: InFlightBytesLayer,
     deadline: DeadlineLayer,
     metrics: GrpcMetrics,
 }
 
 impl ServerStack {
-    /// Calls checked by `rule`, at most [`DEFAULT_MAX_IN_FLIGHT`] at once, the caller's
-    /// deadline honoured and no maximum of the server's own, metrics into a new handle.
+    /// Calls checked by `rule`, at most [`DEFAULT_MAX_IN_FLIGHT`] at once and no limit
+    /// on their bytes, the caller's deadline honoured and no maximum of the server's
+    /// own, metrics into a new handle.
     pub fn new(rule: TokenRule) -> ServerStack {
         ServerStack {
             auth: AuthLayer::new(rule),
             limit: InFlightLimitLayer::new(DEFAULT_MAX_IN_FLIGHT),
+            bytes: InFlightBytesLayer::unlimited(),
             deadline: DeadlineLayer::new(),
             metrics: GrpcMetrics::new(),
         }
@@ -40,6 +46,13 @@ impl ServerStack {
     /// At most `max` calls in flight (at least 1); past it, RESOURCE_EXHAUSTED.
     pub fn max_in_flight(mut self, max: usize) -> ServerStack {
         self.limit = InFlightLimitLayer::new(max);
+        self
+    }
+
+    /// At most `max` bytes of requests held at once (from their length prefix to the
+    /// end of their response); past it, RESOURCE_EXHAUSTED before the request is read.
+    pub fn max_in_flight_bytes(mut self, max: usize) -> ServerStack {
+        self.bytes = InFlightBytesLayer::new(max);
         self
     }
 
@@ -64,13 +77,20 @@ impl ServerStack {
     pub fn in_flight(&self) -> usize {
         self.limit.in_flight()
     }
+
+    /// Bytes of requests held now (0 without a limit: nothing is counted).
+    pub fn in_flight_bytes(&self) -> usize {
+        self.bytes.in_flight()
+    }
 }
 
 impl<S> Layer<S> for ServerStack {
     type Service = Stacked<S>;
 
     fn layer(&self, inner: S) -> Stacked<S> {
-        let service = self.deadline.layer(inner);
+        let service = MessageSizeLayer.layer(inner);
+        let service = self.deadline.layer(service);
+        let service = self.bytes.layer(service);
         let service = self.limit.layer(service);
         let service = self.auth.layer(service);
         let service = MetricsLayer::new(self.metrics.clone()).layer(service);

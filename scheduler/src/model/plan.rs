@@ -293,6 +293,9 @@ impl ClusterModel {
                 ttl_ms: settings.ttl.as_millis(),
                 intra_op_threads: settings.intra_op_threads as u32,
                 queue_capacity: settings.queue_capacity as u32,
+                max_item_elements: settings.max_item_elements,
+                max_queue_bytes: settings.max_queue_bytes.unwrap_or(0),
+                max_batch_bytes: settings.max_batch_bytes.unwrap_or(0),
             }),
         };
         self.replicas.insert(

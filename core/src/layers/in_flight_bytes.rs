@@ -1,0 +1,492 @@
+//! At most N bytes of requests held through a server, all connections together. A
+//! request's bytes count from the moment its gRPC length prefix arrives (before the
+//! message is read into memory) until its response ends or is dropped; a request that
+//! would pass the budget is refused with RESOURCE_EXHAUSTED at once, before it is read.
+//! Load is shed, never queued.
+//!
+//! A call that sends several messages holds the bytes of its latest one. A message
+//! larger than the whole budget is not counted: the message-size limit (never below
+//! the budget's size, as a server sets them) refuses it in its own words.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Status;
+use tower::{BoxError, Layer, Service};
+
+/// gRPC's message prefix: a compression flag and a big-endian u32 length.
+const PREFIX: usize = 5;
+
+/// Sheds requests past `max` bytes in flight; see the module docs. Every service this
+/// layer makes (tonic makes one per connection) shares its budget.
+#[derive(Clone, Debug)]
+pub struct InFlightBytesLayer {
+    budget: Budget,
+}
+
+impl InFlightBytesLayer {
+    /// At most `max` bytes of requests at once.
+    pub fn new(max: usize) -> InFlightBytesLayer {
+        InFlightBytesLayer {
+            budget: Budget {
+                max,
+                used: Arc::default(),
+            },
+        }
+    }
+
+    /// No limit.
+    pub fn unlimited() -> InFlightBytesLayer {
+        InFlightBytesLayer::new(usize::MAX)
+    }
+
+    /// Bytes of requests held now.
+    pub fn in_flight(&self) -> usize {
+        self.budget.used.load(Ordering::Acquire)
+    }
+}
+
+impl<S> Layer<S> for InFlightBytesLayer {
+    type Service = InFlightBytes<S>;
+
+    fn layer(&self, inner: S) -> InFlightBytes<S> {
+        InFlightBytes {
+            inner,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// The bytes a server may hold, and those it holds.
+#[derive(Clone, Debug)]
+struct Budget {
+    max: usize,
+    used: Arc<AtomicUsize>,
+}
+
+impl Budget {
+    fn unlimited(&self) -> bool {
+        self.max == usize::MAX
+    }
+
+    fn try_take(&self, bytes: usize) -> Result<Charge, Status> {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.max)
+            });
+        match taken {
+            Ok(_) => Ok(Charge {
+                used: self.used.clone(),
+                bytes,
+            }),
+            Err(used) => Err(Status::resource_exhausted(format!(
+                "the server holds {used} bytes of requests; this one's {bytes} would pass its \
+                 limit of {} bytes ({}; --max-in-flight-bytes); try again later",
+                self.max,
+                bytesize::ByteSize(self.max as u64).display().iec()
+            ))),
+        }
+    }
+}
+
+/// Bytes taken from the budget; given back on drop.
+#[derive(Debug)]
+struct Charge {
+    used: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// What one call holds, shared by its request body (which takes) and its response
+/// (which gives back when it ends).
+#[derive(Debug, Default)]
+struct Held {
+    charge: Option<Charge>,
+    /// The response has ended: later messages take nothing.
+    ended: bool,
+}
+
+type SharedHeld = Arc<Mutex<Held>>;
+
+fn lock(held: &SharedHeld) -> std::sync::MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// See [`InFlightBytesLayer`].
+#[derive(Clone, Debug)]
+pub struct InFlightBytes<S> {
+    inner: S,
+    budget: Budget,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for InFlightBytes<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<ReleasingBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ReleasingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if self.budget.unlimited() {
+            let request = request.map(tonic::body::Body::new);
+            return ReleasingFuture {
+                inner: self.inner.call(request),
+                release: None,
+            };
+        }
+        let held = SharedHeld::default();
+        let budget = self.budget.clone();
+        let counted = held.clone();
+        let request = request.map(move |inner| {
+            tonic::body::Body::new(CountedBody {
+                inner,
+                budget,
+                held: counted,
+                prefix: [0; PREFIX],
+                prefix_len: 0,
+                rest: 0,
+            })
+        });
+        ReleasingFuture {
+            inner: self.inner.call(request),
+            release: Some(Release(held)),
+        }
+    }
+}
+
+/// Gives a call's bytes back when dropped.
+#[derive(Debug)]
+struct Release(SharedHeld);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut held = lock(&self.0);
+        held.ended = true;
+        held.charge = None;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that takes each message's bytes as its length prefix passes.
+    struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        budget: Budget,
+        held: SharedHeld,
+        prefix: [u8; PREFIX],
+        prefix_len: usize,
+        // Bytes of the current message still to pass.
+        rest: usize,
+    }
+}
+
+impl<B> CountedBody<B> {
+    /// Follows the messages in `data`, taking each one's bytes from the budget.
+    fn count(
+        data: &[u8],
+        budget: &Budget,
+        held: &SharedHeld,
+        prefix: &mut [u8; PREFIX],
+        prefix_len: &mut usize,
+        rest: &mut usize,
+    ) -> Result<(), Status> {
+        let mut data = data;
+        while !data.is_empty() {
+            if *rest > 0 {
+                let n = (*rest).min(data.len());
+                *rest -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (PREFIX - *prefix_len).min(data.len());
+            prefix[*prefix_len..*prefix_len + n].copy_from_slice(&data[..n]);
+            *prefix_len += n;
+            data = &data[n..];
+            if *prefix_len < PREFIX {
+                break;
+            }
+            *prefix_len = 0;
+            let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+            *rest = len;
+            let mut held = lock(held);
+            // The call's previous message is done with.
+            held.charge = None;
+            if held.ended || len > budget.max {
+                continue;
+            }
+            held.charge = Some(budget.try_take(len)?);
+        }
+        Ok(())
+    }
+}
+
+impl<B> Body for CountedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let counted = Self::count(
+                data,
+                this.budget,
+                this.held,
+                this.prefix,
+                this.prefix_len,
+                this.rest,
+            );
+            if let Err(status) = counted {
+                return Poll::Ready(Some(Err(Box::new(status))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's response; the call's bytes go back when its body ends or the
+    /// call is dropped.
+    pub struct ReleasingFuture<F> {
+        #[pin]
+        inner: F,
+        release: Option<Release>,
+    }
+}
+
+impl<F, ResBody, E> Future for ReleasingFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<ReleasingBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        let release = this.release.take();
+        Poll::Ready(answer.map(|response| response.map(|inner| ReleasingBody { inner, release })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that gives its call's bytes back when it ends or is dropped.
+    pub struct ReleasingBody<B> {
+        #[pin]
+        inner: B,
+        release: Option<Release>,
+    }
+}
+
+/// An empty body, for a layer's own answer.
+impl<B: Default> Default for ReleasingBody<B> {
+    fn default() -> Self {
+        ReleasingBody {
+            inner: B::default(),
+            release: None,
+        }
+    }
+}
+
+impl<B: Body> Body for ReleasingBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(frame)) => frame.is_trailers(),
+            Some(Err(_)) | None => true,
+        };
+        if ended {
+            this.release.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::test_support::grpc_request;
+    use tower_test::mock;
+
+    const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+    /// A request body of these data frames, in order.
+    #[derive(Debug, Default)]
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// A gRPC message of `len` bytes, its prefix included.
+    fn message(len: u32) -> Vec<u8> {
+        let mut bytes = vec![0u8];
+        bytes.extend(len.to_be_bytes());
+        bytes.resize(PREFIX + len as usize, 7);
+        bytes
+    }
+
+    fn call_with(frames: Vec<Vec<u8>>) -> http::Request<Frames> {
+        let (parts, ()) = grpc_request(INFER, &[]).into_parts();
+        http::Request::from_parts(parts, Frames(frames.into_iter().map(Bytes::from).collect()))
+    }
+
+    /// Reads a request body as a service would; the first error, if any.
+    async fn read(body: &mut tonic::body::Body) -> Result<usize, Status> {
+        let mut n = 0;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+        {
+            n += frame?.into_data().map_or(0, |d| d.len());
+        }
+        Ok(n)
+    }
+
+    type Mock = mock::Mock<http::Request<tonic::body::Body>, http::Response<String>>;
+
+    #[tokio::test]
+    async fn requests_hold_their_bytes_until_answered_and_those_past_the_budget_are_refused() {
+        let layer = InFlightBytesLayer::new(100);
+        let (mut service, mut handle) = mock::spawn_with(|mock: Mock| layer.layer(mock));
+
+        // 60 bytes, the prefix split over two frames: taken as it arrives.
+        let mut first = message(60);
+        let tail = first.split_off(3);
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let call = service.call(call_with(vec![first, tail]));
+        let (mut request, reply) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(65));
+        assert_eq!(layer.in_flight(), 60);
+        drop(request);
+        assert_eq!(layer.in_flight(), 60, "held while the service works");
+
+        // 50 more would pass 100: refused as it is read, in words naming the flag.
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let refused = service.call(call_with(vec![message(50)]));
+        let (mut request, _reply) = handle.next_request().await.expect("the call");
+        let status = read(request.body_mut()).await.expect_err("past the budget");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the server holds 60 bytes of requests; this one's 50 would pass its limit of \
+             100 bytes (100 B; --max-in-flight-bytes); try again later"
+        );
+        drop(refused);
+
+        // The answer's end gives the bytes back.
+        reply.send_response(http::Response::new("done".to_string()));
+        let mut response = call.await.expect("answered");
+        assert_eq!(layer.in_flight(), 60, "until the body is sent");
+        while std::future::poll_fn(|cx| Pin::new(response.body_mut()).poll_frame(cx))
+            .await
+            .is_some()
+        {}
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_gives_its_bytes_back_and_a_message_over_the_budget_is_not_counted() {
+        let layer = InFlightBytesLayer::new(100);
+        let (mut service, mut handle) = mock::spawn_with(|mock: Mock| layer.layer(mock));
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let call = service.call(call_with(vec![message(80)]));
+        let (mut request, _reply) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(85));
+        assert_eq!(layer.in_flight(), 80);
+        drop(call);
+        assert_eq!(layer.in_flight(), 0);
+
+        // Larger than the whole budget: left to the message-size limit.
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _call = service.call(call_with(vec![message(150)]));
+        let (mut request, _reply) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(155));
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_messages_holds_its_latest() {
+        let layer = InFlightBytesLayer::new(100);
+        let (mut service, mut handle) = mock::spawn_with(|mock: Mock| layer.layer(mock));
+        let mut both = message(70);
+        both.extend(message(30));
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _call = service.call(call_with(vec![both]));
+        let (mut request, _reply) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(110));
+        assert_eq!(layer.in_flight(), 30);
+    }
+
+    #[tokio::test]
+    async fn unlimited_counts_nothing() {
+        let layer = InFlightBytesLayer::unlimited();
+        let (mut service, mut handle) = mock::spawn_with(|mock: Mock| layer.layer(mock));
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _call = service.call(call_with(vec![message(1000)]));
+        let (mut request, _reply) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(1005));
+        assert_eq!(layer.in_flight(), 0);
+    }
+}
