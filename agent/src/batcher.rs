@@ -11,8 +11,18 @@ use crate::validate::BatchKey;
 pub struct Queued<T> {
     pub key: BatchKey,
     pub rows: usize,
+    /// Bytes of input.
+    pub bytes: u64,
     pub arrived: Instant,
     pub item: T,
+}
+
+/// The most one batch may hold: rows (the model's max batch size) and bytes of input.
+/// A request over either alone still runs, alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub rows: usize,
+    pub bytes: u64,
 }
 
 /// What the runner should do next with an idle model.
@@ -47,19 +57,31 @@ impl<T> BatchQueue<T> {
         self.items.is_empty()
     }
 
-    /// Drops the requests `keep` refuses (callers that have gone away).
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.items.retain(|q| keep(&q.item));
+    /// Takes out the requests `out` picks (callers that have gone away, deadlines that
+    /// have passed), keeping the others in order.
+    pub fn remove_if(&mut self, mut out: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (removed, kept): (VecDeque<Queued<T>>, VecDeque<Queued<T>>) =
+            std::mem::take(&mut self.items)
+                .into_iter()
+                .partition(|q| out(&q.item));
+        self.items = kept;
+        removed.into_iter().map(|q| q.item).collect()
+    }
+
+    /// The requests waiting, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|q| &q.item)
     }
 
     /// Adaptive batching: with no delay a batch runs as soon as the model is free,
     /// holding whatever gathered while the previous one ran. With a delay, a batch
     /// that is not full waits until its oldest request has waited that long.
-    pub fn next(&self, now: Instant, max_rows: usize, max_delay: Duration) -> Next {
+    pub fn next(&self, now: Instant, limit: Limit, max_delay: Duration) -> Next {
         let Some(head) = self.items.front() else {
             return Next::Idle;
         };
-        if max_delay.is_zero() || self.rows_like(head) >= max_rows {
+        let (rows, bytes) = self.size_like(head);
+        if max_delay.is_zero() || rows >= limit.rows || bytes >= limit.bytes {
             return Next::Run;
         }
         let deadline = head.arrived + max_delay;
@@ -71,17 +93,22 @@ impl<T> BatchQueue<T> {
     }
 
     /// Takes the oldest request and, in arrival order, every later one with the same
-    /// key that still fits in `max_rows`. Requests of other shapes keep their place.
-    pub fn take(&mut self, max_rows: usize) -> Vec<Queued<T>> {
+    /// key that still fits in `limit`'s rows and bytes. Requests of other shapes keep
+    /// their place; the oldest runs even when it alone is over the limit.
+    pub fn take(&mut self, limit: Limit) -> Vec<Queued<T>> {
         let Some(head) = self.items.pop_front() else {
             return Vec::new();
         };
-        let mut rows = head.rows;
+        let (mut rows, mut bytes) = (head.rows, head.bytes);
         let mut batch = vec![head];
         let mut rest = VecDeque::with_capacity(self.items.len());
         while let Some(q) = self.items.pop_front() {
-            if q.key == batch[0].key && rows + q.rows <= max_rows {
+            if q.key == batch[0].key
+                && rows + q.rows <= limit.rows
+                && bytes.saturating_add(q.bytes) <= limit.bytes
+            {
                 rows += q.rows;
+                bytes += q.bytes;
                 batch.push(q);
             } else {
                 rest.push_back(q);
@@ -91,12 +118,14 @@ impl<T> BatchQueue<T> {
         batch
     }
 
-    fn rows_like(&self, head: &Queued<T>) -> usize {
+    /// Rows and bytes waiting with the same key as `head`.
+    fn size_like(&self, head: &Queued<T>) -> (usize, u64) {
         self.items
             .iter()
             .filter(|q| q.key == head.key)
-            .map(|q| q.rows)
-            .sum()
+            .fold((0, 0), |(rows, bytes), q| {
+                (rows + q.rows, bytes.saturating_add(q.bytes))
+            })
     }
 }
 
@@ -108,8 +137,17 @@ mod tests {
         Queued {
             key: vec![vec![key]],
             rows,
+            bytes: rows as u64 * 16,
             arrived,
             item,
+        }
+    }
+
+    /// At most `rows` rows, bytes unbounded.
+    fn rows(rows: usize) -> Limit {
+        Limit {
+            rows,
+            bytes: u64::MAX,
         }
     }
 
@@ -121,10 +159,10 @@ mod tests {
     fn an_idle_model_runs_a_lone_request_at_once() {
         let now = Instant::now();
         let mut queue = BatchQueue::default();
-        assert_eq!(queue.next(now, 32, Duration::ZERO), Next::Idle);
+        assert_eq!(queue.next(now, rows(32), Duration::ZERO), Next::Idle);
         queue.push(q(4, 1, now, 1));
-        assert_eq!(queue.next(now, 32, Duration::ZERO), Next::Run);
-        assert_eq!(items(&queue.take(32)), vec![1]);
+        assert_eq!(queue.next(now, rows(32), Duration::ZERO), Next::Run);
+        assert_eq!(items(&queue.take(rows(32))), vec![1]);
         assert!(queue.is_empty());
     }
 
@@ -137,10 +175,10 @@ mod tests {
         queue.push(q(4, 3, now, 3));
         queue.push(q(4, 2, now, 4));
         queue.push(q(4, 1, now, 5));
-        assert_eq!(items(&queue.take(6)), vec![1, 3, 5]);
-        assert_eq!(items(&queue.take(6)), vec![2]);
-        assert_eq!(items(&queue.take(6)), vec![4]);
-        assert!(queue.take(6).is_empty());
+        assert_eq!(items(&queue.take(rows(6))), vec![1, 3, 5]);
+        assert_eq!(items(&queue.take(rows(6))), vec![2]);
+        assert_eq!(items(&queue.take(rows(6))), vec![4]);
+        assert!(queue.take(rows(6)).is_empty());
     }
 
     #[test]
@@ -149,26 +187,62 @@ mod tests {
         let delay = Duration::from_millis(5);
         let mut queue = BatchQueue::default();
         queue.push(q(4, 1, start, 1));
-        assert_eq!(queue.next(start, 4, delay), Next::WaitUntil(start + delay));
-        assert_eq!(queue.next(start + delay, 4, delay), Next::Run);
+        assert_eq!(
+            queue.next(start, rows(4), delay),
+            Next::WaitUntil(start + delay)
+        );
+        assert_eq!(queue.next(start + delay, rows(4), delay), Next::Run);
         queue.push(q(9, 3, start, 2));
         assert_eq!(
-            queue.next(start, 4, delay),
+            queue.next(start, rows(4), delay),
             Next::WaitUntil(start + delay),
             "other shapes do not fill it"
         );
         queue.push(q(4, 3, start, 3));
-        assert_eq!(queue.next(start, 4, delay), Next::Run);
+        assert_eq!(queue.next(start, rows(4), delay), Next::Run);
+        let bytes = Limit {
+            rows: 32,
+            bytes: 64,
+        };
+        assert_eq!(
+            queue.next(start, bytes, delay),
+            Next::Run,
+            "full by bytes: 4 rows of 16"
+        );
     }
 
     #[test]
-    fn retain_drops_requests_whose_callers_left() {
+    fn a_batch_stops_at_its_byte_limit_and_a_large_request_runs_alone() {
+        let now = Instant::now();
+        let mut queue = BatchQueue::default();
+        queue.push(q(4, 2, now, 1)); // 32 bytes
+        queue.push(q(4, 3, now, 2)); // 48
+        queue.push(q(4, 1, now, 3)); // 16
+        queue.push(q(4, 8, now, 4)); // 128: over the limit alone
+        queue.push(q(4, 1, now, 5)); // 16
+        let limit = Limit {
+            rows: 32,
+            bytes: 64,
+        };
+        assert_eq!(
+            items(&queue.take(limit)),
+            vec![1, 3, 5],
+            "32 + 16 + 16; the 48 would pass 64"
+        );
+        assert_eq!(items(&queue.take(limit)), vec![2]);
+        assert_eq!(items(&queue.take(limit)), vec![4], "alone, over the limit");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn remove_if_takes_out_requests_whose_callers_left() {
         let now = Instant::now();
         let mut queue = BatchQueue::default();
         for i in 0..4 {
             queue.push(q(4, 1, now, i));
         }
-        queue.retain(|&i| i % 2 == 0);
-        assert_eq!(items(&queue.take(32)), vec![0, 2]);
+        assert_eq!(queue.remove_if(|&i| i % 2 == 1), vec![1, 3]);
+        assert_eq!(queue.iter().copied().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(items(&queue.take(rows(32))), vec![0, 2]);
     }
 }

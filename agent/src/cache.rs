@@ -18,6 +18,7 @@ use tracing::{info, warn, Instrument};
 use crate::error::AgentError;
 use crate::idle::{self, Activity};
 use crate::memory;
+use crate::runner::budget::{self, ByteBudget, Scope};
 use crate::runner::{BatchPolicy, Runner};
 use crate::session::{LoadError, Loader};
 use crate::stats::ModelStats;
@@ -35,6 +36,8 @@ pub struct Loaded {
     pub process_id: Option<u32>,
     /// The batch size the model really takes: 1 when it cannot batch.
     pub max_batch_size: usize,
+    /// Elements one item of an input may have along the model's dynamic dimensions.
+    pub max_item_elements: u64,
 }
 
 impl Loaded {
@@ -97,8 +100,34 @@ pub struct CachedModel {
     pub idle: Option<std::time::Duration>,
 }
 
+/// What the node gives its models: the memory it offers, from which each model's
+/// budgets default, and the agent's budget of bytes in flight, which they share.
+#[derive(Clone, Debug)]
+pub struct NodeBudget {
+    /// Bytes; 0 when unknown.
+    pub offered_memory: u64,
+    pub in_flight: Arc<ByteBudget>,
+}
+
+impl NodeBudget {
+    /// `max_in_flight` bytes of requests at once, else a share of `offered_memory`.
+    pub fn new(offered_memory: u64, max_in_flight: Option<u64>) -> NodeBudget {
+        let limit = max_in_flight.unwrap_or_else(|| budget::default_in_flight(offered_memory));
+        NodeBudget {
+            offered_memory,
+            in_flight: Arc::new(ByteBudget::new(limit, Scope::Agent)),
+        }
+    }
+
+    /// No limits of the node's: only the models' own settings bound them.
+    pub fn unlimited() -> NodeBudget {
+        NodeBudget::new(0, None)
+    }
+}
+
 struct Inner {
     repo: Repository,
+    budget: NodeBudget,
     /// Models the scheduler assigned (files from its catalog); they shadow the repository.
     assigned: Mutex<HashMap<String, ModelFiles>>,
     loader: Arc<dyn Loader>,
@@ -124,10 +153,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ModelCache {
+    /// A cache whose models have no byte budgets but their own settings.
     pub fn new(repo: Repository, loader: Arc<dyn Loader>) -> ModelCache {
+        ModelCache::with_budget(repo, loader, NodeBudget::unlimited())
+    }
+
+    /// A cache whose models share `budget`.
+    pub fn with_budget(
+        repo: Repository,
+        loader: Arc<dyn Loader>,
+        budget: NodeBudget,
+    ) -> ModelCache {
         ModelCache {
             inner: Arc::new(Inner {
                 repo,
+                budget,
                 assigned: Mutex::new(HashMap::new()),
                 loader,
                 slots: Mutex::new(HashMap::new()),
@@ -140,6 +180,11 @@ impl ModelCache {
 
     pub fn repository(&self) -> &Repository {
         &self.inner.repo
+    }
+
+    /// The node's memory and in-flight budget its models share.
+    pub fn budget(&self) -> &NodeBudget {
+        &self.inner.budget
     }
 
     /// A model's files: as the scheduler assigned them, else from the repository.
@@ -406,12 +451,21 @@ impl Inner {
         } else {
             1
         };
+        let node = &self.budget;
         let policy = BatchPolicy {
             max_batch_size,
             max_batch_delay: settings.max_batch_delay,
             queue_capacity: settings.queue_capacity,
+            max_queue_bytes: budget::queue_bytes(settings.max_queue_bytes, node.in_flight.limit()),
+            max_batch_bytes: budget::batch_bytes(settings.max_batch_bytes, node.offered_memory),
         };
-        let runner = Runner::start(&name, session, policy, slot.stats.clone());
+        let runner = Runner::start(
+            &name,
+            session,
+            policy,
+            slot.stats.clone(),
+            node.in_flight.clone(),
+        );
         {
             let mut stats = slot.stats.lock();
             stats.loads += 1;
@@ -422,6 +476,8 @@ impl Inner {
             millis = started.elapsed().as_millis() as u64,
             memory_mb = memory_bytes / (1 << 20),
             max_batch_size,
+            max_queue_mb = policy.max_queue_bytes / (1 << 20),
+            max_batch_mb = policy.max_batch_bytes / (1 << 20),
             "model ready"
         );
         Ok(Arc::new(Loaded {
@@ -430,6 +486,7 @@ impl Inner {
             memory_bytes,
             process_id,
             max_batch_size,
+            max_item_elements: settings.max_item_elements,
         }))
     }
 

@@ -68,6 +68,13 @@ pub struct AgentConfig {
     /// Largest gRPC message accepted or sent (e.g. 64MiB).
     #[arg(long, env = "HERD_MAX_MESSAGE_SIZE", default_value = "64MiB")]
     pub max_message_size: bytesize::ByteSize,
+
+    /// Bytes of request inputs the agent holds at once, queued or running, all models
+    /// together (e.g. 512MiB); past it, RESOURCE_EXHAUSTED at once. Default: a quarter
+    /// of the memory the node offers (--memory-limit, else the host's). Each model's
+    /// queue may hold half of it unless its herd.toml `max_queue_bytes` says otherwise.
+    #[arg(long, env = "HERD_MAX_IN_FLIGHT_BYTES")]
+    pub max_in_flight_bytes: Option<bytesize::ByteSize>,
 }
 
 /// What a node running models is, shared by `herd agent` and `herd up`.

@@ -128,6 +128,17 @@ fn settings_from(
         } else {
             s.queue_capacity as usize
         },
+        max_item_elements: if s.max_item_elements == 0 {
+            defaults.max_item_elements
+        } else {
+            s.max_item_elements
+        },
+        max_queue_bytes: (s.max_queue_bytes > 0)
+            .then_some(s.max_queue_bytes)
+            .or(defaults.max_queue_bytes),
+        max_batch_bytes: (s.max_batch_bytes > 0)
+            .then_some(s.max_batch_bytes)
+            .or(defaults.max_batch_bytes),
     }
 }
 
@@ -229,8 +240,13 @@ impl AgentRpc for ControlService {
                     return Err(AgentError::InvalidInput("empty batch item".into()));
                 };
                 let id = RequestId::from_caller(Some(&item.request_id));
-                let deadline =
-                    (item.timeout_us > 0).then(|| Duration::from_micros(item.timeout_us));
+                // A deadline too far to name is none.
+                let deadline = (item.timeout_us > 0)
+                    .then(|| {
+                        tokio::time::Instant::now()
+                            .checked_add(Duration::from_micros(item.timeout_us))
+                    })
+                    .flatten();
                 crate::service::infer(&agent, request, id, deadline).await
             }
         });

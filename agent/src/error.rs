@@ -52,13 +52,19 @@ pub enum AgentError {
     InvalidInput(String),
     #[error("model '{model}' has {capacity} requests queued, its limit; try again later")]
     QueueFull { model: String, capacity: usize },
-    #[error("model '{model}' cannot be loaded: {}: {reason}", .path.display())]
+    /// Named as the repository names it; `path`, the whole one, is for the log.
+    #[error("model '{model}' cannot be loaded: {model}/herd.toml: {reason}")]
     BadSettings {
         model: String,
         path: PathBuf,
         reason: SettingsError,
     },
-    #[error("model '{model}' cannot be loaded: {reason}")]
+    /// The engine's words may quote the model file's path: cut to what the repository
+    /// calls it. (The load logs `reason` whole.)
+    #[error(
+        "model '{model}' cannot be loaded: {}",
+        herd_core::repository::without_server_paths(&.reason.to_string())
+    )]
     LoadFailed { model: String, reason: LoadError },
     #[error("model '{model}' failed to run: {reason}")]
     Inference { model: String, reason: BatchError },
@@ -74,6 +80,24 @@ pub enum AgentError {
     /// A task of the agent's ended without an answer (it panicked).
     #[error("{what} failed: {error}")]
     Task { what: &'static str, error: String },
+    /// Past a byte budget: the agent's in flight, or the model's queue.
+    #[error(transparent)]
+    OverBudget(#[from] crate::runner::budget::OverBudget),
+    /// The model cannot answer before the request's deadline: refused at admission.
+    #[error(transparent)]
+    TooLate(#[from] crate::runner::admission::TooLate),
+    /// A queued request that could not finish before its deadline even if it ran now.
+    #[error(
+        "model '{model}': the request's deadline is {} ms away and the run it would join \
+         takes about {} ms; dropped before running",
+        .left.as_millis(),
+        .own.as_millis()
+    )]
+    WontFinish {
+        model: String,
+        left: std::time::Duration,
+        own: std::time::Duration,
+    },
 }
 
 impl From<herd_core::RepositoryError> for AgentError {
@@ -134,6 +158,8 @@ impl AgentError {
             }
             AgentError::Inference { reason, .. } => reason.code(),
             AgentError::Stopped(_) => Code::Unavailable,
+            AgentError::OverBudget(_) | AgentError::TooLate(_) => Code::ResourceExhausted,
+            AgentError::WontFinish { .. } => Code::DeadlineExceeded,
         }
     }
 }
@@ -175,8 +201,28 @@ impl BatchError {
     }
 }
 
+/// The words of every error name no server path (they reach whoever called, token or
+/// not); where one had a path, the log gets it whole here.
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
+        match &e {
+            AgentError::BadSettings {
+                model,
+                path,
+                reason,
+            } => tracing::warn!(
+                model = %model,
+                path = %path.display(),
+                error = %reason,
+                "the model's herd.toml cannot be read"
+            ),
+            AgentError::File(error) => {
+                if let Some(path) = error.path() {
+                    tracing::warn!(path = %path.display(), error = %error, "model file error");
+                }
+            }
+            _ => {}
+        }
         Status::new(e.code(), e.to_string())
     }
 }
@@ -240,6 +286,27 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "model 'm' cannot be loaded: bad protobuf",
+            ),
+            (
+                AgentError::LoadFailed {
+                    model: "m".into(),
+                    reason: LoadError::Engine(
+                        "Load model from /srv/models/m/1/model.onnx failed:Protobuf parsing failed"
+                            .into(),
+                    ),
+                },
+                Code::FailedPrecondition,
+                "model 'm' cannot be loaded: Load model from m/1/model.onnx \
+                 failed:Protobuf parsing failed",
+            ),
+            (
+                FileError::CreateDir {
+                    dir: "/var/lib/herd/agent/models".into(),
+                    error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "cannot create the agent's directory for fetched models: permission denied",
             ),
             (
                 AgentError::DeadlineExceeded,

@@ -41,7 +41,7 @@ use tonic::transport::Channel;
 
 // The agent's entry points; everything else stays inside the crate.
 pub use batch::NotBatched;
-pub use cache::{CachedModel, Lease, LoadState, Loaded, ModelCache};
+pub use cache::{CachedModel, Lease, LoadState, Loaded, ModelCache, NodeBudget};
 pub use config::{AgentConfig, ConfigError, NodeFlags};
 pub use error::{AgentError, BatchError, RunError};
 pub use files::FileError;
@@ -49,11 +49,13 @@ pub use herd_core::{ModelSettings, Repository};
 pub use memory::return_large_allocations;
 pub use onnx::{OrtError, OrtRuntime};
 pub use process::{ProcessLoader, WorkerError, WorkerProgram};
+pub use runner::admission::TooLate;
+pub use runner::budget::{ByteBudget, OverBudget, Scope as BudgetScope};
 pub use runner::Runner;
 pub use scheduler_link::{join_and_report, JoinRefused, Link};
 pub use session::{LoadError, Loader, Session, SessionError};
 pub use trace::{RequestId, REQUEST_ID_HEADER};
-pub use validate::{validate, ValidRequest};
+pub use validate::{validate, validate_within, RequestLimits, ValidRequest};
 pub use worker::serve as serve_worker;
 
 pub(crate) type SchedulerRpc =
@@ -108,12 +110,26 @@ impl AgentOptions {
 pub use herd_core::paths::{default_data_dir, default_name};
 
 impl Agent {
+    /// An agent whose requests in flight may hold a quarter of the memory its node
+    /// offers.
     pub fn new(options: AgentOptions, loader: Arc<dyn session::Loader>) -> Arc<Agent> {
+        Agent::with_max_in_flight_bytes(options, None, loader)
+    }
+
+    /// An agent whose requests in flight may hold `max_in_flight_bytes` of inputs at
+    /// once, all models together (`None`: a quarter of the memory its node offers).
+    pub fn with_max_in_flight_bytes(
+        options: AgentOptions,
+        max_in_flight_bytes: Option<u64>,
+        loader: Arc<dyn session::Loader>,
+    ) -> Arc<Agent> {
         let repo = Repository::new(options.model_repository, options.model_defaults.clone());
+        let probe = probe::Probe::new(options.memory_limit);
+        let budget = NodeBudget::new(probe.offered_memory(), max_in_flight_bytes);
         Arc::new(Agent {
             name: options.name,
-            cache: ModelCache::new(repo, loader),
-            probe: probe::Probe::new(options.memory_limit),
+            cache: ModelCache::with_budget(repo, loader, budget),
+            probe,
             files: files::FileStore::new(options.data_dir.map(|d| d.join("models"))),
             model_defaults: options.model_defaults,
             max_message_size: options.max_message_size,
@@ -152,11 +168,21 @@ pub async fn serve(
         .max_decoding_message_size(size.max(BATCH_MESSAGE))
         .max_encoding_message_size(size.max(BATCH_MESSAGE));
     // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
+    // The bytes backstop sheds requests before they are read into memory: the runners'
+    // budget of bytes in flight (which names the model and the budget when it refuses)
+    // plus one message, for what is read but not yet counted there.
+    let in_flight_bytes = agent
+        .cache
+        .budget()
+        .in_flight
+        .limit()
+        .saturating_add(size as u64);
     let layers = herd_core::layers::ServerStack::new(herd_core::layers::TokenRule::agent(
         agent.token.clone(),
         agent.require_token_for_inference.clone(),
     ))
-    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT);
+    .max_in_flight(herd_core::limits::MAX_IN_FLIGHT)
+    .max_in_flight_bytes(usize::try_from(in_flight_bytes).unwrap_or(usize::MAX));
     // Connections bounded, idle ones closed, accept errors backed off; the accepted
     // sockets without Nagle's delay (~40 ms per reply otherwise).
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
@@ -182,6 +208,7 @@ pub async fn run(
     config.check()?;
     let config = config.with_token_from_file()?;
     let options = AgentOptions::from_config(&config);
+    let max_in_flight_bytes = config.max_in_flight_bytes.map(|b| b.as_u64());
     let local = listener.local_addr().map_err(RunError::Address)?;
     let models =
         Repository::new(options.model_repository.clone(), ModelSettings::default()).names();
@@ -200,7 +227,13 @@ pub async fn run(
             "no models found: expected DIR/<name>/<version>/model.onnx"
         );
     }
-    let agent = Agent::new(options, loader);
+    let agent = Agent::with_max_in_flight_bytes(options, max_in_flight_bytes, loader);
+    let budget = agent.cache.budget();
+    tracing::info!(
+        memory_offered_mb = budget.offered_memory / (1 << 20),
+        max_in_flight_mb = budget.in_flight.limit() / (1 << 20),
+        "request byte budget"
+    );
     let server = serve(agent.clone(), listener, shutdown);
     match config.scheduler {
         None => Ok(server.await?),

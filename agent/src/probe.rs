@@ -40,6 +40,15 @@ impl Probe {
         }
     }
 
+    /// The memory this node offers: --memory-limit when below the host's memory, else
+    /// the host's; 0 when neither is known.
+    pub fn offered_memory(&self) -> u64 {
+        let total = self.system.as_ref().map_or(0, |s| {
+            s.lock().unwrap_or_else(|p| p.into_inner()).total_memory()
+        });
+        offered(self.memory_limit, total)
+    }
+
     /// A fresh reading. CPU load is measured since the previous reading.
     pub fn sample(&self) -> NodeResources {
         let mut r = NodeResources {
@@ -59,11 +68,7 @@ impl Probe {
         if r.cpu_count == 0 {
             r.cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         }
-        r.memory_capacity_bytes = match self.memory_limit {
-            Some(limit) if r.memory_total_bytes > 0 => limit.min(r.memory_total_bytes),
-            Some(limit) => limit,
-            None => r.memory_total_bytes,
-        };
+        r.memory_capacity_bytes = offered(self.memory_limit, r.memory_total_bytes);
         r
     }
 
@@ -84,5 +89,28 @@ impl Probe {
                 })
             })
             .collect()
+    }
+}
+
+/// The memory a node offers: its limit, when below the host's `total` (0 = unknown).
+fn offered(limit: Option<u64>, total: u64) -> u64 {
+    match limit {
+        Some(limit) if total > 0 => limit.min(total),
+        Some(limit) => limit,
+        None => total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_offers_its_limit_up_to_the_hosts_memory() {
+        assert_eq!(offered(Some(2 << 30), 16 << 30), 2 << 30);
+        assert_eq!(offered(Some(64 << 30), 16 << 30), 16 << 30);
+        assert_eq!(offered(None, 16 << 30), 16 << 30);
+        assert_eq!(offered(Some(1 << 30), 0), 1 << 30, "host memory unknown");
+        assert_eq!(offered(None, 0), 0);
     }
 }

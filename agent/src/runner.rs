@@ -2,17 +2,23 @@
 //! that owns the ONNX Runtime session. Async code never blocks on inference.
 //!
 //! A request holds a queue permit from admission until it is answered, so the queue
-//! is bounded; when every permit is taken the request is refused at once. Its span
-//! travels with it, and the batch it runs in names it in the logs.
+//! is bounded; when every permit is taken the request is refused at once. It holds its
+//! input bytes too, against the model's queue budget and the agent's (budget.rs), and a
+//! request with a deadline is admitted only when the model can answer it in time
+//! (admission.rs). A request whose deadline passes, or whose caller leaves, while it
+//! waits is dropped before it reaches the model. Its span travels with it, and the
+//! batch it runs in names it in the logs.
 //!
 //! A batch that fails inside the model runs again in halves (isolate.rs), so that only
 //! the request at fault fails, with words from a run of its own data alone.
 
+pub mod admission;
+pub mod budget;
 mod throttle;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -20,13 +26,15 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Span};
 
 use crate::batch::{concat, split};
-use crate::batcher::{BatchQueue, Next, Queued};
+use crate::batcher::{BatchQueue, Limit, Next, Queued};
 use crate::error::{AgentError, BatchError};
 use crate::isolate::isolate;
 use crate::session::{Session, SessionError};
 use crate::stats::ModelStats;
 use crate::trace::RequestId;
 use crate::validate::ValidRequest;
+use admission::{Ahead, Pace, TooLate};
+use budget::{ByteBudget, Held, Scope};
 use herd_core::tensor::Tensor;
 use throttle::Throttle;
 
@@ -39,12 +47,24 @@ pub type Reply = Result<Vec<Tensor>, AgentError>;
 
 pub struct Pending {
     request: ValidRequest,
+    /// Bytes of input, counted against the budgets.
+    bytes: u64,
     reply: oneshot::Sender<Reply>,
     arrived: Instant,
-    _permit: OwnedSemaphorePermit,
+    /// When the caller stops waiting, if it said.
+    deadline: Option<Instant>,
+    holds: Holds,
     id: RequestId,
     /// The request's span, entered for what happens to it in the queue.
     span: Span,
+}
+
+/// What a request holds from admission until its answer: a place in the queue and its
+/// bytes in the model's and the agent's budgets.
+struct Holds {
+    _place: OwnedSemaphorePermit,
+    _queue_bytes: Held,
+    _agent_bytes: Held,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +72,10 @@ pub struct BatchPolicy {
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
     pub queue_capacity: usize,
+    /// Bytes of input the model may hold queued or running.
+    pub max_queue_bytes: u64,
+    /// Bytes of input in one run (a larger request runs alone).
+    pub max_batch_bytes: u64,
 }
 
 pub struct Runner {
@@ -59,9 +83,38 @@ pub struct Runner {
     tx: mpsc::UnboundedSender<Pending>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// The model's bytes queued or running.
+    queue_bytes: ByteBudget,
+    /// The agent's bytes in flight, all models together.
+    agent_bytes: Arc<ByteBudget>,
+    work: Arc<Work>,
     stopped: watch::Receiver<bool>,
     /// False once the model thread has ended (its session died).
     alive: Arc<AtomicBool>,
+}
+
+/// The model's pace and its running batch, shared by the model thread (which measures)
+/// and those who admit requests and form batches.
+#[derive(Default)]
+struct Work {
+    inner: Mutex<WorkState>,
+}
+
+#[derive(Default)]
+struct WorkState {
+    pace: Pace,
+    /// The batch running now: when it started and its bytes.
+    running: Option<(Instant, u64)>,
+}
+
+impl Work {
+    fn lock(&self) -> MutexGuard<'_, WorkState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pace(&self) -> Pace {
+        self.lock().pace
+    }
 }
 
 struct Job {
@@ -70,11 +123,14 @@ struct Job {
 }
 
 impl Runner {
+    /// Starts running `model` in `session`; its requests' bytes count against
+    /// `agent_bytes` as well as its own queue budget.
     pub fn start(
         model: &str,
         session: Box<dyn Session>,
         policy: BatchPolicy,
         stats: Arc<ModelStats>,
+        agent_bytes: Arc<ByteBudget>,
     ) -> Runner {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
@@ -83,14 +139,17 @@ impl Runner {
         let thread_model = model.to_string();
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
+        let work = Arc::new(Work::default());
+        let thread_work = work.clone();
         let worker = std::thread::Builder::new()
             .name(format!("herd-model-{model}"))
             .spawn(move || {
-                work(
+                run_jobs(
                     &thread_model,
                     session,
                     jobs_rx,
                     &worker_stats,
+                    &thread_work,
                     &thread_alive,
                 );
                 thread_alive.store(false, Ordering::Release);
@@ -100,6 +159,7 @@ impl Runner {
             rx,
             jobs: jobs_tx,
             policy,
+            work: work.clone(),
         };
         match worker {
             Ok(worker) => {
@@ -126,6 +186,9 @@ impl Runner {
             tx,
             permits: Arc::new(Semaphore::new(policy.queue_capacity)),
             capacity: policy.queue_capacity,
+            queue_bytes: ByteBudget::new(policy.max_queue_bytes, Scope::Queue),
+            agent_bytes,
+            work,
             stopped,
             alive,
         }
@@ -137,14 +200,26 @@ impl Runner {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Queues a validated request; refuses it at once when the queue is full. The
-    /// current span is the request's: it goes into the queue with it.
+    /// Queues a validated request that has no deadline; see [`Runner::submit_by`].
     pub fn submit(
         &self,
         request: ValidRequest,
         id: RequestId,
     ) -> Result<oneshot::Receiver<Reply>, AgentError> {
-        let permit =
+        self.submit_by(request, id, None)
+    }
+
+    /// Queues a validated request whose caller waits until `deadline`, if it said.
+    /// Refuses it at once when the queue is full, when its bytes would pass the model's
+    /// or the agent's budget, or when the work queued ahead of it cannot be done before
+    /// its deadline. The current span is the request's: it goes into the queue with it.
+    pub fn submit_by(
+        &self,
+        request: ValidRequest,
+        id: RequestId,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Reply>, AgentError> {
+        let place =
             self.permits
                 .clone()
                 .try_acquire_owned()
@@ -152,12 +227,24 @@ impl Runner {
                     model: self.model.clone(),
                     capacity: self.capacity,
                 })?;
+        let bytes = request.input_bytes();
+        let now = Instant::now();
+        if let Some(deadline) = deadline {
+            self.admit_by_time(bytes, deadline.saturating_duration_since(now), now)?;
+        }
+        let holds = Holds {
+            _place: place,
+            _queue_bytes: self.queue_bytes.try_take(&self.model, bytes)?,
+            _agent_bytes: self.agent_bytes.try_take(&self.model, bytes)?,
+        };
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             request,
+            bytes,
             reply,
-            arrived: Instant::now(),
-            _permit: permit,
+            arrived: now,
+            deadline,
+            holds,
             id,
             span: Span::current(),
         };
@@ -167,9 +254,36 @@ impl Runner {
         Ok(rx)
     }
 
+    /// Refuses a request of `bytes` with `left` before its deadline when the model's
+    /// work ahead of it and its own run cannot be done by then, as its pace predicts.
+    fn admit_by_time(&self, bytes: u64, left: Duration, now: Instant) -> Result<(), AgentError> {
+        let (pace, running) = {
+            let work = self.work.lock();
+            (work.pace, work.running)
+        };
+        let ahead = Ahead {
+            bytes: self.queue_bytes.held(),
+            running: running
+                .map(|(started, bytes)| (bytes, now.saturating_duration_since(started))),
+        };
+        admission::admit(&pace, ahead, bytes, left).map_err(|(ahead, own)| {
+            AgentError::TooLate(TooLate {
+                model: self.model.clone(),
+                ahead,
+                own,
+                left,
+            })
+        })
+    }
+
     /// Requests queued or running.
     pub fn queue_len(&self) -> usize {
         self.capacity - self.permits.available_permits()
+    }
+
+    /// Bytes of input queued or running.
+    pub fn queue_bytes(&self) -> u64 {
+        self.queue_bytes.held()
     }
 
     /// Becomes true once the runner has ended and its session is freed; that happens
@@ -184,6 +298,7 @@ struct Actor {
     rx: mpsc::UnboundedReceiver<Pending>,
     jobs: std::sync::mpsc::Sender<Job>,
     policy: BatchPolicy,
+    work: Arc<Work>,
 }
 
 impl Actor {
@@ -191,24 +306,19 @@ impl Actor {
         let mut queue: BatchQueue<Pending> = BatchQueue::default();
         let mut running: Option<oneshot::Receiver<()>> = None;
         let mut open = true;
+        let limit = Limit {
+            rows: self.policy.max_batch_size,
+            bytes: self.policy.max_batch_bytes,
+        };
         loop {
+            let now = Instant::now();
+            // Whatever happens, requests nobody waits for any more leave the queue and
+            // give back what they hold.
+            self.drop_abandoned(&mut queue, now);
             let mut wait = None;
             if running.is_none() {
-                // A request whose caller has gone is dropped before it reaches the model.
-                queue.retain(|p| {
-                    let gone = p.reply.is_closed();
-                    if gone {
-                        p.span
-                            .in_scope(|| debug!("caller left; dropped before running"));
-                    }
-                    !gone
-                });
-                match queue.next(
-                    Instant::now(),
-                    self.policy.max_batch_size,
-                    self.policy.max_batch_delay,
-                ) {
-                    Next::Run => running = self.dispatch(&mut queue),
+                match queue.next(now, limit, self.policy.max_batch_delay) {
+                    Next::Run => running = self.dispatch(&mut queue, limit, now),
                     Next::WaitUntil(t) => wait = Some(t),
                     Next::Idle => {}
                 }
@@ -216,6 +326,12 @@ impl Actor {
             if !open && running.is_none() && queue.is_empty() {
                 break;
             }
+            // Wake when the next waiting request's deadline passes, to drop it.
+            let expiry = queue.iter().filter_map(|p| p.deadline).min();
+            let wake = match (wait, expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 _ = finished(&mut running), if running.is_some() => running = None,
                 msg = self.rx.recv(), if open => match msg {
@@ -227,18 +343,60 @@ impl Actor {
                     }
                     None => open = false,
                 },
-                _ = tokio::time::sleep_until(wait.unwrap_or_else(Instant::now)), if wait.is_some() => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             }
         }
         debug!(model = %self.model, "runner stopped");
     }
 
-    fn dispatch(&self, queue: &mut BatchQueue<Pending>) -> Option<oneshot::Receiver<()>> {
-        let batch: Vec<Pending> = queue
-            .take(self.policy.max_batch_size)
-            .into_iter()
-            .map(|q| q.item)
-            .collect();
+    /// Drops the requests whose caller has gone, and answers those whose deadline has
+    /// passed.
+    fn drop_abandoned(&self, queue: &mut BatchQueue<Pending>, now: Instant) {
+        let expired = |p: &Pending| p.deadline.is_some_and(|d| d <= now);
+        let dropped = queue.remove_if(|p| p.reply.is_closed() || expired(p));
+        for p in dropped {
+            if p.reply.is_closed() {
+                p.span
+                    .in_scope(|| debug!("caller left; dropped before running"));
+            } else {
+                refuse(p, AgentError::DeadlineExceeded);
+            }
+        }
+    }
+
+    /// Takes the next batch, less the requests the model's pace says would be answered
+    /// after their deadline: running them would only delay the others. Those are
+    /// answered at once, the one with the least time left first, until the batch's
+    /// predicted run fits every deadline left in it.
+    fn dispatch(
+        &self,
+        queue: &mut BatchQueue<Pending>,
+        limit: Limit,
+        now: Instant,
+    ) -> Option<oneshot::Receiver<()>> {
+        let mut batch: Vec<Pending> = queue.take(limit).into_iter().map(|q| q.item).collect();
+        let pace = self.work.pace();
+        loop {
+            let bytes = batch.iter().map(|p| p.bytes).sum();
+            let Some(run) = pace.time_for(bytes) else {
+                break;
+            };
+            let late = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((i, p.deadline?.saturating_duration_since(now))))
+                .filter(|&(_, left)| left < run)
+                .min_by_key(|&(_, left)| left);
+            let Some((i, left)) = late else {
+                break;
+            };
+            let error = AgentError::WontFinish {
+                model: self.model.clone(),
+                left,
+                own: run,
+            };
+            refuse(batch.remove(i), error);
+        }
         if batch.is_empty() {
             return None;
         }
@@ -253,10 +411,20 @@ impl Actor {
     }
 }
 
+/// Answers a queued request with `error` before it runs; what it held goes back first.
+fn refuse(p: Pending, error: AgentError) {
+    p.span
+        .in_scope(|| debug!(%error, "deadline; dropped before running"));
+    let Pending { reply, holds, .. } = p;
+    drop(holds);
+    let _ = reply.send(Err(error));
+}
+
 fn push(queue: &mut BatchQueue<Pending>, p: Pending) {
     queue.push(Queued {
         key: p.request.key.clone(),
         rows: p.request.rows,
+        bytes: p.bytes,
         arrived: p.arrived,
         item: p,
     });
@@ -272,17 +440,24 @@ async fn finished(running: &mut Option<oneshot::Receiver<()>>) {
 }
 
 /// The model thread: runs each batch and answers every request in it.
-fn work(
+fn run_jobs(
     model: &str,
     mut session: Box<dyn Session>,
     jobs: std::sync::mpsc::Receiver<Job>,
     stats: &ModelStats,
+    work: &Work,
     alive: &AtomicBool,
 ) {
     let mut failures = Throttle::new(FAILURE_LOG_EVERY);
     for job in jobs {
         let dispatched = Instant::now();
         let items: usize = job.batch.iter().map(|p| p.request.rows).sum();
+        let bytes: u64 = job.batch.iter().map(|p| p.bytes).sum();
+        {
+            let mut work = work.lock();
+            work.running = Some((dispatched, bytes));
+            work.pace.record_batch(bytes);
+        }
         let requests = job
             .batch
             .iter()
@@ -297,9 +472,10 @@ fn work(
         debug!(%requests, size = job.batch.len(), items, "batch running");
         let results = isolate(
             &job.batch,
-            |part| run_part(session.as_mut(), part, stats),
+            |part| run_part(session.as_mut(), part, stats, work),
             BatchError::blame,
         );
+        work.lock().running = None;
         let died = results.iter().find_map(|r| match r {
             Err(BatchError::Session(e)) if e.ends_session() => Some(e.clone()),
             _ => None,
@@ -349,6 +525,7 @@ fn run_part(
     session: &mut dyn Session,
     part: &[Pending],
     stats: &ModelStats,
+    work: &Work,
 ) -> Result<Vec<Vec<Tensor>>, BatchError> {
     let rows: Vec<usize> = part.iter().map(|p| p.request.rows).collect();
     let items: usize = rows.iter().sum();
@@ -364,7 +541,12 @@ fn run_part(
             })
             .map_err(BatchError::from)
             .and_then(|outputs| Ok(split(outputs, &rows)?));
-    stats.record_run(items as u64, started.elapsed(), result.is_ok());
+    let took = started.elapsed();
+    stats.record_run(items as u64, took, result.is_ok());
+    if result.is_ok() {
+        let bytes = part.iter().map(|p| p.bytes).sum();
+        work.lock().pace.record(bytes, took);
+    }
     if let Err(error) = &result {
         debug!(size = part.len(), items, %error, "run failed");
     }
@@ -375,14 +557,14 @@ fn answer(stats: &ModelStats, p: Pending, dispatched: Instant, reply: Reply) {
     let ok = reply.is_ok();
     let queued = dispatched.saturating_duration_since(p.arrived);
     stats.record_request(queued, p.arrived.elapsed(), ok);
-    // The permit goes back before the answer, so a caller that has its answer finds
+    // What it holds goes back before the answer, so a caller that has its answer finds
     // room for its next request.
     let Pending {
         reply: to_caller,
-        _permit,
+        holds,
         ..
     } = p;
-    drop(_permit);
+    drop(holds);
     let _ = to_caller.send(reply);
 }
 
@@ -392,13 +574,23 @@ mod tests {
     use crate::fake::{f32_values, fake_pid, input, FakeLoader};
     use tonic::Code;
 
-    fn runner(fake: &FakeLoader, max_batch_size: usize, queue_capacity: usize) -> Runner {
-        let policy = BatchPolicy {
+    fn policy(max_batch_size: usize, queue_capacity: usize) -> BatchPolicy {
+        BatchPolicy {
             max_batch_size,
             max_batch_delay: Duration::ZERO,
             queue_capacity,
-        };
-        Runner::start("m", fake.session(), policy, Arc::default())
+            max_queue_bytes: u64::MAX,
+            max_batch_bytes: u64::MAX,
+        }
+    }
+
+    fn unlimited() -> Arc<ByteBudget> {
+        Arc::new(ByteBudget::new(u64::MAX, Scope::Agent))
+    }
+
+    fn runner(fake: &FakeLoader, max_batch_size: usize, queue_capacity: usize) -> Runner {
+        let policy = policy(max_batch_size, queue_capacity);
+        Runner::start("m", fake.session(), policy, Arc::default(), unlimited())
     }
 
     fn request(rows: usize, value: f32) -> ValidRequest {
@@ -526,12 +718,13 @@ mod tests {
         fake.refuse_negative_values();
         let gate = fake.gate_runs();
         let stats = Arc::new(ModelStats::default());
-        let policy = BatchPolicy {
-            max_batch_size: 8,
-            max_batch_delay: Duration::ZERO,
-            queue_capacity: 64,
-        };
-        let runner = Runner::start("m", fake.session(), policy, stats.clone());
+        let runner = Runner::start(
+            "m",
+            fake.session(),
+            policy(8, 64),
+            stats.clone(),
+            unlimited(),
+        );
         let first = submit(&runner, 1, 0.0);
         gate.reached(1).await;
         let values = [1.0, 2.0, -3.0, 4.0];
@@ -606,6 +799,214 @@ mod tests {
             vec![1, 1],
             "the abandoned request never ran"
         );
+    }
+
+    /// 64 rows of 4 floats: one KiB, what the budgets count in.
+    const KIB_ROWS: usize = 64;
+
+    #[tokio::test]
+    async fn a_model_queue_holds_its_budget_of_bytes_and_refuses_past_it() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let policy = BatchPolicy {
+            max_queue_bytes: 3 << 10,
+            ..policy(1024, 64)
+        };
+        let runner = Runner::start("m", fake.session(), policy, Arc::default(), unlimited());
+        let first = submit(&runner, KIB_ROWS, 1.0);
+        gate.reached(1).await;
+        let queued: Vec<_> = (0..2).map(|_| submit(&runner, KIB_ROWS, 1.0)).collect();
+        assert_eq!(runner.queue_bytes(), 3 << 10);
+        let refused = runner
+            .submit(request(KIB_ROWS, 1.0), RequestId::generate())
+            .expect_err("a fourth KiB passes the budget");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(
+            refused.to_string(),
+            "model 'm' holds 3.0 KiB of requests queued or running; this one's 1.0 KiB would \
+             pass its limit of 3.0 KiB (max_queue_bytes in the model's herd.toml); try again later"
+        );
+        let too_large = runner
+            .submit(request(4 * KIB_ROWS, 1.0), RequestId::generate())
+            .expect_err("larger than the whole budget");
+        assert!(
+            too_large
+                .to_string()
+                .contains("is more than the model's whole queue limit of 3.0 KiB"),
+            "{too_large}"
+        );
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in queued {
+            answer(rx).await.expect("runs");
+        }
+        assert_eq!(runner.queue_bytes(), 0, "answered requests hold nothing");
+        answer(submit(&runner, KIB_ROWS, 1.0))
+            .await
+            .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn the_agents_budget_is_shared_by_its_models() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let agent = Arc::new(ByteBudget::new(2 << 10, Scope::Agent));
+        let start = |name| {
+            Runner::start(
+                name,
+                fake.session(),
+                policy(1024, 64),
+                Arc::default(),
+                agent.clone(),
+            )
+        };
+        let (a, b) = (start("a"), start("b"));
+        let running_a = submit(&a, KIB_ROWS, 1.0);
+        let running_b = submit(&b, KIB_ROWS, 1.0);
+        gate.reached(2).await;
+        let refused = a
+            .submit(request(KIB_ROWS, 1.0), RequestId::generate())
+            .expect_err("the agent holds its 2 KiB");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(
+            refused.to_string(),
+            "model 'a': the agent holds 2.0 KiB of requests in flight; this one's 1.0 KiB \
+             would pass its limit of 2.0 KiB (--max-in-flight-bytes of the agent); try again later"
+        );
+        gate.open();
+        answer(running_a).await.expect("runs");
+        answer(running_b).await.expect("runs");
+        assert_eq!(agent.held(), 0);
+        answer(submit(&b, KIB_ROWS, 1.0)).await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_byte_budget() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let policy = BatchPolicy {
+            max_batch_bytes: 2 << 10,
+            ..policy(1024, 64)
+        };
+        let runner = Runner::start("m", fake.session(), policy, Arc::default(), unlimited());
+        let first = submit(&runner, KIB_ROWS, 1.0);
+        gate.reached(1).await;
+        let rest: Vec<_> = (0..4).map(|_| submit(&runner, KIB_ROWS, 1.0)).collect();
+        let large = submit(&runner, 3 * KIB_ROWS, 1.0);
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in rest {
+            answer(rx).await.expect("runs");
+        }
+        answer(large)
+            .await
+            .expect("a request over the budget runs alone");
+        assert_eq!(
+            fake.batches(),
+            vec![KIB_ROWS, 2 * KIB_ROWS, 2 * KIB_ROWS, 3 * KIB_ROWS]
+        );
+    }
+
+    /// Tells the runner that a run of one `request(1, _)` takes `took`.
+    fn set_pace(runner: &Runner, took: Duration) {
+        runner.work.lock().pace = Default::default();
+        runner
+            .work
+            .lock()
+            .pace
+            .record(request(1, 0.0).input_bytes(), took);
+    }
+
+    fn submit_by(
+        runner: &Runner,
+        deadline: Duration,
+    ) -> Result<oneshot::Receiver<Reply>, AgentError> {
+        runner.submit_by(
+            request(1, 1.0),
+            RequestId::generate(),
+            Some(Instant::now() + deadline),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_answered_by_its_deadline_is_refused_at_once() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 1, 64);
+        let minute = Duration::from_secs(60);
+        let first = submit_by(&runner, minute).expect("nothing measured yet: admitted");
+        // Each request takes 10 s: within 80% of a minute, the one running and three
+        // more; the fifth would finish after 50 s.
+        set_pace(&runner, Duration::from_secs(10));
+        gate.reached(1).await;
+        let mut admitted = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            match submit_by(&runner, minute) {
+                Ok(rx) => admitted.push(rx),
+                Err(e) => refused.push(e),
+            }
+        }
+        assert_eq!((admitted.len(), refused.len()), (3, 7));
+        for e in &refused {
+            assert_eq!(e.code(), Code::ResourceExhausted);
+            let message = e.to_string();
+            assert!(
+                message.starts_with("model 'm' cannot answer within the ")
+                    && message.contains(
+                        "ms of work is queued ahead of it and its batch takes about 10000 ms"
+                    )
+                    && message.ends_with("retry later or with a longer deadline"),
+                "{message}"
+            );
+        }
+        let patient = submit(&runner, 1, 2.0);
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in admitted {
+            answer(rx).await.expect("admitted, answered");
+        }
+        answer(patient)
+            .await
+            .expect("without a deadline, only counted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_whose_deadline_passes_is_answered_before_it_runs() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 1, 64);
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        let late = submit_by(&runner, Duration::from_millis(50)).expect("admitted");
+        let kept = submit(&runner, 1, 1.0);
+        // The model is busy; the deadline passes while the request waits.
+        let err = answer(late).await.expect_err("expired");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+        assert_eq!(runner.queue_len(), 2, "what it held is given back");
+        gate.open();
+        answer(first).await.expect("runs");
+        answer(kept).await.expect("runs");
+        assert_eq!(fake.batches(), vec![1, 1], "the expired request never ran");
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_that_cannot_finish_in_time_is_answered_before_it_runs() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 1, 64);
+        let first = submit(&runner, 1, 0.0);
+        gate.reached(1).await;
+        let doomed = submit_by(&runner, Duration::from_secs(30)).expect("admitted");
+        // Measured since: a run takes 100 s (the real runs after it, about none, only
+        // bring that down to 75 s).
+        set_pace(&runner, Duration::from_secs(100));
+        gate.open();
+        answer(first).await.expect("runs");
+        let err = answer(doomed).await.expect_err("cannot finish");
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+        assert!(err.to_string().contains("dropped before running"), "{err}");
+        assert_eq!(fake.batches(), vec![1]);
     }
 
     /// Everything the crate logs at debug, from any thread, once a test asks for it.

@@ -1,20 +1,21 @@
 //! The KServe v2 / Triton gRPC inference service of one agent.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use herd_core::layers::deadline::{parse_grpc_timeout, GRPC_TIMEOUT};
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::model_infer_response::InferOutputTensor;
 use herd_proto::inference::model_metadata_response::TensorMetadata;
 use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
+use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn, Instrument};
 
 use crate::cache::{Lease, LoadState};
 use crate::error::AgentError;
 use crate::trace::{request_span, RequestId, REQUEST_ID_HEADER};
-use crate::validate::validate;
+use crate::validate::{validate_within, RequestLimits};
 use crate::Agent;
 use herd_core::tensor::TensorSpec;
 
@@ -44,19 +45,20 @@ fn metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
 }
 
 /// Runs one inference request: the model loaded if needed, the request validated,
-/// batched with others and answered, within `deadline` when one is given. Also used
-/// for each item of a scheduler's batch. It runs in a span of its own, named by `id`.
+/// batched with others and answered, by `deadline` when one is given (the model's
+/// runner refuses at once what it cannot answer by then). Also used for each item of a
+/// scheduler's batch. It runs in a span of its own, named by `id`.
 pub async fn infer(
     agent: &Agent,
     r: ModelInferRequest,
     id: RequestId,
-    deadline: Option<Duration>,
+    deadline: Option<Instant>,
 ) -> Result<ModelInferResponse, AgentError> {
     let span = request_span(&id, &r.model_name);
-    let run = infer_in_span(agent, r, id);
+    let run = infer_in_span(agent, r, id, deadline);
     let result = match deadline {
         None => run.instrument(span.clone()).await,
-        Some(deadline) => tokio::time::timeout(deadline, run)
+        Some(deadline) => tokio::time::timeout_at(deadline, run)
             .instrument(span.clone())
             .await
             .unwrap_or(Err(AgentError::DeadlineExceeded)),
@@ -76,14 +78,19 @@ async fn infer_in_span(
     agent: &Agent,
     r: ModelInferRequest,
     id: RequestId,
+    deadline: Option<Instant>,
 ) -> Result<ModelInferResponse, AgentError> {
     let lease = lease(agent, &r.model_name, &r.model_version)?;
     let loaded = lease.ready().await?;
     let model_name = r.model_name.clone();
     let response_id = r.id.clone();
-    let valid = validate(&model_name, &loaded.spec, loaded.max_batch_size, r)?;
+    let limits = RequestLimits {
+        max_batch_size: loaded.max_batch_size,
+        max_item_elements: loaded.max_item_elements,
+    };
+    let valid = validate_within(&model_name, &loaded.spec, limits, r)?;
     let requested = valid.outputs.clone();
-    let reply = loaded.runner.submit(valid, id)?;
+    let reply = loaded.runner.submit_by(valid, id, deadline)?;
     let outputs = reply
         .await
         .map_err(|_| AgentError::Stopped(model_name.clone()))??;
@@ -181,7 +188,15 @@ impl GrpcInferenceService for InferenceService {
         // the `grpc` span and the `request` span name the same request.
         let id = RequestId::of(&request);
         let header = id.as_str().parse().ok();
-        let mut response = Response::new(infer(&self.agent, request.into_inner(), id, None).await?);
+        // The caller's deadline: the server's deadline layer ends the call then; the
+        // runner needs it too, to refuse at once what it cannot answer in time.
+        let deadline = request
+            .metadata()
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let mut response =
+            Response::new(infer(&self.agent, request.into_inner(), id, deadline).await?);
         if let Some(header) = header {
             response.metadata_mut().insert(REQUEST_ID_HEADER, header);
         }

@@ -24,13 +24,50 @@ pub struct ValidRequest {
     pub outputs: Vec<usize>,
 }
 
+impl ValidRequest {
+    /// Bytes of input the request holds (its tensors' raw contents).
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs.iter().map(|t| t.data.len() as u64).sum()
+    }
+}
+
+/// What a model takes in one request, besides its interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Items along the batch dimension.
+    pub max_batch_size: usize,
+    /// Elements of one item of an input along the model's dynamic dimensions (their
+    /// product, the batch dimension aside): herd.toml `max_item_elements`.
+    pub max_item_elements: u64,
+}
+
+/// Checks a request against the model, with herd's default `max_item_elements`.
 pub fn validate(
     model: &str,
     spec: &ModelSpec,
     max_batch_size: usize,
     req: ModelInferRequest,
 ) -> Result<ValidRequest, AgentError> {
+    let limits = RequestLimits {
+        max_batch_size,
+        max_item_elements: herd_core::settings::MAX_ITEM_ELEMENTS,
+    };
+    validate_within(model, spec, limits, req)
+}
+
+/// Checks a request against the model and `limits`.
+pub fn validate_within(
+    model: &str,
+    spec: &ModelSpec,
+    limits: RequestLimits,
+    req: ModelInferRequest,
+) -> Result<ValidRequest, AgentError> {
+    let RequestLimits {
+        max_batch_size,
+        max_item_elements,
+    } = limits;
     let invalid = |msg: String| AgentError::InvalidInput(format!("model '{model}': {msg}"));
+    let batchable = spec.batchable();
     let use_raw = !req.raw_input_contents.is_empty();
     if use_raw && req.raw_input_contents.len() != req.inputs.len() {
         return Err(invalid(format!(
@@ -89,6 +126,18 @@ pub fn validate(
                 shape_string(&want.shape)
             )));
         }
+        let dynamic = item_elements(want, &input.shape, usize::from(batchable));
+        if dynamic.elements > max_item_elements {
+            return Err(invalid(format!(
+                "input '{}' has shape {}: {} elements per item along its dynamic dimensions \
+                 ({}), over this model's limit of {max_item_elements}; send smaller items, or \
+                 raise max_item_elements in the model's herd.toml",
+                want.name,
+                shape_string(&input.shape),
+                dynamic.elements,
+                dynamic.dims
+            )));
+        }
         let data = match raw.next() {
             Some(bytes) => bytes,
             None => {
@@ -130,7 +179,6 @@ pub fn validate(
         inputs.push(slot.ok_or_else(|| invalid(format!("input '{}' is missing", want.name)))?);
     }
 
-    let batchable = spec.batchable();
     let rows = if batchable {
         let rows = inputs[0].shape[0];
         if let Some(other) = inputs.iter().find(|t| t.shape[0] != rows) {
@@ -178,6 +226,33 @@ pub fn validate(
         key,
         outputs,
     })
+}
+
+/// The size of one item of an input along the dimensions the model leaves dynamic.
+struct Dynamic {
+    /// Their product (saturating).
+    elements: u64,
+    /// Their sizes, as "2240×2240".
+    dims: String,
+}
+
+/// The dynamic part of `got` (which fits `want`), the first `skip` dimensions aside.
+fn item_elements(want: &TensorSpec, got: &[i64], skip: usize) -> Dynamic {
+    let sizes: Vec<u64> = got
+        .iter()
+        .zip(&want.shape)
+        .skip(skip)
+        .filter(|(_, &w)| w < 0)
+        .map(|(&g, _)| g as u64)
+        .collect();
+    Dynamic {
+        elements: sizes.iter().fold(1u64, |n, &d| n.saturating_mul(d)),
+        dims: sizes
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("×"),
+    }
 }
 
 /// True when `got` matches the model's shape for the input (-1 = any size).
@@ -328,6 +403,65 @@ mod tests {
             let got = err(validate("m", &s, 8, req));
             assert!(got.contains(want), "{got:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn an_item_over_the_element_limit_along_dynamic_dimensions_is_refused() {
+        let t = |name: &str, shape: &[i64]| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            shape: shape.to_vec(),
+        };
+        let det = ModelSpec {
+            inputs: vec![t("x", &[-1, 3, -1, -1])],
+            outputs: vec![t("y", &[-1, 1, -1, -1])],
+        };
+        let limits = RequestLimits {
+            max_batch_size: 8,
+            max_item_elements: 2048 * 2048,
+        };
+        let image = |rows: i64, side: i64| {
+            let bytes = (rows * 3 * side * side * 4) as usize;
+            request(
+                vec![input("x", "FP32", &[rows, 3, side, side])],
+                vec![bytes],
+            )
+        };
+        let ok = validate_within("det", &det, limits, image(2, 1440)).expect("1440 px passes");
+        assert_eq!(ok.input_bytes(), 2 * 3 * 1440 * 1440 * 4);
+        validate_within("det", &det, limits, image(1, 2048)).expect("2048 px is the limit");
+        let got = err(validate_within("det", &det, limits, image(1, 2240)));
+        assert_eq!(
+            got,
+            "model 'det': input 'x' has shape [1,3,2240,2240]: 5017600 elements per item \
+             along its dynamic dimensions (2240×2240), over this model's limit of 4194304; \
+             send smaller items, or raise max_item_elements in the model's herd.toml"
+        );
+        // Fixed dimensions and the batch dimension do not count.
+        let small = RequestLimits {
+            max_batch_size: 8,
+            max_item_elements: 4,
+        };
+        validate(
+            "m",
+            &spec(),
+            8,
+            request(
+                vec![input("a", "FP32", &[8, 4]), input("b", "INT64", &[8, 4])],
+                vec![128, 256],
+            ),
+        )
+        .expect("no dynamic dimension but the batch");
+        validate_within(
+            "m",
+            &spec(),
+            small,
+            request(
+                vec![input("a", "FP32", &[8, 4]), input("b", "INT64", &[8, 4])],
+                vec![128, 256],
+            ),
+        )
+        .expect("nothing dynamic to count");
     }
 
     #[test]

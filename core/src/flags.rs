@@ -31,6 +31,25 @@ pub struct ModelDefaultFlags {
     /// choose. herd.toml `intra_op_threads` overrides it.
     #[arg(long, env = "HERD_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
+
+    /// Most elements one item of an input may have along the model's dynamic
+    /// dimensions (their product, the batch dimension aside); a larger item is
+    /// INVALID_ARGUMENT. Default 4194304 (a 2048×2048 image). herd.toml
+    /// `max_item_elements` overrides it.
+    #[arg(long, env = "HERD_MAX_ITEM_ELEMENTS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_item_elements: Option<u64>,
+
+    /// Bytes of request inputs a model may hold queued or running (e.g. 256MiB); beyond
+    /// it, RESOURCE_EXHAUSTED. Default: half the agent's --max-in-flight-bytes.
+    /// herd.toml `max_queue_bytes` overrides it.
+    #[arg(long, env = "HERD_MAX_QUEUE_BYTES")]
+    pub max_queue_bytes: Option<bytesize::ByteSize>,
+
+    /// Bytes of request inputs in one model run (e.g. 64MiB); a larger request runs
+    /// alone. Default 8MiB (on a CPU, large inputs gain nothing from large batches),
+    /// less on a node that offers under 256 MiB. herd.toml `max_batch_bytes` overrides it.
+    #[arg(long, env = "HERD_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<bytesize::ByteSize>,
 }
 
 impl ModelDefaultFlags {
@@ -44,6 +63,18 @@ impl ModelDefaultFlags {
             ttl: self.ttl.unwrap_or(d.ttl),
             intra_op_threads: self.intra_op_threads.unwrap_or(d.intra_op_threads),
             queue_capacity: self.queue_capacity.map_or(d.queue_capacity, |n| n as usize),
+            max_item_elements: self.max_item_elements.unwrap_or(d.max_item_elements),
+            // Zero bytes would refuse everything: read as "the default".
+            max_queue_bytes: self
+                .max_queue_bytes
+                .map(|b| b.as_u64())
+                .filter(|&b| b > 0)
+                .or(d.max_queue_bytes),
+            max_batch_bytes: self
+                .max_batch_bytes
+                .map(|b| b.as_u64())
+                .filter(|&b| b > 0)
+                .or(d.max_batch_bytes),
         }
     }
 
@@ -67,6 +98,18 @@ impl ModelDefaultFlags {
             (
                 self.intra_op_threads.is_some(),
                 "--intra-op-threads (HERD_INTRA_OP_THREADS)",
+            ),
+            (
+                self.max_item_elements.is_some(),
+                "--max-item-elements (HERD_MAX_ITEM_ELEMENTS)",
+            ),
+            (
+                self.max_queue_bytes.is_some(),
+                "--max-queue-bytes (HERD_MAX_QUEUE_BYTES)",
+            ),
+            (
+                self.max_batch_bytes.is_some(),
+                "--max-batch-bytes (HERD_MAX_BATCH_BYTES)",
             ),
         ]
         .into_iter()
@@ -110,6 +153,23 @@ mod tests {
         let flags = parse(&[]);
         assert_eq!(flags.settings(), ModelSettings::default());
         assert!(flags.given().is_empty());
+    }
+
+    #[test]
+    fn byte_limits_and_item_elements_are_flags_too() {
+        let flags = parse(&[
+            "--max-item-elements",
+            "100",
+            "--max-queue-bytes",
+            "8MiB",
+            "--max-batch-bytes",
+            "1MiB",
+        ]);
+        let s = flags.settings();
+        assert_eq!(s.max_item_elements, 100);
+        assert_eq!(s.max_queue_bytes, Some(8 << 20));
+        assert_eq!(s.max_batch_bytes, Some(1 << 20));
+        assert_eq!(flags.given().len(), 3);
     }
 
     #[test]

@@ -77,7 +77,20 @@ pub struct ModelSettings {
     pub intra_op_threads: usize,
     /// Most requests waiting or running; past it, RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Most elements one item of an input may have along the dimensions the model
+    /// leaves dynamic (the batch dimension aside): the product of their sizes. A
+    /// 2048×2048 image passes the default; a larger one is INVALID_ARGUMENT.
+    pub max_item_elements: u64,
+    /// Most bytes of request inputs the model holds queued or running; past it,
+    /// RESOURCE_EXHAUSTED. `None`: half the agent's in-flight budget.
+    pub max_queue_bytes: Option<u64>,
+    /// Most bytes of request inputs in one model run (a request larger than that runs
+    /// alone). `None`: 8 MiB, less on a node that offers under 256 MiB.
+    pub max_batch_bytes: Option<u64>,
 }
+
+/// The default `max_item_elements`: a 2048×2048 image.
+pub const MAX_ITEM_ELEMENTS: u64 = 2048 * 2048;
 
 impl Default for ModelSettings {
     fn default() -> Self {
@@ -87,6 +100,9 @@ impl Default for ModelSettings {
             ttl: Ttl::After(Duration::from_secs(300)),
             intra_op_threads: 0,
             queue_capacity: 1024,
+            max_item_elements: MAX_ITEM_ELEMENTS,
+            max_queue_bytes: None,
+            max_batch_bytes: None,
         }
     }
 }
@@ -120,6 +136,9 @@ struct SettingsFile {
     ttl: Option<TtlValue>,
     intra_op_threads: Option<usize>,
     queue_capacity: Option<usize>,
+    max_item_elements: Option<u64>,
+    max_queue_bytes: Option<ByteCount>,
+    max_batch_bytes: Option<ByteCount>,
     min_replicas: Option<u32>,
     max_replicas: Option<u32>,
     device: Option<String>,
@@ -171,6 +190,31 @@ enum TtlValue {
     Text(String),
 }
 
+/// A size in herd.toml: a number of bytes, or text like "256MiB".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteCount {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteCount {
+    /// The size in bytes; `key` names the setting in the error.
+    fn bytes(self, key: &str) -> Result<u64, SettingsError> {
+        let bytes = match self {
+            ByteCount::Bytes(n) => n,
+            ByteCount::Text(t) => t
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| SettingsError(format!("{key} {t:?}: {e} (use e.g. \"256MiB\")")))?
+                .as_u64(),
+        };
+        if bytes == 0 {
+            return Err(SettingsError(format!("{key} must be at least 1 byte")));
+        }
+        Ok(bytes)
+    }
+}
+
 impl ModelSettings {
     /// Applies a herd.toml over these settings.
     pub fn with_file(&self, text: &str) -> Result<ModelSettings, SettingsError> {
@@ -200,6 +244,18 @@ impl ModelSettings {
                 return Err("queue_capacity must be at least 1".into());
             }
             s.queue_capacity = n;
+        }
+        if let Some(n) = file.max_item_elements {
+            if n == 0 {
+                return Err("max_item_elements must be at least 1".into());
+            }
+            s.max_item_elements = n;
+        }
+        if let Some(b) = file.max_queue_bytes {
+            s.max_queue_bytes = Some(b.bytes("max_queue_bytes")?);
+        }
+        if let Some(b) = file.max_batch_bytes {
+            s.max_batch_bytes = Some(b.bytes("max_batch_bytes")?);
         }
         Ok(s)
     }
@@ -249,5 +305,30 @@ mod tests {
             .expect_err("bad ttl")
             .to_string()
             .contains("ttl \"soon\""));
+        assert!(d
+            .with_file("max_queue_bytes = \"lots\"")
+            .expect_err("bad size")
+            .to_string()
+            .contains("max_queue_bytes \"lots\""));
+        assert!(d
+            .with_file("max_item_elements = 0")
+            .expect_err("zero")
+            .to_string()
+            .contains("at least 1"));
+    }
+
+    #[test]
+    fn byte_limits_and_item_elements_come_from_the_file() {
+        let d = ModelSettings::default();
+        assert_eq!(d.max_item_elements, 2048 * 2048);
+        assert_eq!((d.max_queue_bytes, d.max_batch_bytes), (None, None));
+        let s = d
+            .with_file(
+                "max_item_elements = 9000000\nmax_queue_bytes = \"256MiB\"\nmax_batch_bytes = 1048576\n",
+            )
+            .expect("valid");
+        assert_eq!(s.max_item_elements, 9_000_000);
+        assert_eq!(s.max_queue_bytes, Some(256 << 20));
+        assert_eq!(s.max_batch_bytes, Some(1 << 20));
     }
 }

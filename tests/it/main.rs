@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod binary;
+mod budgets;
 mod cli;
 mod cli_cluster;
 mod cluster;
@@ -10,6 +11,8 @@ mod cluster_support;
 mod connections;
 mod dash;
 mod doors;
+mod limits;
+mod overload;
 mod poison;
 mod repository;
 mod serving;
