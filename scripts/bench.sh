@@ -136,7 +136,7 @@ printf '{"idle_kib": %s, "held_kib": %s, "agents": 10, "models": 100, "replicas"
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 pids=()
 
-echo "bench: placement on 1,000 nodes × 10,000 models" >&2
-cargo bench --locked -p herd-scheduler --bench placement 2>/dev/null | grep '^placement:' >"$out/placement.txt"
+echo "bench: placement on 1,000 nodes × 10,000 models, and routing beside it" >&2
+cargo bench --locked -p herd-scheduler --bench placement 2>/dev/null | grep -E '^(placement|routing):' >"$out/placement.txt"
 
 "$python" scripts/bench_report.py "$out/steps.jsonl" "$out/memory.json" "$out/scheduler_memory.json" "$out/placement.txt"

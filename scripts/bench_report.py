@@ -115,4 +115,9 @@ for name, c, a in [("magika", magika_cluster, magika_agent), ("tiny_mlp", tiny_c
 print(f"- scheduler RSS with {smem['agents']} simulated agents, {smem['models']} models and {smem['replicas']} replicas: "
       f"{smem['held_kib'] / 1024:.1f} MiB (idle with the catalog: {smem['idle_kib'] / 1024:.1f} MiB); goal ≤ 30 MB")
 for line in placement:
-    print(f"- {line}; goal ≤ 50 ms")
+    if line.startswith("routing:"):
+        # Routing takes the lock placement's snapshot and apply hold briefly; solve runs
+        # outside it, so a pick never waits for a whole placement.
+        print(f"- {line}")
+    else:
+        print(f"- {line}; goal ≤ 50 ms")
