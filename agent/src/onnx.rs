@@ -120,6 +120,10 @@ impl OrtRuntime {
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads)?;
         }
+        // A failed run comes back as an error (and is logged, throttled, by the runner);
+        // ONNX Runtime's own line per failure would let a client flood the logs with
+        // data of its choosing.
+        builder = builder.with_log_level(ort::logging::LogLevel::Fatal)?;
         let session = builder.commit_from_file(path)?;
         let spec = ModelSpec {
             inputs: session

@@ -262,3 +262,68 @@ async fn a_stopped_worker_is_killed_by_the_watchdog_and_its_callers_may_retry() 
         .expect("the next request loads it afresh");
     assert_eq!(agent.agent.cache.loads_started(), 2);
 }
+
+/// A client that sends failing requests without pause cannot flood the agent's log with
+/// data of its choosing: ONNX Runtime's own line per failed run is off, and the runner's
+/// is throttled. The real `herd` executable, its log read whole after it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_requests_do_not_flood_the_log() {
+    use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    const ATTEMPTS: usize = 30;
+    let repo = embed_repository();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["agent", "--listen", "127.0.0.1:0", "--model-repository"])
+        .arg(repo.path())
+        .env("NO_COLOR", "1")
+        .env_remove("HERD_LOG")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herd agent");
+    let mut log = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let addr = tokio::time::timeout(LONG, async {
+        loop {
+            let mut line = String::new();
+            let n = log.read_line(&mut line).await.expect("read agent log");
+            assert!(n > 0, "herd agent exited before serving: {seen}");
+            seen.push_str(&line);
+            if line.contains("agent serving") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="));
+                return addr.expect("addr= on the serving line").to_string();
+            }
+        }
+    })
+    .await
+    .expect("herd agent serves");
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    for _ in 0..ATTEMPTS {
+        let status = client
+            .model_infer(embed_request([1, 2, 3, 1_000_000_000]))
+            .await
+            .expect_err("an index past the table fails");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    client
+        .model_infer(embed_request([1, 2, 3, 4]))
+        .await
+        .expect("the model still serves");
+    child.start_kill().expect("stop the agent");
+    let mut rest = String::new();
+    log.read_to_string(&mut rest).await.expect("read the log");
+    let _ = child.wait().await;
+    let quoting = rest.lines().filter(|l| l.contains("1000000000")).count();
+    // The runner logs one line a second at most (with a count of those held back); one
+    // line per attempt, as ONNX Runtime wrote before, is a flood.
+    assert!(
+        (1..=ATTEMPTS / 3).contains(&quoting),
+        "{quoting} log lines quote the failing value after {ATTEMPTS} attempts:\n{rest}"
+    );
+}
