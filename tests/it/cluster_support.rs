@@ -19,6 +19,20 @@ use crate::support::*;
 pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
 pub const TOKEN: &str = "test-token";
 
+/// The `herd` executable with `args`, as a test runs it: no colours, no token from the
+/// environment the tests run in, its log piped to the test, killed when dropped.
+pub fn herd(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(HERD);
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("HERD_TOKEN")
+        .env_remove("HERD_TOKEN_FILE")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 pub struct TestCluster {
     pub scheduler: Arc<Scheduler>,
     pub addr: String,

@@ -13,13 +13,13 @@ use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceCl
 use herd_scheduler::config::PolicyArg;
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::cluster_support::{TestCluster, HERD, TOKEN};
+use crate::cluster_support::{herd, TestCluster, TOKEN};
 use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -163,16 +163,11 @@ async fn a_generated_token_is_not_printed_but_where_it_is_kept_is() {
 async fn an_agent_whose_name_is_taken_exits_saying_so() {
     let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
     let data = cluster.data.path().join("second-a");
-    let second = Command::new(HERD)
-        .args(["agent", "--listen", "127.0.0.1:0", "--name", "a"])
+    let second = herd(&["agent", "--listen", "127.0.0.1:0", "--name", "a"])
         .args(["--memory-limit", "1GiB", "--scheduler", &cluster.addr])
         .args(["--token", TOKEN, "--data-dir"])
         .arg(&data)
-        .env("NO_COLOR", "1")
-        .env_remove("HERD_TOKEN_FILE")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start a second herd agent");
     // A deadline only so that a test of a retrying agent ends at all.
@@ -440,7 +435,7 @@ impl Decoder for Empty {
 
 /// `herd scheduler` on loopback ports the kernel picks, with `flags`.
 fn spawn_scheduler(repo: &Path, data: &Path, flags: &[&str]) -> Child {
-    Command::new(HERD)
+    herd(&[])
         .args([
             "scheduler",
             "--listen",
@@ -454,12 +449,7 @@ fn spawn_scheduler(repo: &Path, data: &Path, flags: &[&str]) -> Child {
         .arg(data)
         .args(["--report-interval", "100ms"])
         .args(flags)
-        .env("NO_COLOR", "1")
-        .env_remove("HERD_TOKEN")
-        .env_remove("HERD_TOKEN_FILE")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start herd scheduler")
 }
@@ -467,19 +457,13 @@ fn spawn_scheduler(repo: &Path, data: &Path, flags: &[&str]) -> Child {
 /// `herd agent` named `name`, joining the scheduler at `scheduler` with the token in
 /// `token_file`.
 fn spawn_agent(scheduler: &str, name: &str, token_file: &Path, data: &Path) -> Child {
-    Command::new(HERD)
-        .args(["agent", "--listen", "127.0.0.1:0", "--name", name])
+    herd(&["agent", "--listen", "127.0.0.1:0", "--name", name])
         .args(["--memory-limit", "1GiB", "--scheduler", scheduler])
         .arg("--token-file")
         .arg(token_file)
         .arg("--data-dir")
         .arg(data)
-        .env("NO_COLOR", "1")
-        .env_remove("HERD_TOKEN")
-        .env_remove("HERD_TOKEN_FILE")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start herd agent")
 }

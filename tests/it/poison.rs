@@ -227,22 +227,8 @@ async fn a_stopped_worker_is_killed_by_the_watchdog_and_its_callers_may_retry() 
     };
     let agent = TestAgent::start(options(&repo_path(&repo)), loader).await;
     let mut client = agent.client().await;
-    client
-        .model_infer(mlp_request(1, 0.0))
-        .await
-        .expect("first load");
-    let pid = agent
-        .agent
-        .cache
-        .load("tiny_mlp")
-        .await
-        .expect("loaded")
-        .process_id
-        .expect("a worker");
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status();
-    assert!(stopped.expect("run kill").success());
+    let pid = tiny_mlp_worker(&agent, &mut client).await;
+    signal(pid, "-STOP");
 
     let status = client
         .model_infer(mlp_request(1, 1.0))
@@ -269,18 +255,14 @@ async fn a_stopped_worker_is_killed_by_the_watchdog_and_its_callers_may_retry() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_requests_do_not_flood_the_log() {
     use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
     const ATTEMPTS: usize = 30;
     let repo = embed_repository();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(["agent", "--listen", "127.0.0.1:0", "--model-repository"])
+    let mut child = crate::cluster_support::herd(&["agent", "--listen", "127.0.0.1:0"])
+        .arg("--model-repository")
         .arg(repo.path())
-        .env("NO_COLOR", "1")
         .env_remove("HERD_LOG")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start herd agent");
     let mut log = BufReader::new(child.stderr.take().expect("stderr"));

@@ -482,22 +482,8 @@ async fn a_crashed_worker_fails_its_batch_clearly_and_the_model_loads_again() {
     let repo = repository();
     let agent = TestAgent::start(options(&repo_path(&repo)), GatedLoader::plain()).await;
     let mut client = agent.client().await;
-    client
-        .model_infer(mlp_request(1, 0.0))
-        .await
-        .expect("first load");
-    let pid = agent
-        .agent
-        .cache
-        .load("tiny_mlp")
-        .await
-        .expect("loaded")
-        .process_id
-        .expect("a worker");
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
-    assert!(killed.expect("run kill").success());
+    let pid = tiny_mlp_worker(&agent, &mut client).await;
+    signal(pid, "-KILL");
 
     let status = client
         .model_infer(mlp_request(1, 1.0))

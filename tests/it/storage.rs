@@ -10,7 +10,6 @@ use herd_core::digest::sha256_file;
 use herd_scheduler::config::PolicyArg;
 use herd_scheduler::store::{EmbeddedStore, Store};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::cluster_support::*;
 use crate::support::*;
@@ -159,7 +158,7 @@ async fn corrupt_states() -> Vec<(&'static str, tempfile::TempDir)> {
 async fn herd_scheduler_starts_over_a_corrupt_state_file_and_says_so() {
     let repo = repository();
     for (kind, data) in corrupt_states().await {
-        let mut child = Command::new(HERD)
+        let mut child = herd(&[])
             .args([
                 "scheduler",
                 "--listen",
@@ -173,12 +172,7 @@ async fn herd_scheduler_starts_over_a_corrupt_state_file_and_says_so() {
             .arg(repo.path())
             .arg("--data-dir")
             .arg(data.path())
-            .env("NO_COLOR", "1")
-            .env_remove("HERD_TOKEN")
-            .env_remove("HERD_TOKEN_FILE")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("start herd scheduler");
         let stderr = child.stderr.take().expect("stderr piped");

@@ -295,3 +295,30 @@ pub async fn gate_reached(gate: &Gate, n: usize) {
 pub fn repo_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().to_path_buf()
 }
+
+/// Loads tiny_mlp on `agent` through a first request and returns its worker's pid.
+pub async fn tiny_mlp_worker(
+    agent: &TestAgent,
+    client: &mut GrpcInferenceServiceClient<Channel>,
+) -> u32 {
+    client
+        .model_infer(mlp_request(1, 0.0))
+        .await
+        .expect("first load");
+    agent
+        .agent
+        .cache
+        .load("tiny_mlp")
+        .await
+        .expect("loaded")
+        .process_id
+        .expect("a worker")
+}
+
+/// Sends `signal` ("-KILL", "-STOP") to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(sent.expect("run kill").success(), "kill {signal} {pid}");
+}

@@ -356,30 +356,12 @@ impl<B: Body> Body for ReleasingBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::grpc_request;
+    use crate::layers::test_support::{grpc_request, FrameBody};
     use tower_test::mock;
 
     const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-    /// A request body of these data frames, in order.
-    #[derive(Debug, Default)]
-    struct Frames(std::collections::VecDeque<Bytes>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|d| Ok(Frame::data(d))))
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
-        }
-    }
+    type Frames = FrameBody;
 
     /// A gRPC message of `len` bytes, its prefix included.
     fn message(len: u32) -> Vec<u8> {
@@ -391,7 +373,7 @@ mod tests {
 
     fn call_with(frames: Vec<Vec<u8>>) -> http::Request<Frames> {
         let (parts, ()) = grpc_request(INFER, &[]).into_parts();
-        http::Request::from_parts(parts, Frames(frames.into_iter().map(Bytes::from).collect()))
+        http::Request::from_parts(parts, FrameBody::data(frames))
     }
 
     /// Reads a request body as a service would; the first error, if any.

@@ -209,7 +209,7 @@ impl<B: Body> Body for RewrittenBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::{grpc_request, status_of};
+    use crate::layers::test_support::{grpc_request, status_of, FrameBody};
     use tower_test::mock;
 
     const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -220,40 +220,7 @@ mod tests {
         ))
     }
 
-    /// A body of one data frame and then trailers with `status`.
-    #[derive(Debug, Default)]
-    struct GrpcBody {
-        frames: Vec<Frame<bytes::Bytes>>,
-    }
-
-    impl GrpcBody {
-        fn ending_with(status: &Status) -> GrpcBody {
-            let mut trailers = http::HeaderMap::new();
-            status.add_header(&mut trailers).expect("a valid status");
-            GrpcBody {
-                frames: vec![
-                    Frame::trailers(trailers),
-                    Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0")),
-                ],
-            }
-        }
-    }
-
-    impl Body for GrpcBody {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
-            Poll::Ready(self.frames.pop().map(Ok))
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.frames.is_empty()
-        }
-    }
+    type GrpcBody = FrameBody;
 
     async fn trailers_of<B: Body + Unpin>(body: &mut B) -> Option<http::HeaderMap> {
         let mut trailers = None;
@@ -316,7 +283,7 @@ mod tests {
         assert!(service.poll_ready().is_ready());
         let call = service.call(grpc_request(INFER, &[]));
         let (_, reply) = handle.next_request().await.expect("the call");
-        reply.send_response(http::Response::new(GrpcBody::ending_with(&sent)));
+        reply.send_response(http::Response::new(FrameBody::answer(&sent)));
         let mut response = call.await.expect("answered");
         let trailers = trailers_of(response.body_mut()).await.expect("trailers");
         let status = Status::from_header_map(&trailers).expect("a status");
@@ -332,7 +299,7 @@ mod tests {
         assert!(service.poll_ready().is_ready());
         let call = service.call(grpc_request(INFER, &[]));
         let (_, reply) = handle.next_request().await.expect("the call");
-        reply.send_response(http::Response::new(GrpcBody::ending_with(&own)));
+        reply.send_response(http::Response::new(FrameBody::answer(&own)));
         let mut response = call.await.expect("answered");
         let trailers = trailers_of(response.body_mut()).await.expect("trailers");
         let status = Status::from_header_map(&trailers).expect("a status");

@@ -314,46 +314,18 @@ impl<B: Body> Body for MeteredBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::grpc_request;
+    use crate::layers::test_support::{grpc_request, FrameBody};
     use std::time::Duration;
     use tower_test::mock;
 
     const LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
     const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-    /// A body of one data frame and then trailers with `code`.
-    #[derive(Debug, Default)]
-    struct GrpcBody {
-        frames: Vec<Frame<bytes::Bytes>>,
-    }
+    type GrpcBody = FrameBody;
 
-    impl GrpcBody {
-        fn answer(code: Code) -> GrpcBody {
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", (code as i32).into());
-            GrpcBody {
-                frames: vec![
-                    Frame::trailers(trailers),
-                    Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0")),
-                ],
-            }
-        }
-    }
-
-    impl Body for GrpcBody {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
-            Poll::Ready(self.frames.pop().map(Ok))
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.frames.is_empty()
-        }
+    /// A whole gRPC answer with `code`.
+    fn answer(code: Code) -> GrpcBody {
+        FrameBody::answer(&tonic::Status::new(code, ""))
     }
 
     async fn read_to_end<B: Body + Unpin>(body: &mut B) {
@@ -378,7 +350,7 @@ mod tests {
         let call = service.call(grpc_request(LIVE, &[]));
         let (_, reply) = handle.next_request().await.expect("the call");
         tokio::time::advance(Duration::from_millis(5)).await;
-        reply.send_response(http::Response::new(GrpcBody::answer(Code::Ok)));
+        reply.send_response(http::Response::new(answer(Code::Ok)));
         let mut response = call.await.expect("answered");
         assert!(metrics.snapshot().is_empty(), "no status yet");
         read_to_end(response.body_mut()).await;
@@ -394,7 +366,7 @@ mod tests {
         assert!(service.poll_ready().is_ready());
         let call = service.call(grpc_request(INFER, &[]));
         let (_, reply) = handle.next_request().await.expect("the call");
-        reply.send_response(http::Response::new(GrpcBody::answer(Code::NotFound)));
+        reply.send_response(http::Response::new(answer(Code::NotFound)));
         read_to_end(call.await.expect("answered").body_mut()).await;
 
         let snapshot = metrics.snapshot();
@@ -423,7 +395,7 @@ mod tests {
         assert!(service.poll_ready().is_ready());
         let call = service.call(grpc_request(INFER, &[]));
         let (_, reply) = handle.next_request().await.expect("the call");
-        reply.send_response(http::Response::new(GrpcBody::answer(Code::Ok)));
+        reply.send_response(http::Response::new(answer(Code::Ok)));
         let mut response = call.await.expect("answered");
         read_one_frame(response.body_mut()).await;
         drop(response);

@@ -113,7 +113,14 @@ pub(crate) fn percent_decode(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! Requests and statuses as the layers see them.
+    //! Requests, bodies and statuses as the layers see them.
+
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body::{Body, Frame};
 
     /// A gRPC request to `path` with these headers.
     pub fn grpc_request(path: &str, headers: &[(&'static str, &'static str)]) -> http::Request<()> {
@@ -125,6 +132,48 @@ pub(crate) mod test_support {
             request = request.header(*name, *value);
         }
         request.body(()).expect("a valid request")
+    }
+
+    /// A body of these frames, in order, as a server or a client would stream them.
+    #[derive(Debug, Default)]
+    pub struct FrameBody(VecDeque<Frame<Bytes>>);
+
+    impl FrameBody {
+        /// Data frames only: what a client sends.
+        pub fn data(chunks: impl IntoIterator<Item = Vec<u8>>) -> FrameBody {
+            FrameBody(
+                chunks
+                    .into_iter()
+                    .map(|c| Frame::data(Bytes::from(c)))
+                    .collect(),
+            )
+        }
+
+        /// One empty message and then trailers with `status`: a whole gRPC answer.
+        pub fn answer(status: &tonic::Status) -> FrameBody {
+            let mut trailers = http::HeaderMap::new();
+            status.add_header(&mut trailers).expect("a valid status");
+            FrameBody(VecDeque::from([
+                Frame::data(Bytes::from_static(b"\0\0\0\0\0")),
+                Frame::trailers(trailers),
+            ]))
+        }
+    }
+
+    impl Body for FrameBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
     }
 
     /// The status a response carries in its headers (a trailers-only answer).
