@@ -586,21 +586,16 @@ mod tests {
         // Same size, mtime kept, no marker: the bytes are read all the same.
         std::fs::remove_file(marker_path(&path)).expect("unmark");
         corrupt(&path, None);
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || LogSink(sink.clone()))
-            .finish();
-        let found =
-            tracing::subscriber::with_default(subscriber, || store.inner.find_local(&good, &repo));
+        let logs = crate::fake::captured_logs();
+        let found = store.inner.find_local(&good, &repo);
         assert_eq!(found, None);
         assert!(!path.exists());
-        let logs = String::from_utf8(lock(&logs).clone()).expect("utf-8");
+        let logs = crate::fake::logged(&logs);
         assert!(
             logs.contains("WARN")
                 && logs.contains("no longer matches its digest; deleting it and fetching it again")
-                && logs.contains(&good),
+                && logs.contains(&good)
+                && logs.contains(&path.display().to_string()),
             "{logs}"
         );
     }
@@ -708,17 +703,5 @@ mod tests {
             "{gap:?}"
         );
         assert!(store.cached().is_empty());
-    }
-
-    struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for LogSink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 }

@@ -1009,42 +1009,9 @@ mod tests {
         assert_eq!(fake.batches(), vec![1]);
     }
 
-    /// Everything the crate logs at debug, from any thread, once a test asks for it.
-    fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
-        static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> =
-            std::sync::OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let sink = logs.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter("herd_agent=debug")
-                .with_ansi(false)
-                .with_writer(move || LogSink(sink.clone()))
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-            logs
-        })
-        .clone()
-    }
-
-    struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for LogSink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_batch_logs_the_ids_of_its_requests_in_a_batch_span() {
-        let logs = captured_logs();
+        let logs = crate::fake::captured_logs();
         let fake = FakeLoader::new();
         let gate = fake.gate_runs();
         let runner = runner(&fake, 8, 64);
@@ -1062,8 +1029,7 @@ mod tests {
         for rx in [first, a, b] {
             answer(rx).await.expect("runs");
         }
-        let text =
-            String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let text = crate::fake::logged(&logs);
         let line = text
             .lines()
             .find(|l| l.contains("requests=log-a,log-b"))
