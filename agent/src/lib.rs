@@ -90,6 +90,9 @@ pub struct AgentOptions {
     pub require_token_for_inference: bool,
     /// Fetched model files go to `<data_dir>/models`.
     pub data_dir: Option<PathBuf>,
+    /// Bytes of inputs requests in flight may hold, all models together; `None`: a
+    /// quarter of the memory the node offers.
+    pub max_in_flight_bytes: Option<u64>,
 }
 
 impl AgentOptions {
@@ -103,6 +106,7 @@ impl AgentOptions {
             token: config.token.clone(),
             require_token_for_inference: config.require_token_for_inference,
             data_dir: Some(config.data_dir.clone().unwrap_or_else(default_data_dir)),
+            max_in_flight_bytes: config.max_in_flight_bytes.map(|b| b.as_u64()),
         }
     }
 }
@@ -110,22 +114,10 @@ impl AgentOptions {
 pub use herd_core::paths::{default_data_dir, default_name};
 
 impl Agent {
-    /// An agent whose requests in flight may hold a quarter of the memory its node
-    /// offers.
     pub fn new(options: AgentOptions, loader: Arc<dyn session::Loader>) -> Arc<Agent> {
-        Agent::with_max_in_flight_bytes(options, None, loader)
-    }
-
-    /// An agent whose requests in flight may hold `max_in_flight_bytes` of inputs at
-    /// once, all models together (`None`: a quarter of the memory its node offers).
-    pub fn with_max_in_flight_bytes(
-        options: AgentOptions,
-        max_in_flight_bytes: Option<u64>,
-        loader: Arc<dyn session::Loader>,
-    ) -> Arc<Agent> {
         let repo = Repository::new(options.model_repository, options.model_defaults.clone());
         let probe = probe::Probe::new(options.memory_limit);
-        let budget = NodeBudget::new(probe.offered_memory(), max_in_flight_bytes);
+        let budget = NodeBudget::new(probe.offered_memory(), options.max_in_flight_bytes);
         Arc::new(Agent {
             name: options.name,
             cache: ModelCache::with_budget(repo, loader, budget),
@@ -151,7 +143,7 @@ impl Agent {
     }
 }
 
-use herd_core::limits::BATCH_MESSAGE;
+use herd_core::limits::batch_message;
 
 /// Serves the agent's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -165,8 +157,8 @@ pub async fn serve(
         .max_encoding_message_size(size);
     // A scheduler's batch carries many requests at once.
     let control = AgentServer::new(control::ControlService::new(agent.clone()))
-        .max_decoding_message_size(size.max(BATCH_MESSAGE))
-        .max_encoding_message_size(size.max(BATCH_MESSAGE));
+        .max_decoding_message_size(batch_message(size))
+        .max_encoding_message_size(batch_message(size));
     // Token, request id, metrics, an in-flight backstop and deadlines, for every call.
     // The bytes backstop sheds requests before they are read into memory: the runners'
     // budget of bytes in flight (which names the model and the budget when it refuses)
@@ -208,7 +200,6 @@ pub async fn run(
     config.check()?;
     let config = config.with_token_from_file()?;
     let options = AgentOptions::from_config(&config);
-    let max_in_flight_bytes = config.max_in_flight_bytes.map(|b| b.as_u64());
     let local = listener.local_addr().map_err(RunError::Address)?;
     let models =
         Repository::new(options.model_repository.clone(), ModelSettings::default()).names();
@@ -227,7 +218,7 @@ pub async fn run(
             "no models found: expected DIR/<name>/<version>/model.onnx"
         );
     }
-    let agent = Agent::with_max_in_flight_bytes(options, max_in_flight_bytes, loader);
+    let agent = Agent::new(options, loader);
     let budget = agent.cache.budget();
     tracing::info!(
         memory_offered_mb = budget.offered_memory / (1 << 20),

@@ -45,6 +45,7 @@ pub async fn run(
         token: Some(scheduler.settings.token.clone()),
         require_token_for_inference: false,
         data_dir: Some(config.scheduler.data_dir().join("agent")),
+        max_in_flight_bytes: None,
     };
     let agent = herd_agent::Agent::new(options, loader);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -117,11 +117,12 @@ pub struct BudgetAgent {
 
 impl BudgetAgent {
     pub async fn start(
-        options: AgentOptions,
+        mut options: AgentOptions,
         max_in_flight_bytes: Option<u64>,
         loader: impl Loader + 'static,
     ) -> BudgetAgent {
-        let agent = Agent::with_max_in_flight_bytes(options, max_in_flight_bytes, Arc::new(loader));
+        options.max_in_flight_bytes = max_in_flight_bytes;
+        let agent = Agent::new(options, Arc::new(loader));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (stop, stopped) = oneshot::channel::<()>();

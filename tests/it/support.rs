@@ -179,6 +179,7 @@ pub fn options(repo: &Path) -> AgentOptions {
         token: None,
         require_token_for_inference: false,
         data_dir: None,
+        max_in_flight_bytes: None,
     }
 }
 
