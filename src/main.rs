@@ -101,16 +101,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let (loader, _) = checked_loader(config.node.ort_lib.as_deref()).await?;
             let grpc = bind(config.scheduler.listen).await?;
             let http = bind(config.scheduler.http).await?;
-            herd_cli::up::run(config, Arc::new(loader), grpc, http, shutdown_signal())
-                .await
-                .map_err(anyhow::Error::msg)
+            herd_cli::up::run(config, Arc::new(loader), grpc, http, shutdown_signal()).await
         }
         Command::Scheduler(config) => {
             let grpc = bind(config.listen).await?;
             let http = bind(config.http).await?;
-            herd_scheduler::run(config, grpc, http, shutdown_signal())
-                .await
-                .map_err(anyhow::Error::msg)
+            Ok(herd_scheduler::run(config, grpc, http, shutdown_signal()).await?)
         }
         Command::Agent(config) => {
             // Refuse flags that would be ignored before starting anything.

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use anyhow::Context;
 use herd_agent::Loader;
 use herd_scheduler::SchedulerConfig;
 use tokio::net::TcpListener;
@@ -24,13 +25,13 @@ pub async fn run(
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let scheduler = herd_scheduler::start(&config.scheduler).await?;
-    let scheduler_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+    let scheduler_addr = grpc.local_addr()?;
     let agent_listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| format!("cannot listen for the local agent: {e}"))?;
-    let agent_addr = agent_listener.local_addr().map_err(|e| e.to_string())?;
+        .context("cannot listen for the local agent")?;
+    let agent_addr = agent_listener.local_addr()?;
     let options = herd_agent::AgentOptions {
         name: config
             .node
@@ -75,8 +76,8 @@ pub async fn run(
         },
     );
     tokio::select! {
-        r = served => r,
-        r = agent_server => r.map_err(|e| format!("local agent: {e}")),
-        r = herd_agent::join_and_report(agent, link) => r.map_err(|e| e.to_string()),
+        r = served => Ok(r?),
+        r = agent_server => r.context("local agent"),
+        r = herd_agent::join_and_report(agent, link) => Ok(r?),
     }
 }

@@ -180,11 +180,11 @@ impl Client {
         }
     }
 
-    fn malformed(&self, reason: String) -> ClientError {
+    fn malformed(&self, reason: impl ToString) -> ClientError {
         ClientError::Response {
             role: self.target.role.clone(),
             addr: self.target.addr.clone(),
-            reason,
+            reason: reason.to_string(),
         }
     }
 
@@ -329,33 +329,51 @@ pub fn infer_request(model: &str, inputs: &[NamedTensor]) -> ModelInferRequest {
     request
 }
 
+/// Why a response's outputs cannot be read as tensors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputError {
+    #[error("{outputs} outputs but {raw} raw contents")]
+    Count { outputs: usize, raw: usize },
+    #[error("output '{name}': {reason}")]
+    Output { name: String, reason: String },
+}
+
+fn output_error(name: &str, reason: impl ToString) -> OutputError {
+    OutputError::Output {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 /// The typed outputs of a response, from raw or typed contents.
-pub fn outputs(response: ModelInferResponse) -> Result<Vec<NamedTensor>, String> {
+pub fn outputs(response: ModelInferResponse) -> Result<Vec<NamedTensor>, OutputError> {
     let raw = response.raw_output_contents;
     if !raw.is_empty() && raw.len() != response.outputs.len() {
-        return Err(format!(
-            "{} outputs but {} raw contents",
-            response.outputs.len(),
-            raw.len()
-        ));
+        return Err(OutputError::Count {
+            outputs: response.outputs.len(),
+            raw: raw.len(),
+        });
     }
     response
         .outputs
         .into_iter()
         .enumerate()
         .map(|(i, out)| {
-            let dtype: DataType = out.datatype.parse().map_err(|e| format!("{e}"))?;
+            let dtype: DataType = out
+                .datatype
+                .parse()
+                .map_err(|e| output_error(&out.name, e))?;
             let bytes = match raw.get(i) {
                 Some(b) => b.clone(),
                 None => {
                     let contents = out.contents.clone().unwrap_or_default();
                     contents_to_raw(dtype, &contents)
-                        .map_err(|e| format!("output '{}': {e}", out.name))?
+                        .map_err(|e| output_error(&out.name, e))?
                         .into()
                 }
             };
             let data = TensorData::from_raw(dtype, &out.shape, bytes)
-                .map_err(|e| format!("output '{}': {e}", out.name))?;
+                .map_err(|e| output_error(&out.name, e))?;
             Ok(NamedTensor {
                 name: out.name,
                 data,

@@ -13,7 +13,7 @@ pub mod view;
 
 pub use client::{Client, ConnectOptions};
 pub use error::ClientError;
-pub use tensor::{NamedTensor, TensorData};
+pub use tensor::{NamedTensor, TensorData, TensorError};
 
 // Types of these crates appear in this API (`TensorData` holds ndarray arrays,
 // `to_json` returns a `serde_json::Value`).

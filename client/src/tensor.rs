@@ -11,6 +11,42 @@ use herd_proto::DataType;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
+/// Why bytes, a `.npy` file or a JSON array are not a tensor herd can send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TensorError {
+    #[error("negative dimension in {0:?}")]
+    NegativeDimension(Vec<i64>),
+    #[error("{dtype} {shape:?} needs {needed} bytes, got {got}")]
+    Length {
+        dtype: DataType,
+        shape: Vec<usize>,
+        needed: usize,
+        got: usize,
+    },
+    /// ndarray's refusal of a shape for the values given.
+    #[error("{0}")]
+    Shape(String),
+    #[error("not a .npy file: {0}")]
+    NotNpy(String),
+    #[error("unsupported .npy element type {0:?}")]
+    NpyElement(String),
+    #[error("{dtype} cannot be written as .npy")]
+    NotWritableAsNpy { dtype: DataType },
+    /// Reading or writing the file itself.
+    #[error("{0}")]
+    Io(String),
+    #[error("value {value} at flat index {index} is not {expected}")]
+    JsonValue {
+        value: String,
+        index: usize,
+        expected: String,
+    },
+    #[error("the JSON array is ragged: {0}")]
+    Ragged(String),
+    #[error("{0} inputs cannot be given as JSON; use .npy")]
+    NotJson(DataType),
+}
+
 /// A tensor's values, typed. Element types ndarray-npy cannot hold (FP16, BF16, BYTES)
 /// stay as raw bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,8 +117,8 @@ macro_rules! from_array {
 from_array!(bool => Bool, u8 => U8, u16 => U16, u32 => U32, u64 => U64, i8 => I8,
     i16 => I16, i32 => I32, i64 => I64, f32 => F32, f64 => F64);
 
-fn array<T>(shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>, String> {
-    ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| e.to_string())
+fn array<T>(shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>, TensorError> {
+    ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| TensorError::Shape(e.to_string()))
 }
 
 impl TensorData {
@@ -117,19 +153,26 @@ impl TensorData {
     }
 
     /// A tensor from the protocol's raw little-endian bytes.
-    pub fn from_raw(dtype: DataType, shape: &[i64], bytes: Bytes) -> Result<TensorData, String> {
+    pub fn from_raw(
+        dtype: DataType,
+        shape: &[i64],
+        bytes: Bytes,
+    ) -> Result<TensorData, TensorError> {
         let shape: Vec<usize> = shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension in {shape:?}")))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| TensorError::NegativeDimension(shape.to_vec()))
+            })
             .collect::<Result<_, _>>()?;
         let count: usize = shape.iter().product();
         if let Some(size) = dtype.size() {
             if bytes.len() != count * size {
-                return Err(format!(
-                    "{dtype} {shape:?} needs {} bytes, got {}",
-                    count * size,
-                    bytes.len()
-                ));
+                return Err(TensorError::Length {
+                    dtype,
+                    shape,
+                    needed: count * size,
+                    got: bytes.len(),
+                });
             }
         }
         let b = &bytes[..];
@@ -202,18 +245,19 @@ impl TensorData {
     }
 
     /// Reads a `.npy` file of any element type herd can send.
-    pub fn read_npy(path: &Path) -> Result<TensorData, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    pub fn read_npy(path: &Path) -> Result<TensorData, TensorError> {
+        let bytes = std::fs::read(path).map_err(|e| TensorError::Io(e.to_string()))?;
         TensorData::from_npy_bytes(&bytes)
     }
 
-    pub fn from_npy_bytes(bytes: &[u8]) -> Result<TensorData, String> {
+    pub fn from_npy_bytes(bytes: &[u8]) -> Result<TensorData, TensorError> {
         let header = ndarray_npy::npy::header::Header::from_reader(&mut Cursor::new(bytes))
-            .map_err(|e| format!("not a .npy file: {e}"))?;
+            .map_err(|e| TensorError::NotNpy(e.to_string()))?;
         let descr = header.type_descriptor.to_string();
         let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-        fn read<T: ndarray_npy::ReadableElement>(bytes: &[u8]) -> Result<ArrayD<T>, String> {
-            ArrayD::<T>::read_npy(Cursor::new(bytes)).map_err(|e| e.to_string())
+        fn read<T: ndarray_npy::ReadableElement>(bytes: &[u8]) -> Result<ArrayD<T>, TensorError> {
+            ArrayD::<T>::read_npy(Cursor::new(bytes))
+                .map_err(|e| TensorError::NotNpy(e.to_string()))
         }
         // Byte order is handled by ndarray-npy; the kind and size pick the type.
         let kind = descr.trim_start_matches(['<', '>', '|', '=']);
@@ -229,21 +273,24 @@ impl TensorData {
             "i8" => TensorData::I64(read(bytes)?),
             "f4" => TensorData::F32(read(bytes)?),
             "f8" => TensorData::F64(read(bytes)?),
-            _ => return Err(format!("unsupported .npy element type {descr:?}")),
+            _ => return Err(TensorError::NpyElement(descr.to_string())),
         })
     }
 
     /// Writes a `.npy` file that numpy reads back with the same dtype and shape.
-    pub fn write_npy(&self, path: &Path) -> Result<(), String> {
-        let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    pub fn write_npy(&self, path: &Path) -> Result<(), TensorError> {
+        let file = std::fs::File::create(path).map_err(|e| TensorError::Io(e.to_string()))?;
         let writer = std::io::BufWriter::new(file);
-        typed!(self, a => a.write_npy(writer).map_err(|e| e.to_string()),
-            raw TensorData::Raw { dtype, .. } => Err(format!("{dtype} cannot be written as .npy")))
+        typed!(self, a => a.write_npy(writer).map_err(|e| TensorError::Io(e.to_string())),
+            raw TensorData::Raw { dtype, .. } => Err(TensorError::NotWritableAsNpy { dtype: *dtype }))
     }
 
     /// Parses nested JSON arrays (`[[1, 2], [3, 4]]`) into a tensor of `dtype`; the
     /// nesting gives the shape. A bare number is a scalar.
-    pub fn from_json(value: &serde_json::Value, dtype: DataType) -> Result<TensorData, String> {
+    pub fn from_json(
+        value: &serde_json::Value,
+        dtype: DataType,
+    ) -> Result<TensorData, TensorError> {
         let mut shape = Vec::new();
         let mut level = value;
         while let serde_json::Value::Array(items) = level {
@@ -264,20 +311,17 @@ impl TensorData {
                         v.as_i64()
                             .and_then(|x| <$t>::try_from(x).ok())
                             .or_else(|| v.as_u64().and_then(|x| <$t>::try_from(x).ok()))
-                            .ok_or_else(|| format!("value {v} at flat index {i} is not {dtype}"))
+                            .ok_or_else(|| json_value(v, i, dtype))
                     })
-                    .collect::<Result<Vec<$t>, String>>()?;
+                    .collect::<Result<Vec<$t>, TensorError>>()?;
                 TensorData::$v(array(&shape, values)?)
             }};
         }
         let floats = || {
             flat.iter()
                 .enumerate()
-                .map(|(i, v)| {
-                    v.as_f64()
-                        .ok_or_else(|| format!("value {v} at flat index {i} is not a number"))
-                })
-                .collect::<Result<Vec<f64>, String>>()
+                .map(|(i, v)| v.as_f64().ok_or_else(|| json_value(v, i, "a number")))
+                .collect::<Result<Vec<f64>, TensorError>>()
         };
         Ok(match dtype {
             DataType::Bool => {
@@ -288,9 +332,9 @@ impl TensorData {
                         serde_json::Value::Bool(b) => Ok(*b),
                         serde_json::Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
                         serde_json::Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
-                        _ => Err(format!("value {v} at flat index {i} is not BOOL")),
+                        _ => Err(json_value(v, i, DataType::Bool)),
                     })
-                    .collect::<Result<Vec<bool>, String>>()?;
+                    .collect::<Result<Vec<bool>, TensorError>>()?;
                 TensorData::Bool(array(&shape, values)?)
             }
             DataType::Uint8 => ints!(u8, U8),
@@ -307,9 +351,17 @@ impl TensorData {
             )?),
             DataType::Fp64 => TensorData::F64(array(&shape, floats()?)?),
             DataType::Fp16 | DataType::Bf16 | DataType::Bytes => {
-                return Err(format!("{dtype} inputs cannot be given as JSON; use .npy"))
+                return Err(TensorError::NotJson(dtype))
             }
         })
+    }
+}
+
+fn json_value(value: &serde_json::Value, index: usize, expected: impl ToString) -> TensorError {
+    TensorError::JsonValue {
+        value: value.to_string(),
+        index,
+        expected: expected.to_string(),
     }
 }
 
@@ -319,15 +371,15 @@ fn flatten<'a>(
     shape: &[usize],
     depth: usize,
     out: &mut Vec<&'a serde_json::Value>,
-) -> Result<(), String> {
+) -> Result<(), TensorError> {
     match value {
         serde_json::Value::Array(items) => {
             if depth >= shape.len() || items.len() != shape[depth] {
-                return Err(format!(
-                    "the JSON array is ragged: expected every level {} to hold {} items",
+                return Err(TensorError::Ragged(format!(
+                    "expected every level {} to hold {} items",
                     depth,
                     shape.get(depth).copied().unwrap_or(0)
-                ));
+                )));
             }
             for item in items {
                 flatten(item, shape, depth + 1, out)?;
@@ -336,7 +388,7 @@ fn flatten<'a>(
         }
         leaf => {
             if depth != shape.len() {
-                return Err("the JSON array is ragged: a value where an array belongs".into());
+                return Err(TensorError::Ragged("a value where an array belongs".into()));
             }
             out.push(leaf);
             Ok(())
@@ -381,7 +433,7 @@ mod tests {
     fn raw_bytes_of_the_wrong_length_are_refused() {
         let e = TensorData::from_raw(DataType::Fp32, &[2], Bytes::from_static(&[0; 7]))
             .expect_err("7 bytes are not 2 floats");
-        assert!(e.contains("needs 8 bytes, got 7"), "{e}");
+        assert!(e.to_string().contains("needs 8 bytes, got 7"), "{e}");
     }
 
     #[test]
@@ -417,11 +469,11 @@ mod tests {
     fn json_values_that_do_not_fit_are_refused() {
         let frac: serde_json::Value = serde_json::from_str("[1, 2.5]").expect("json");
         let e = TensorData::from_json(&frac, DataType::Int32).expect_err("2.5 is not an int");
-        assert_eq!(e, "value 2.5 at flat index 1 is not INT32");
+        assert_eq!(e.to_string(), "value 2.5 at flat index 1 is not INT32");
         let big: serde_json::Value = serde_json::from_str("[300]").expect("json");
         assert!(TensorData::from_json(&big, DataType::Uint8).is_err());
         let ragged: serde_json::Value = serde_json::from_str("[[1, 2], [3]]").expect("json");
         let e = TensorData::from_json(&ragged, DataType::Fp32).expect_err("ragged");
-        assert!(e.contains("ragged"), "{e}");
+        assert!(e.to_string().contains("ragged"), "{e}");
     }
 }

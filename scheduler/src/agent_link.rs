@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use herd_core::auth::SendToken;
+
+use crate::SchedulerError;
 use herd_proto::herd::agent_client::AgentClient;
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -27,17 +29,19 @@ impl AgentLink {
         address: &str,
         token: Option<&str>,
         max_message: usize,
-    ) -> Result<AgentLink, String> {
+    ) -> Result<AgentLink, SchedulerError> {
         let max = herd_core::limits::batch_message(max_message);
         let url = herd_proto::grpc_url(address);
         let channel = Endpoint::from_shared(url)
-            .map_err(|e| format!("agent address {address:?}: {e}"))?
+            .map_err(|e| {
+                SchedulerError::BadAgentAddress(format!("agent address {address:?}: {e}"))
+            })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let token = SendToken::new(token).map_err(|e| e.to_string())?;
+        let token = SendToken::new(token).map_err(|e| SchedulerError::Token(e.to_string()))?;
         Ok(AgentLink {
             agent: AgentClient::with_interceptor(channel.clone(), token.clone())
                 .max_decoding_message_size(max)

@@ -43,6 +43,34 @@ pub enum SchedulerError {
     UnloadFailed { code: Code, message: String },
     #[error("{0}")]
     File(String),
+    /// The scheduler's own token cannot go in a header: its fault, not the caller's.
+    #[error("the cluster token cannot be sent: {0}")]
+    Token(String),
+}
+
+/// Why the scheduler could not start, or stopped serving: said once, to whoever ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the token to {}: {source}", path.display())]
+    WriteToken {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    TokenFile(#[from] herd_core::auth::TokenFileError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("reading the model repository failed: {0}")]
+    Repository(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
 }
 
 impl SchedulerError {
@@ -59,7 +87,7 @@ impl SchedulerError {
             LoadFailed(_) => Code::FailedPrecondition,
             NoReplicaYet { .. } | Stopping | SenderStopped => Code::Unavailable,
             DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ShortAnswer | File(_) => Code::Internal,
+            ShortAnswer | File(_) | Token(_) => Code::Internal,
             Agent { code, .. } | UnloadFailed { code, .. } => *code,
         }
     }

@@ -33,7 +33,7 @@ use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceSe
 use tokio::net::TcpListener;
 
 pub use config::SchedulerConfig;
-pub use error::SchedulerError;
+pub use error::{SchedulerError, StartError};
 pub use state::Scheduler;
 
 use crate::model::ClusterModel;
@@ -42,18 +42,19 @@ use crate::store::Store;
 
 /// Builds the scheduler's state: token, store, catalog (the repository, with what the
 /// store remembers).
-pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
+pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartError> {
     let data_dir = config.data_dir();
-    create_private_dir(&data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let given = config.given_token().map_err(|e| e.to_string())?;
+    create_private_dir(&data_dir).map_err(|source| StartError::CreateDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let given = config.given_token()?;
     let token = token::load_or_create(given, &data_dir)?;
     // A state file that cannot be read is moved aside there and the state starts empty
     // (it is soft); only one that cannot be opened at all stops the start.
-    let store: Arc<dyn Store> = Arc::new(
-        store::embedded::EmbeddedStore::open(&data_dir.join("state.redb"))
-            .map_err(|e| e.to_string())?,
-    );
+    let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(
+        &data_dir.join("state.redb"),
+    )?);
     let mut cluster = ClusterModel::new(
         tokio::time::Instant::now(),
         config.report_interval,
@@ -66,11 +67,8 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, String> {
     let scan_digests = digests.clone();
     let scanned = tokio::task::spawn_blocking(move || rescan::scan(&repository, &scan_digests))
         .await
-        .map_err(|e| format!("reading the model repository failed: {e}"))?;
-    let remembered = store
-        .range(catalog::PREFIX)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::Repository(e.to_string()))?;
+    let remembered = store.range(catalog::PREFIX).await?;
     for mut m in scanned {
         if let Some(kv) = remembered.iter().find(|kv| kv.key == catalog::key(&m.name)) {
             if let Ok(record) = serde_json::from_slice::<catalog::Record>(&kv.value) {
@@ -157,7 +155,7 @@ pub async fn serve(
     http: TcpListener,
     require_token_for_inference: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     // A message over the limit is refused as its length prefix arrives, before it is
     // read into memory (RESOURCE_EXHAUSTED, by the stack's message-size layer).
     let max_message = scheduler.settings.max_message_size;
@@ -205,8 +203,8 @@ pub async fn serve(
             let _ = stop_grpc.wait_for(|s| *s).await;
         });
     let result = tokio::select! {
-        r = grpc_server => r.map_err(|e| format!("gRPC server: {e}")),
-        r = http_server => r.map_err(|e| format!("HTTP server: {e}")),
+        r = grpc_server => r.map_err(StartError::Grpc),
+        r = http_server => r.map_err(StartError::Http),
     };
     placement.abort();
     if let Some(rescans) = rescans {
@@ -221,7 +219,7 @@ pub async fn run(
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let scheduler = start(&config).await?;
     tracing::info!(
         addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),

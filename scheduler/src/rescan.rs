@@ -63,11 +63,17 @@ impl DigestCache {
 }
 
 /// Reads one model of the repository as the catalog holds it.
-fn read(repo: &Repository, digests: &DigestCache, name: &str) -> Result<CatalogModel, String> {
-    let files = repo.find(name).map_err(|e| e.to_string())?;
-    let digest = digests
-        .digest(&files.path)
-        .map_err(|e| format!("cannot read {}: {e}", files.path.display()))?;
+fn read(
+    repo: &Repository,
+    digests: &DigestCache,
+    name: &str,
+) -> Result<CatalogModel, SchedulerError> {
+    let files = repo
+        .find(name)
+        .map_err(|e| SchedulerError::NotInRepository(e.to_string()))?;
+    let digest = digests.digest(&files.path).map_err(|e| {
+        SchedulerError::NotInRepository(format!("cannot read {}: {e}", files.path.display()))
+    })?;
     Ok(CatalogModel::new(files, digest))
 }
 
@@ -143,8 +149,7 @@ pub async fn find_new(scheduler: &Scheduler, model: &str) -> Result<(), Schedule
     let name = model.to_string();
     let entry = tokio::task::spawn_blocking(move || read(&repo, &digests, &name))
         .await
-        .map_err(|e| SchedulerError::NotInRepository(e.to_string()))?
-        .map_err(SchedulerError::NotInRepository)?;
+        .map_err(|e| SchedulerError::NotInRepository(e.to_string()))??;
     // New: it joins the catalog, and the caller asks for it as for any model.
     scheduler.lock().add_model(entry, true);
     Ok(())

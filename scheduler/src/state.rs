@@ -119,8 +119,7 @@ impl Scheduler {
             address,
             Some(&self.settings.token),
             self.settings.max_message_size,
-        )
-        .map_err(SchedulerError::BadAgentAddress)?;
+        )?;
         let actions = self.lock().join(name, address, status, Instant::now())?;
         self.links().connect(name, address, link);
         self.execute(actions);

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use rand::Rng;
 
-pub fn load_or_create(given: Option<String>, data_dir: &Path) -> Result<String, String> {
+use crate::StartError;
+
+pub fn load_or_create(given: Option<String>, data_dir: &Path) -> Result<String, StartError> {
     if let Some(t) = given.filter(|t| !t.is_empty()) {
         return Ok(t);
     }
@@ -21,17 +23,20 @@ pub fn load_or_create(given: Option<String>, data_dir: &Path) -> Result<String, 
     let token: String = (0..32)
         .map(|_| format!("{:x}", rand::rng().random_range(0..16u8)))
         .collect();
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::CreateDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let write_error = |source| StartError::WriteToken {
+        path: path.clone(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
-    file.write_all(token.as_bytes())
-        .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
+    let mut file = options.open(&path).map_err(write_error)?;
+    file.write_all(token.as_bytes()).map_err(write_error)?;
     eprintln!("{}", generated_notice(&path));
     Ok(token)
 }
@@ -58,10 +63,10 @@ mod tests {
         assert_eq!(token.len(), 32);
         let kept = std::fs::read_to_string(dir.path().join("token")).expect("kept");
         assert_eq!(kept, token);
-        assert_eq!(load_or_create(None, dir.path()), Ok(token));
+        assert_eq!(load_or_create(None, dir.path()).expect("read again"), token);
         assert_eq!(
-            load_or_create(Some("given".into()), dir.path()),
-            Ok("given".into())
+            load_or_create(Some("given".into()), dir.path()).expect("given"),
+            "given"
         );
     }
 

@@ -41,7 +41,7 @@ pub struct TestCluster {
     pub repo: tempfile::TempDir,
     pub data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    served: Option<tokio::task::JoinHandle<Result<(), herd_scheduler::StartError>>>,
     policy: herd_scheduler::config::PolicyArg,
 }
 
