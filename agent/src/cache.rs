@@ -339,6 +339,12 @@ impl ModelCache {
         lock(&self.inner.stats).get(name).cloned()
     }
 
+    /// The model if it is loaded now; never loads it.
+    pub fn loaded_now(&self, name: &str) -> Option<Arc<Loaded>> {
+        let slot = lock(&self.inner.slots).get(name)?.clone();
+        slot.loaded()
+    }
+
     pub fn is_loaded(&self, name: &str) -> bool {
         lock(&self.inner.slots)
             .get(name)

@@ -174,7 +174,8 @@ pub async fn serve(
         agent.require_token_for_inference.clone(),
     ))
     .max_in_flight(herd_core::limits::MAX_IN_FLIGHT)
-    .max_in_flight_bytes(usize::try_from(in_flight_bytes).unwrap_or(usize::MAX));
+    .max_in_flight_bytes(usize::try_from(in_flight_bytes).unwrap_or(usize::MAX))
+    .early_refusal(early_refusal(agent.cache.clone()));
     // Connections bounded, idle ones closed, accept errors backed off; the accepted
     // sockets without Nagle's delay (~40 ms per reply otherwise).
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
@@ -184,6 +185,16 @@ pub async fn serve(
         .add_service(control)
         .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
         .await
+}
+
+/// Refuses, from its first bytes, a request its loaded model would refuse once read:
+/// under overload that is most requests, and reading each whole first took the CPU
+/// the model needed. A model not loaded yet is left to the service.
+fn early_refusal(cache: cache::ModelCache) -> herd_core::layers::early_refusal::Admit {
+    Arc::new(move |peek| match cache.loaded_now(peek.model) {
+        Some(loaded) => Ok(loaded.runner.check_admission(peek.bytes, peek.timeout)?),
+        None => Ok(()),
+    })
 }
 
 /// Runs an agent as `herd agent` does, loading models with `loader` (worker

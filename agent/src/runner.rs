@@ -254,6 +254,23 @@ impl Runner {
         Ok(rx)
     }
 
+    /// What [`Runner::submit_by`] would answer now about a request of `bytes` with
+    /// `left` before its deadline, as far as the queue's places and the model's pace
+    /// decide it, without queueing anything: asked when a request's first bytes arrive,
+    /// so that one it would refuse is refused before the rest is read.
+    pub fn check_admission(&self, bytes: u64, left: Option<Duration>) -> Result<(), AgentError> {
+        if self.permits.available_permits() == 0 {
+            return Err(AgentError::QueueFull {
+                model: self.model.clone(),
+                capacity: self.capacity,
+            });
+        }
+        match left {
+            Some(left) => self.admit_by_time(bytes, left, Instant::now()),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a request of `bytes` with `left` before its deadline when the model's
     /// work ahead of it and its own run cannot be done by then, as its pace predicts.
     fn admit_by_time(&self, bytes: u64, left: Duration, now: Instant) -> Result<(), AgentError> {

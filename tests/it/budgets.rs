@@ -136,6 +136,10 @@ impl BudgetAgent {
         }
     }
 
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub async fn client(&self) -> GrpcInferenceServiceClient<Channel> {
         GrpcInferenceServiceClient::connect(format!("http://{}", self.addr))
             .await

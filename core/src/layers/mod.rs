@@ -11,9 +11,12 @@
 //! 4. [`InFlightLimitLayer`]: sheds load before any work starts.
 //! 5. [`InFlightBytesLayer`]: sheds a request that would pass the bytes the server may
 //!    hold, as its length prefix arrives, before it is read into memory.
-//! 6. [`DeadlineLayer`]: times the service itself; a call past its deadline is dropped,
+//! 6. [`EarlyRefusalLayer`]: refuses an inference request its model would refuse
+//!    anyway (full, or unable to answer before the deadline) as soon as its first bytes
+//!    name the model, before the rest is read.
+//! 7. [`DeadlineLayer`]: times the service itself; a call past its deadline is dropped,
 //!    which frees its permit and its bytes.
-//! 7. [`MessageSizeLayer`]: tonic's OUT_OF_RANGE for a message over the size limit
+//! 8. [`MessageSizeLayer`]: tonic's OUT_OF_RANGE for a message over the size limit
 //!    becomes RESOURCE_EXHAUSTED, as gRPC's clients expect; the layers above count it so.
 //!
 //! A server adds the stack with `Server::builder().layer(..)`:
@@ -48,6 +51,7 @@
 
 pub mod auth;
 pub mod deadline;
+pub mod early_refusal;
 pub mod in_flight_bytes;
 pub mod limit;
 pub mod message_size;
@@ -61,6 +65,7 @@ use std::task::{Context, Poll};
 
 pub use auth::{Auth, AuthLayer, TokenRule};
 pub use deadline::{Deadline, DeadlineLayer};
+pub use early_refusal::{EarlyRefusal, EarlyRefusalLayer};
 pub use in_flight_bytes::{InFlightBytes, InFlightBytesLayer};
 pub use limit::{InFlightLimit, InFlightLimitLayer};
 pub use message_size::{MessageSize, MessageSizeLayer, TooLarge};

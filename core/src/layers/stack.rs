@@ -6,25 +6,27 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::{
-    Auth, AuthLayer, Deadline, DeadlineLayer, GrpcMetrics, InFlightBytes, InFlightBytesLayer,
-    InFlightLimit, InFlightLimitLayer, MessageSize, MessageSizeLayer, Metrics, MetricsLayer,
-    RequestIdLayer, RequestIdService, TokenRule,
+    Auth, AuthLayer, Deadline, DeadlineLayer, EarlyRefusal, EarlyRefusalLayer, GrpcMetrics,
+    InFlightBytes, InFlightBytesLayer, InFlightLimit, InFlightLimitLayer, MessageSize,
+    MessageSizeLayer, Metrics, MetricsLayer, RequestIdLayer, RequestIdService, TokenRule,
 };
 
 /// Calls in flight a server takes at once unless told otherwise.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// A service wrapped in the whole stack, outermost first.
-pub type Stacked<S> =
-    RequestIdService<Metrics<Auth<InFlightLimit<InFlightBytes<Deadline<MessageSize<S>>>>>>>;
+pub type Stacked<S> = RequestIdService<
+    Metrics<Auth<InFlightLimit<InFlightBytes<EarlyRefusal<Deadline<MessageSize<S>>>>>>>,
+>;
 
-/// Request id, metrics, token, in-flight limit, in-flight bytes, deadline and the
-/// message-size answer, in that order.
+/// Request id, metrics, token, in-flight limit, in-flight bytes, early refusal,
+/// deadline and the message-size answer, in that order.
 #[derive(Clone, Debug)]
 pub struct ServerStack {
     auth: AuthLayer,
     limit: InFlightLimitLayer,
     bytes: InFlightBytesLayer,
+    early: EarlyRefusalLayer,
     deadline: DeadlineLayer,
     metrics: GrpcMetrics,
 }
@@ -38,6 +40,7 @@ impl ServerStack {
             auth: AuthLayer::new(rule),
             limit: InFlightLimitLayer::new(DEFAULT_MAX_IN_FLIGHT),
             bytes: InFlightBytesLayer::unlimited(),
+            early: EarlyRefusalLayer::off(),
             deadline: DeadlineLayer::new(),
             metrics: GrpcMetrics::new(),
         }
@@ -53,6 +56,13 @@ impl ServerStack {
     /// end of their response); past it, RESOURCE_EXHAUSTED before the request is read.
     pub fn max_in_flight_bytes(mut self, max: usize) -> ServerStack {
         self.bytes = InFlightBytesLayer::new(max);
+        self
+    }
+
+    /// Inference requests `admit` refuses are refused as soon as their first bytes
+    /// name the model (see [`EarlyRefusalLayer`]).
+    pub fn early_refusal(mut self, admit: super::early_refusal::Admit) -> ServerStack {
+        self.early = EarlyRefusalLayer::new(admit);
         self
     }
 
@@ -90,6 +100,7 @@ impl<S> Layer<S> for ServerStack {
     fn layer(&self, inner: S) -> Stacked<S> {
         let service = MessageSizeLayer.layer(inner);
         let service = self.deadline.layer(service);
+        let service = self.early.layer(service);
         let service = self.bytes.layer(service);
         let service = self.limit.layer(service);
         let service = self.auth.layer(service);
