@@ -92,6 +92,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
                 m.failures_total = c.fail.count;
                 m.queue_ns_total = c.queue.ns;
                 m.compute_ns_total = c.compute_infer.ns;
+                m.request_ns_total = c.success.ns;
             }
             m
         })

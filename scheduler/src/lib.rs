@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 mod executor;
+pub mod exposition;
 pub mod gateway;
 pub mod joins;
 mod links;

@@ -499,16 +499,20 @@ async fn metrics_use_triton_names_and_count_what_ran() {
     let s = cluster.scheduler.clone();
     eventually("the agent reports the runs", LONG, || {
         herd_scheduler::metrics::render(&s)
-            .contains("nv_inference_count_total{model=\"tiny_mlp\",version=\"1\"} 6")
+            .contains("nv_inference_count{model=\"tiny_mlp\",version=\"1\"} 6")
     })
     .await;
     let text = herd_scheduler::metrics::render(&s);
     for name in [
-        "nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 3",
-        "nv_inference_request_failure_total{model=\"tiny_mlp\",version=\"1\"} 0",
-        "nv_inference_exec_count_total{model=\"tiny_mlp\",version=\"1\"} 3",
-        "nv_inference_queue_duration_us_total",
-        "nv_inference_compute_infer_duration_us_total",
+        "nv_inference_request_success{model=\"tiny_mlp\",version=\"1\"} 3",
+        "nv_inference_request_failure{model=\"tiny_mlp\",version=\"1\"} 0",
+        "nv_inference_exec_count{model=\"tiny_mlp\",version=\"1\"} 3",
+        "nv_inference_queue_duration_us{model=\"tiny_mlp\",version=\"1\"} ",
+        "nv_inference_request_duration_us{model=\"tiny_mlp\",version=\"1\"} ",
+        "nv_inference_pending_request_count{model=\"tiny_mlp\",version=\"1\"} 0",
+        "# TYPE nv_inference_request_success counter",
+        "nv_cpu_memory_total_bytes ",
+        "nv_inference_compute_infer_duration_us{model=\"tiny_mlp\",version=\"1\"} ",
         "herd_node_memory_capacity_bytes{node=\"a\"} 1073741824",
         "herd_node_up{node=\"a\"} 1",
         // The scheduler's own calls, as its metrics layer counted them.
@@ -644,7 +648,7 @@ async fn metrics_and_health_are_served_over_http() {
     let s = cluster.scheduler.clone();
     eventually("the agent reports the request", LONG, || {
         herd_scheduler::metrics::render(&s)
-            .contains("nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 1")
+            .contains("nv_inference_request_success{model=\"tiny_mlp\",version=\"1\"} 1")
     })
     .await;
     for path in ["/health", "/metrics"] {
@@ -657,14 +661,20 @@ async fn metrics_and_health_are_served_over_http() {
         stream.read_to_string(&mut response).await.expect("read");
         assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
         if path == "/metrics" {
+            // Prometheus's text format, as Triton serves it (not OpenMetrics).
+            assert!(
+                response
+                    .to_ascii_lowercase()
+                    .contains("content-type: text/plain; version=0.0.4"),
+                "{response}"
+            );
             assert!(
                 response.contains("herd_node_up{node=\"a\"} 1"),
                 "{response}"
             );
             assert!(
-                response.contains(
-                    "nv_inference_request_success_total{model=\"tiny_mlp\",version=\"1\"} 1"
-                ),
+                response
+                    .contains("nv_inference_request_success{model=\"tiny_mlp\",version=\"1\"} 1"),
                 "{response}"
             );
         }
