@@ -140,6 +140,7 @@ fn settings_from(
         max_batch_bytes: (s.max_batch_bytes > 0)
             .then_some(s.max_batch_bytes)
             .or(defaults.max_batch_bytes),
+        memory_arena: !s.memory_arena_off,
     }
 }
 

@@ -105,17 +105,17 @@ impl OrtRuntime {
         })
     }
 
-    /// Opens a model file in a new session.
+    /// Opens a model file in a new session, with ONNX Runtime's CPU memory arena on
+    /// or off (see `ModelSettings::memory_arena`).
     pub fn open(
         &self,
         path: &Path,
         intra_op_threads: usize,
+        memory_arena: bool,
     ) -> Result<(ModelSpec, OnnxSession), OrtError> {
         let mut builder = OrtSession::builder(&self.env)?;
-        // Without the arena, memory freed by a session goes back to malloc rather than
-        // staying reserved by ONNX Runtime.
         builder = builder.with_execution_providers([ort::ep::CPU::default()
-            .with_arena_allocator(false)
+            .with_arena_allocator(memory_arena)
             .build()])?;
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads)?;
@@ -144,7 +144,11 @@ impl OrtRuntime {
 /// Sessions in this process: what `herd bench --local` and the worker process use.
 impl Loader for OrtRuntime {
     fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
-        let (spec, session) = self.open(&files.path, files.settings.intra_op_threads)?;
+        let (spec, session) = self.open(
+            &files.path,
+            files.settings.intra_op_threads,
+            files.settings.memory_arena,
+        )?;
         Ok((spec, Box::new(session)))
     }
 }

@@ -62,7 +62,11 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
         let answer = match command.command {
             Some(worker_command::Command::Load(load)) => {
                 match guarded(|| {
-                    runtime.open(Path::new(&load.path), load.intra_op_threads as usize)
+                    runtime.open(
+                        Path::new(&load.path),
+                        load.intra_op_threads as usize,
+                        !load.memory_arena_off,
+                    )
                 }) {
                     Ok((spec, opened)) => {
                         session = Some(opened);

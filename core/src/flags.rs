@@ -50,6 +50,12 @@ pub struct ModelDefaultFlags {
     /// less on a node that offers under 256 MiB. herd.toml `max_batch_bytes` overrides it.
     #[arg(long, env = "HERD_MAX_BATCH_BYTES")]
     pub max_batch_bytes: Option<bytesize::ByteSize>,
+
+    /// ONNX Runtime's CPU memory arena (true or false): on (the default) runs faster
+    /// and keeps the peak of a run's buffers while the model is loaded; off gives
+    /// them back after each run. herd.toml `memory_arena` overrides it.
+    #[arg(long, env = "HERD_MEMORY_ARENA")]
+    pub memory_arena: Option<bool>,
 }
 
 impl ModelDefaultFlags {
@@ -75,6 +81,7 @@ impl ModelDefaultFlags {
                 .map(|b| b.as_u64())
                 .filter(|&b| b > 0)
                 .or(d.max_batch_bytes),
+            memory_arena: self.memory_arena.unwrap_or(d.memory_arena),
         }
     }
 
@@ -110,6 +117,10 @@ impl ModelDefaultFlags {
             (
                 self.max_batch_bytes.is_some(),
                 "--max-batch-bytes (HERD_MAX_BATCH_BYTES)",
+            ),
+            (
+                self.memory_arena.is_some(),
+                "--memory-arena (HERD_MEMORY_ARENA)",
             ),
         ]
         .into_iter()

@@ -95,6 +95,7 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
                     max_item_elements: m.settings.max_item_elements,
                     max_queue_bytes: m.settings.max_queue_bytes.unwrap_or(0),
                     max_batch_bytes: m.settings.max_batch_bytes.unwrap_or(0),
+                    memory_arena_off: !m.settings.memory_arena,
                 }),
                 policy: Some(ModelPolicy {
                     min_replicas: m.policy.min_replicas,

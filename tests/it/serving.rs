@@ -593,3 +593,42 @@ async fn a_request_keeps_the_callers_request_id_or_is_given_one() {
     );
     assert_ne!(generated, "trace-me-1");
 }
+
+/// ONNX Runtime's CPU memory arena is a model setting (on by default, for speed): a
+/// worker with it off answers what an in-process session with it on does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_memory_arena_answers_as_one_with_it() {
+    let repo = repository();
+    write(repo.path(), "tiny_mlp/herd.toml", b"memory_arena = false\n");
+    let files = herd_core::Repository::new(repo_path(&repo), herd_core::ModelSettings::default())
+        .find("tiny_mlp")
+        .expect("tiny_mlp");
+    assert!(!files.settings.memory_arena, "herd.toml turns it off");
+    let (_, mut with_arena) = ort()
+        .load(&herd_core::repository::ModelFiles {
+            settings: herd_core::ModelSettings::default(),
+            ..files.clone()
+        })
+        .expect("load in process, arena on");
+    let agent = crate::budgets::BudgetAgent::start(
+        options(repo.path()),
+        None,
+        herd_agent::ProcessLoader::new(worker_program()),
+    )
+    .await;
+    let request = mlp_request(3, 0.5);
+    let answer = agent
+        .client()
+        .await
+        .model_infer(request.clone())
+        .await
+        .expect("served by a worker, arena off")
+        .into_inner();
+    let input = herd_core::Tensor {
+        dtype: herd_proto::DataType::Fp32,
+        shape: vec![3, 16],
+        data: request.raw_input_contents[0].clone(),
+    };
+    let expected = f32_values(&with_arena.run(vec![input]).expect("run")[0].data);
+    assert_eq!(f32_values(&answer.raw_output_contents[0]), expected);
+}

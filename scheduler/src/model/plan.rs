@@ -296,6 +296,7 @@ impl ClusterModel {
                 max_item_elements: settings.max_item_elements,
                 max_queue_bytes: settings.max_queue_bytes.unwrap_or(0),
                 max_batch_bytes: settings.max_batch_bytes.unwrap_or(0),
+                memory_arena_off: !settings.memory_arena,
             }),
         };
         self.replicas.insert(
