@@ -20,6 +20,11 @@ pub struct AgentLink {
     pub inference: InferenceRpc,
 }
 
+/// How long a link to an agent may be silent before it is pinged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the link counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl AgentLink {
     /// Connects lazily: the first call opens the connection, and a dropped one is
     /// opened again on the next call. `max_message` is the gateway's limit on one
@@ -38,8 +43,12 @@ impl AgentLink {
             })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            // A link cut without a reset (a dead switch port, a host gone) shows only
+            // as silence: a ping after a second without a frame, unanswered for two
+            // more, fails the calls in flight on it as UNAVAILABLE, which the gateway
+            // retries on another replica. Ten seconds left requests hanging that long.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .connect_lazy();
         let token = SendToken::new(token).map_err(|e| SchedulerError::Token(e.to_string()))?;
         Ok(AgentLink {

@@ -1,0 +1,166 @@
+//! herd across real hosts, on the network-namespace bed (netbed.rs): a scheduler host
+//! and two agent hosts joined by a bridge; clients run on the scheduler's host.
+
+use std::time::Duration;
+
+use crate::netbed::{Logged, NetBed};
+use crate::support::*;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+const LONG: Duration = Duration::from_secs(60);
+const TOKEN: &str = "bed-token";
+
+/// The scheduler on host 0 and agents "a" and "b" on hosts 1 and 2, all joined, with
+/// tiny_mlp loaded on both agents (min_replicas = 2).
+struct ThreeHosts {
+    // Dropped before the bed: the processes go first, then the namespaces.
+    scheduler: Logged,
+    agents: Vec<Logged>,
+    _repo: tempfile::TempDir,
+    _data: Vec<tempfile::TempDir>,
+    bed: NetBed,
+}
+
+impl ThreeHosts {
+    async fn start(test: &str) -> Option<ThreeHosts> {
+        let bed = NetBed::new(test, 3)?;
+        let repo = repository();
+        write(repo.path(), "tiny_mlp/herd.toml", b"min_replicas = 2\n");
+        let data: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("data dir"))
+            .collect();
+        let mut command = bed.command(0, HERD);
+        command
+            .args([
+                "scheduler",
+                "--listen",
+                "0.0.0.0:8001",
+                "--http",
+                "127.0.0.1:8000",
+            ])
+            .arg("--model-repository")
+            .arg(repo.path())
+            .arg("--data-dir")
+            .arg(data[0].path())
+            .env("HERD_TOKEN", TOKEN);
+        let scheduler = Logged::spawn(command);
+        let mut agents = Vec::new();
+        for (i, name) in [(1, "a"), (2, "b")] {
+            let mut command = bed.command(i, HERD);
+            command
+                .args(["agent", "--listen", "0.0.0.0:8001", "--name", name])
+                .args(["--scheduler", &format!("{}:8001", bed.address(0))])
+                .arg("--data-dir")
+                .arg(data[i].path())
+                .env("HERD_TOKEN", TOKEN);
+            agents.push(Logged::spawn(command));
+        }
+        for name in ["a", "b"] {
+            scheduler
+                .wait_for(
+                    &[
+                        "kind=\"loaded\"",
+                        &format!("node=\"{name}\""),
+                        "model=\"tiny_mlp\"",
+                    ],
+                    1,
+                    LONG,
+                )
+                .await;
+        }
+        Some(ThreeHosts {
+            scheduler,
+            agents,
+            _repo: repo,
+            _data: data,
+            bed,
+        })
+    }
+}
+
+/// `herd bench` on the scheduler's host, open loop: what it printed as JSON.
+async fn bench_on_scheduler_host(bed: &NetBed, args: &[&str]) -> serde_json::Value {
+    let out = bed
+        .command(0, HERD)
+        .args([
+            "bench",
+            "--scheduler",
+            "127.0.0.1:8001",
+            "--json",
+            "--warmup",
+            "0s",
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("run herd bench");
+    assert!(
+        out.status.success(),
+        "herd bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_under_load_costs_no_request() {
+    let Some(hosts) = ThreeHosts::start("an_agent_cut_off_under_load_costs_no_request").await
+    else {
+        return;
+    };
+    let bed = &hosts.bed;
+    // Each agent joined with its own host's address, not loopback.
+    for (name, host) in [("a", 1), ("b", 2)] {
+        let from = format!("joined from {}:8001", bed.address(host));
+        assert_eq!(
+            hosts
+                .scheduler
+                .count(&["kind=\"joined\"", &format!("node=\"{name}\""), &from]),
+            1,
+            "{}",
+            hosts.scheduler.text()
+        );
+    }
+    // 12 s of requests at 50/s with 10 s deadlines; agent "a" is cut off 3 s in, with
+    // requests in flight to it and more sent before anything notices.
+    let load = bench_on_scheduler_host(
+        bed,
+        &[
+            "--rate",
+            "50",
+            "--duration",
+            "12s",
+            "--timeout",
+            "10s",
+            "tiny_mlp",
+        ],
+    );
+    let cut = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        bed.cut(1);
+        let cut_at = tokio::time::Instant::now();
+        // The cut node is marked down (a failed call on its link marks it at once).
+        hosts
+            .scheduler
+            .wait_for(&["kind=\"down\"", "node=\"a\""], 1, LONG)
+            .await;
+        cut_at.elapsed()
+    };
+    let (report, to_down) = tokio::join!(load, cut);
+    eprintln!(
+        "agent cut off under load: {} requests, {} errors, p99 {} ms, max {} ms; \
+         marked down {} ms after the cut",
+        report["requests"],
+        report["errors"],
+        report["p99_us"].as_u64().unwrap_or(0) / 1000,
+        report["max_us"].as_u64().unwrap_or(0) / 1000,
+        to_down.as_millis()
+    );
+    assert_eq!(
+        report["errors"],
+        0,
+        "no request fails when one of two replicas is cut off: {report}\nscheduler log:\n{}",
+        hosts.scheduler.text()
+    );
+    assert!(report["requests"].as_u64().unwrap_or(0) > 0, "{report}");
+}
