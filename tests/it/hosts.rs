@@ -11,7 +11,7 @@ const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "bed-token";
 
 /// The scheduler on host 0 and agents "a" and "b" on hosts 1 and 2, all joined, with
-/// tiny_mlp loaded on both agents (min_replicas = 2).
+/// tiny_mlp loaded on `replicas` of them (its min_replicas).
 struct ThreeHosts {
     // Dropped before the bed: the processes go first, then the namespaces.
     scheduler: Logged,
@@ -22,10 +22,14 @@ struct ThreeHosts {
 }
 
 impl ThreeHosts {
-    async fn start(test: &str) -> Option<ThreeHosts> {
+    async fn start(test: &str, replicas: usize) -> Option<ThreeHosts> {
         let bed = NetBed::new(test, 3)?;
         let repo = repository();
-        write(repo.path(), "tiny_mlp/herd.toml", b"min_replicas = 2\n");
+        write(
+            repo.path(),
+            "tiny_mlp/herd.toml",
+            format!("min_replicas = {replicas}\n").as_bytes(),
+        );
         let data: Vec<_> = (0..3)
             .map(|_| tempfile::tempdir().expect("data dir"))
             .collect();
@@ -55,19 +59,9 @@ impl ThreeHosts {
                 .env("HERD_TOKEN", TOKEN);
             agents.push(Logged::spawn(command));
         }
-        for name in ["a", "b"] {
-            scheduler
-                .wait_for(
-                    &[
-                        "kind=\"loaded\"",
-                        &format!("node=\"{name}\""),
-                        "model=\"tiny_mlp\"",
-                    ],
-                    1,
-                    LONG,
-                )
-                .await;
-        }
+        scheduler
+            .wait_for(&["kind=\"loaded\"", "model=\"tiny_mlp\""], replicas, LONG)
+            .await;
         Some(ThreeHosts {
             scheduler,
             agents,
@@ -76,6 +70,40 @@ impl ThreeHosts {
             bed,
         })
     }
+}
+
+/// A `herd` command's JSON output, run on the scheduler's host against it.
+async fn herd_json(bed: &NetBed, args: &[&str]) -> serde_json::Value {
+    let out = bed
+        .command(0, HERD)
+        .args(args)
+        .args(["--scheduler", "127.0.0.1:8001", "--json"])
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .await
+        .expect("run herd");
+    assert!(
+        out.status.success(),
+        "herd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The nodes tiny_mlp is ready on, as the scheduler lists them.
+async fn ready_nodes(bed: &NetBed) -> Vec<String> {
+    let models = herd_json(bed, &["models", "list"]).await;
+    let mut nodes: Vec<String> = models
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "tiny_mlp")
+        .flat_map(|m| m["replicas"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["state"] == "ready")
+        .filter_map(|r| r["node"].as_str().map(str::to_string))
+        .collect();
+    nodes.sort();
+    nodes
 }
 
 /// `herd bench` on the scheduler's host, open loop: what it printed as JSON.
@@ -104,7 +132,7 @@ async fn bench_on_scheduler_host(bed: &NetBed, args: &[&str]) -> serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cut_off_under_load_costs_no_request() {
-    let Some(hosts) = ThreeHosts::start("an_agent_cut_off_under_load_costs_no_request").await
+    let Some(hosts) = ThreeHosts::start("an_agent_cut_off_under_load_costs_no_request", 2).await
     else {
         return;
     };
@@ -163,4 +191,68 @@ async fn an_agent_cut_off_under_load_costs_no_request() {
         hosts.scheduler.text()
     );
     assert!(report["requests"].as_u64().unwrap_or(0) > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
+    let Some(hosts) =
+        ThreeHosts::start("after_a_partition_heals_the_surplus_copy_is_unloaded", 1).await
+    else {
+        return;
+    };
+    let bed = &hosts.bed;
+    let first = ready_nodes(bed).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (cut, cut_host, other) = if first[0] == "a" {
+        ("a", 1, "b")
+    } else {
+        ("b", 2, "a")
+    };
+    // Cut off, the node's copy is replaced on the other node.
+    bed.cut(cut_host);
+    hosts
+        .scheduler
+        .wait_for(&["kind=\"down\"", &format!("node=\"{cut}\"")], 1, LONG)
+        .await;
+    hosts
+        .scheduler
+        .wait_for(
+            &[
+                "kind=\"loaded\"",
+                &format!("node=\"{other}\""),
+                "model=\"tiny_mlp\"",
+            ],
+            1,
+            LONG,
+        )
+        .await;
+    // Healed, it reports its copy again: two pinned copies of a model that wants one.
+    bed.heal(cut_host);
+    let healed_at = tokio::time::Instant::now();
+    hosts
+        .scheduler
+        .wait_for(
+            &["kind=\"dropped\"", "model=\"tiny_mlp\"", "a surplus copy"],
+            1,
+            LONG,
+        )
+        .await;
+    let mut nodes = ready_nodes(bed).await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    while nodes.len() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "still {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        nodes = ready_nodes(bed).await;
+    }
+    eprintln!(
+        "partition healed: back to 1 replica ({}) {} ms after the heal",
+        nodes[0],
+        healed_at.elapsed().as_millis()
+    );
+    // The dropped copy is really gone from its agent, not only from the scheduler's view.
+    let dropped_on = if nodes[0] == cut { other } else { cut };
+    let agent = &hosts.agents[usize::from(dropped_on == "b")];
+    agent
+        .wait_for(&["model unloaded", "model=tiny_mlp"], 1, LONG)
+        .await;
 }

@@ -371,5 +371,6 @@ fn placed((model, node): &Key, r: &Replica, hint: u64, now: Instant) -> PlacedRe
                 .as_millis()
                 .min(u64::MAX as u128) as u64,
         memory: r.memory.max(hint),
+        pinned: r.pinned,
     }
 }

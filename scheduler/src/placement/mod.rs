@@ -111,6 +111,9 @@ pub struct Replica {
     pub last_used: u64,
     /// Bytes it uses now as measured; 0 = unknown (then the model's `memory` counts).
     pub memory: u64,
+    /// Loaded for min_replicas: it never unloads for idleness, so one beyond what the
+    /// model wants (two copies after a partition heals) would stay forever.
+    pub pinned: bool,
 }
 
 /// Everything solve looks at besides the previous placement.

@@ -260,6 +260,40 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Replicas kept for min_replicas never unload for idleness: past the model's
+    /// target (a copy adopted back after a partition healed, beside the one placed
+    /// meanwhile), the surplus among them goes, those with work and the most recently
+    /// used staying. Replicas that are not pinned are left to their idle TTL.
+    fn drop_pinned_surplus(&mut self, kept: &mut Vec<Candidate<'_>>) {
+        let Some(first) = kept.first() else { return };
+        let view = self.models[first.model].view;
+        let surplus = kept.len().saturating_sub(view.target() as usize);
+        let pinned = kept.iter().filter(|c| c.replica.pinned).count();
+        let over_min = pinned.saturating_sub(view.min_replicas as usize);
+        let mut going = surplus.min(over_min);
+        if going == 0 {
+            return;
+        }
+        let total = kept.len();
+        kept.sort_by_key(Candidate::keep_order);
+        let mut i = kept.len();
+        while going > 0 && i > 0 {
+            i -= 1;
+            if kept[i].replica.pinned {
+                let c = kept.remove(i);
+                self.drop_replica(
+                    c.replica,
+                    format!(
+                        "a surplus copy: {total} replicas, the target is {} (min_replicas {})",
+                        view.target(),
+                        view.min_replicas
+                    ),
+                );
+                going -= 1;
+            }
+        }
+    }
+
     fn drop_replica(&mut self, replica: &Replica, reason: String) {
         self.decisions.push(Decision::Dropped {
             model: replica.model.clone(),
@@ -345,6 +379,7 @@ impl<'a> State<'a> {
                     );
                 }
             }
+            self.drop_pinned_surplus(&mut kept);
             for c in kept {
                 self.add(
                     c.model,

@@ -70,6 +70,7 @@ fn replica(model: &str, node: &str, device: Device, last_used: u64) -> Replica {
         in_flight: 0,
         last_used,
         memory: 0,
+        pinned: false,
     }
 }
 
@@ -682,6 +683,53 @@ fn replicas_above_max_are_dropped_least_recently_used_first() {
 }
 
 #[test]
+fn pinned_copies_past_the_target_are_dropped_keeping_the_busy_one() {
+    // min_replicas = 1, and two pinned copies: one placed while "a" was cut off, and
+    // "a"'s own, adopted back when it healed.
+    let mut m = model("m", GIB, Want::Cpu, 0);
+    m.min_replicas = 1;
+    let p = problem(
+        vec![node("a", 8 * GIB), node("b", 8 * GIB), node("c", 8 * GIB)],
+        vec![m.clone()],
+        Policy::Spread,
+    );
+    let pinned = |node, last_used, in_flight| Replica {
+        pinned: true,
+        in_flight,
+        ..replica("m", node, Device::Cpu, last_used)
+    };
+    // The older one has work in flight: it stays.
+    let s = solve_checked(&p, &[pinned("a", 3, 2), pinned("b", 9, 0)]);
+    assert_eq!(
+        dropped(&s),
+        vec![(
+            "m".into(),
+            "b".into(),
+            "a surplus copy: 2 replicas, the target is 1 (min_replicas 1)".into()
+        )]
+    );
+    assert_eq!(where_is(&s, "m"), at("a", Device::Cpu));
+
+    // Copies that are not pinned (scaled up, or loaded on demand) are left to their
+    // idle TTL, and a pinned copy within the target stays.
+    let s = solve_checked(&p, &[pinned("a", 3, 0), replica("m", "b", Device::Cpu, 9)]);
+    assert!(dropped(&s).is_empty(), "{:?}", dropped(&s));
+    let mut scaled = m;
+    scaled.desired_replicas = 2;
+    let p = problem(
+        vec![node("a", 8 * GIB), node("b", 8 * GIB)],
+        vec![scaled],
+        Policy::Spread,
+    );
+    let s = solve_checked(&p, &[pinned("a", 3, 0), pinned("b", 9, 0)]);
+    assert!(
+        dropped(&s).is_empty(),
+        "within the target of 2: {:?}",
+        dropped(&s)
+    );
+}
+
+#[test]
 fn target_is_min_or_desired_capped_by_max() {
     let mut a = model("a", GIB, Want::Cpu, 5);
     a.min_replicas = 2;
@@ -870,6 +918,7 @@ fn to_replica(raw: &RawReplica) -> Replica {
         in_flight,
         last_used,
         memory: memory * UNIT / 2,
+        pinned: false,
     }
 }
 
@@ -964,6 +1013,7 @@ fn as_previous(previous: &[Replica], s: &Solution, p: &Problem) -> Vec<Replica> 
                 in_flight: before.map_or(0, |r| r.in_flight),
                 last_used: before.map_or(1000, |r| r.last_used),
                 memory,
+                pinned: before.is_some_and(|r| r.pinned),
             }
         })
         .collect()
