@@ -92,6 +92,7 @@ fn cluster(nodes: usize, models: usize, policy: Policy, tight: bool) -> (Problem
                 model: a.model,
                 node: a.node,
                 device: a.device,
+                pinned: false,
             }
         })
         .collect();
