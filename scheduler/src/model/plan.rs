@@ -314,7 +314,16 @@ impl ClusterModel {
     /// holds; requests are failed with it only when the model has no replica at all
     /// (with one ready or loading, they are served or wait for it).
     fn unplaceable(&mut self, model: &str, needed: u64, largest_free: u64, have: u32, target: u32) {
-        let why = unplaceable_reason(model, needed, largest_free, have, target);
+        let up = self.nodes.values().filter(|n| n.schedulable()).count();
+        let why = if up == 0 {
+            // "The largest free space is 0 B" would blame memory.
+            format!(
+                "no node can hold model '{model}': no node is up and taking replicas ({} known)",
+                self.nodes.len()
+            )
+        } else {
+            unplaceable_reason(model, needed, largest_free, have, target)
+        };
         let Some(m) = self.models.get_mut(model) else {
             return;
         };

@@ -184,6 +184,18 @@ impl ClusterModel {
         unreachable: bool,
     ) -> Vec<Action> {
         self.replicas.remove(&(model.to_string(), node.to_string()));
+        // "transport error" or "http2 error" alone does not say that nothing arrived.
+        let message = if unreachable {
+            let at = self
+                .nodes
+                .get(node)
+                .map(|n| format!(" at {}", n.address))
+                .unwrap_or_default();
+            format!("the scheduler cannot reach node '{node}'{at}: {message}")
+        } else {
+            message.to_string()
+        };
+        let message = message.as_str();
         self.events
             .push("load_failed", node, model, message.to_string());
         if let Some(m) = self.models.get_mut(model) {

@@ -282,6 +282,24 @@ fn a_down_node_that_reports_again_is_up_and_offers_room() {
 }
 
 #[test]
+fn with_no_node_up_a_model_is_unplaceable_in_those_words() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
+    c.node_unreachable("a", "connection refused");
+    round(&mut c, now);
+    let said: Vec<String> = c
+        .events()
+        .recent(100)
+        .into_iter()
+        .filter(|e| e.kind == "unplaceable")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        said,
+        vec!["no node can hold model 'm': no node is up and taking replicas (1 known)"]
+    );
+}
+
+#[test]
 fn an_unreachable_node_is_down_at_once_and_only_once() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
     place_and_load(&mut c, now);
@@ -506,6 +524,19 @@ fn a_load_that_cannot_reach_its_node_marks_the_node_down() {
     assert_eq!(
         actions,
         vec![Action::NodeDown { node: "a".into() }, Action::Reconcile]
+    );
+    let failed = c.events.recent(10);
+    let failed = failed
+        .iter()
+        .find(|e| e.kind == "load_failed")
+        .expect("a load_failed event");
+    assert!(
+        failed
+            .message
+            .starts_with("the scheduler cannot reach node 'a' at ")
+            && failed.message.ends_with(": connection refused"),
+        "{}",
+        failed.message
     );
 }
 
