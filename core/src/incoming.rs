@@ -237,13 +237,46 @@ impl Drop for Incoming {
 
 /// Accepts on `listener` within `limits`; see the module docs.
 pub fn incoming(listener: TcpListener, limits: ConnectionLimits) -> Incoming {
+    incoming_until_closed(listener, limits).0
+}
+
+/// As [`incoming`], and a future that completes once the listening socket is closed.
+/// Dropping the stream stops its accept task, which happens later, on some worker
+/// thread: a server that wants its port free when it returns (to be started again on
+/// it) awaits this.
+pub fn incoming_until_closed(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> (Incoming, Closed) {
     let (tx, rx) = mpsc::channel(1);
-    let task = tokio::spawn(accept(listener, limits, tx));
-    Incoming { rx, task }
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let guard = ListenerGuard {
+        listener,
+        _closed: closed_tx,
+    };
+    let task = tokio::spawn(accept(guard, limits, tx));
+    (Incoming { rx, task }, Closed(closed_rx))
+}
+
+/// The listening socket, and a sender dropped right after it: fields drop in order.
+struct ListenerGuard {
+    listener: TcpListener,
+    _closed: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Completes once an [`Incoming`]'s listening socket is closed.
+pub struct Closed(tokio::sync::oneshot::Receiver<()>);
+
+impl Future for Closed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
 }
 
 async fn accept(
-    listener: TcpListener,
+    guard: ListenerGuard,
     limits: ConnectionLimits,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
@@ -269,7 +302,7 @@ async fn accept(
                 }
             }
         };
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match guard.listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: accepting again at once would spin.
@@ -346,6 +379,15 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         (l, addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn once_closed_says_so_the_port_can_be_bound_again() {
+        let (l, addr) = listener().await;
+        let (incoming, closed) = incoming_until_closed(l, ConnectionLimits::default());
+        drop(incoming);
+        closed.await;
+        TcpListener::bind(addr).await.expect("the port is free");
     }
 
     const HELLO: &[u8; HANDSHAKE_BYTES] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";

@@ -27,7 +27,7 @@ pub mod token;
 use std::future::Future;
 use std::sync::Arc;
 
-use herd_core::incoming::{incoming, raise_open_file_limit, ConnectionLimits};
+use herd_core::incoming::{raise_open_file_limit, ConnectionLimits};
 use herd_proto::herd::admin_server::AdminServer;
 use herd_proto::herd::scheduler_server::SchedulerServer;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -195,18 +195,21 @@ pub async fn serve(
     let mut stop_grpc = stop_rx;
     // Connections bounded, idle ones closed, accept errors backed off.
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
+    let (incoming, closed) = herd_core::incoming::incoming_until_closed(grpc, limits);
     let grpc_server = herd_core::incoming::server_builder()
         .layer(layers)
         .add_service(inference)
         .add_service(joins)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(grpc, limits), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_grpc.wait_for(|s| *s).await;
         });
     let result = tokio::select! {
         r = grpc_server => r.map_err(StartError::Grpc),
         r = http_server => r.map_err(StartError::Http),
     };
+    // The port is free once this returns: a scheduler may be started on it again.
+    closed.await;
     placement.abort();
     if let Some(rescans) = rescans {
         rescans.abort();
