@@ -11,17 +11,17 @@
 //! not start with it, or is compressed, passes untouched, and the service's own checks
 //! (which this never replaces) decide it.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tonic::Status;
 use tower::{BoxError, Layer, Service};
 
 use super::deadline::{parse_grpc_timeout, GRPC_TIMEOUT};
+use super::watched_body::{WatchedBody, Watcher};
 
 /// The one method looked at.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -113,12 +113,12 @@ where
             .get(GRPC_TIMEOUT)
             .and_then(|v| parse_grpc_timeout(v.as_bytes()));
         let request = request.map(move |inner| {
-            tonic::body::Body::new(PeekingBody {
-                inner,
+            let peeker = Peeker {
                 admit: Some(admit),
                 timeout,
                 head: Vec::new(),
-            })
+            };
+            tonic::body::Body::new(WatchedBody::new(inner, peeker))
         });
         self.inner.call(request)
     }
@@ -169,73 +169,41 @@ fn read_head(head: &[u8]) -> Head<'_> {
     Head::Other
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that asks `admit` once the first message's name has passed.
-    struct PeekingBody<B> {
-        #[pin]
-        inner: B,
-        // None once asked (or given up).
-        admit: Option<Admit>,
-        timeout: Option<Duration>,
-        // The first bytes of the body, kept until the name is read.
-        head: Vec<u8>,
-    }
+/// Asks `admit` once the first message's name has passed.
+struct Peeker {
+    // None once asked (or given up).
+    admit: Option<Admit>,
+    timeout: Option<Duration>,
+    // The first bytes of the body, kept until the name is read.
+    head: Vec<u8>,
 }
 
-impl<B> Body for PeekingBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
+impl Watcher for Peeker {
+    fn see(&mut self, data: &[u8]) -> Result<(), Status> {
+        let Some(admit) = &self.admit else {
+            return Ok(());
         };
-        if let (Some(data), Some(admit)) = (frame.data_ref(), this.admit.as_ref()) {
-            let wanted = (PREFIX + 3 + MAX_NAME).saturating_sub(this.head.len());
-            this.head.extend_from_slice(&data[..data.len().min(wanted)]);
-            let verdict = match read_head(this.head) {
-                Head::Short => None,
-                Head::Other => Some(Ok(())),
-                Head::Named(model, bytes) => Some(admit(Peek {
-                    model,
-                    bytes,
-                    timeout: *this.timeout,
-                })),
-            };
-            if let Some(verdict) = verdict {
-                *this.admit = None;
-                *this.head = Vec::new();
-                if let Err(status) = verdict {
-                    return Poll::Ready(Some(Err(Box::new(status))));
-                }
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let wanted = (PREFIX + 3 + MAX_NAME).saturating_sub(self.head.len());
+        self.head.extend_from_slice(&data[..data.len().min(wanted)]);
+        let verdict = match read_head(&self.head) {
+            Head::Short => return Ok(()),
+            Head::Other => Ok(()),
+            Head::Named(model, bytes) => admit(Peek {
+                model,
+                bytes,
+                timeout: self.timeout,
+            }),
+        };
+        self.admit = None;
+        self.head = Vec::new();
+        verdict
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::{grpc_request, FrameBody};
+    use crate::layers::test_support::{grpc_request, read, FrameBody};
     use std::sync::Mutex;
     use tower_test::mock;
 
@@ -258,15 +226,6 @@ mod tests {
         let headers: Vec<_> = timeout.map(|t| (GRPC_TIMEOUT, t)).into_iter().collect();
         let (parts, ()) = grpc_request(path, &headers).into_parts();
         http::Request::from_parts(parts, FrameBody::data(frames))
-    }
-
-    async fn read(body: &mut tonic::body::Body) -> Result<usize, Status> {
-        let mut n = 0;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-        {
-            n += frame?.into_data().map_or(0, |d| d.len());
-        }
-        Ok(n)
     }
 
     type Mock = mock::Mock<http::Request<tonic::body::Body>, http::Response<String>>;

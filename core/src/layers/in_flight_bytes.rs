@@ -19,6 +19,8 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 use tower::{BoxError, Layer, Service};
 
+use super::watched_body::{WatchedBody, Watcher};
+
 /// gRPC's message prefix: a compression flag and a big-endian u32 length.
 const PREFIX: usize = 5;
 
@@ -156,14 +158,14 @@ where
         let budget = self.budget.clone();
         let counted = held.clone();
         let request = request.map(move |inner| {
-            tonic::body::Body::new(CountedBody {
-                inner,
+            let counter = Counter {
                 budget,
                 held: counted,
                 prefix: [0; PREFIX],
                 prefix_len: 0,
                 rest: 0,
-            })
+            };
+            tonic::body::Body::new(WatchedBody::new(inner, counter))
         });
         ReleasingFuture {
             inner: self.inner.call(request),
@@ -184,100 +186,47 @@ impl Drop for Release {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that takes each message's bytes as its length prefix passes.
-    struct CountedBody<B> {
-        #[pin]
-        inner: B,
-        budget: Budget,
-        held: SharedHeld,
-        prefix: [u8; PREFIX],
-        prefix_len: usize,
-        // Bytes of the current message still to pass.
-        rest: usize,
-    }
+/// Takes each message's bytes from the budget as its length prefix passes.
+struct Counter {
+    budget: Budget,
+    held: SharedHeld,
+    prefix: [u8; PREFIX],
+    prefix_len: usize,
+    // Bytes of the current message still to pass.
+    rest: usize,
 }
 
-impl<B> CountedBody<B> {
+impl Watcher for Counter {
     /// Follows the messages in `data`, taking each one's bytes from the budget.
-    fn count(
-        data: &[u8],
-        budget: &Budget,
-        held: &SharedHeld,
-        prefix: &mut [u8; PREFIX],
-        prefix_len: &mut usize,
-        rest: &mut usize,
-    ) -> Result<(), Status> {
+    fn see(&mut self, data: &[u8]) -> Result<(), Status> {
         let mut data = data;
         while !data.is_empty() {
-            if *rest > 0 {
-                let n = (*rest).min(data.len());
-                *rest -= n;
+            if self.rest > 0 {
+                let n = self.rest.min(data.len());
+                self.rest -= n;
                 data = &data[n..];
                 continue;
             }
-            let n = (PREFIX - *prefix_len).min(data.len());
-            prefix[*prefix_len..*prefix_len + n].copy_from_slice(&data[..n]);
-            *prefix_len += n;
+            let n = (PREFIX - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
             data = &data[n..];
-            if *prefix_len < PREFIX {
+            if self.prefix_len < PREFIX {
                 break;
             }
-            *prefix_len = 0;
-            let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-            *rest = len;
-            let mut held = lock(held);
+            self.prefix_len = 0;
+            let p = self.prefix;
+            let len = u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize;
+            self.rest = len;
+            let mut held = lock(&self.held);
             // The call's previous message is done with.
             held.charge = None;
-            if held.ended || len > budget.max {
+            if held.ended || len > self.budget.max {
                 continue;
             }
-            held.charge = Some(budget.try_take(len)?);
+            held.charge = Some(self.budget.try_take(len)?);
         }
         Ok(())
-    }
-}
-
-impl<B> Body for CountedBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
-        };
-        if let Some(data) = frame.data_ref() {
-            let counted = Self::count(
-                data,
-                this.budget,
-                this.held,
-                this.prefix,
-                this.prefix_len,
-                this.rest,
-            );
-            if let Err(status) = counted {
-                return Poll::Ready(Some(Err(Box::new(status))));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -356,7 +305,7 @@ impl<B: Body> Body for ReleasingBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::{grpc_request, FrameBody};
+    use crate::layers::test_support::{grpc_request, read, FrameBody};
     use tower_test::mock;
 
     const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -374,16 +323,6 @@ mod tests {
     fn call_with(frames: Vec<Vec<u8>>) -> http::Request<Frames> {
         let (parts, ()) = grpc_request(INFER, &[]).into_parts();
         http::Request::from_parts(parts, FrameBody::data(frames))
-    }
-
-    /// Reads a request body as a service would; the first error, if any.
-    async fn read(body: &mut tonic::body::Body) -> Result<usize, Status> {
-        let mut n = 0;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-        {
-            n += frame?.into_data().map_or(0, |d| d.len());
-        }
-        Ok(n)
     }
 
     type Mock = mock::Mock<http::Request<tonic::body::Body>, http::Response<String>>;

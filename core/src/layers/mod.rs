@@ -58,6 +58,7 @@ pub mod message_size;
 pub mod metrics;
 pub mod request_id;
 mod stack;
+mod watched_body;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -179,6 +180,16 @@ pub(crate) mod test_support {
         fn is_end_stream(&self) -> bool {
             self.0.is_empty()
         }
+    }
+
+    /// Reads a request body as a service would: its bytes, or the first error.
+    pub async fn read(body: &mut tonic::body::Body) -> Result<usize, tonic::Status> {
+        let mut n = 0;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+        {
+            n += frame?.into_data().map_or(0, |d| d.len());
+        }
+        Ok(n)
     }
 
     /// The status a response carries in its headers (a trailers-only answer).
