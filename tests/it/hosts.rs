@@ -106,28 +106,11 @@ async fn ready_nodes(bed: &NetBed) -> Vec<String> {
     nodes
 }
 
-/// `herd bench` on the scheduler's host, open loop: what it printed as JSON.
+/// `herd bench` on the scheduler's host: what it printed as JSON.
 async fn bench_on_scheduler_host(bed: &NetBed, args: &[&str]) -> serde_json::Value {
-    let out = bed
-        .command(0, HERD)
-        .args([
-            "bench",
-            "--scheduler",
-            "127.0.0.1:8001",
-            "--json",
-            "--warmup",
-            "0s",
-        ])
-        .args(args)
-        .output()
-        .await
-        .expect("run herd bench");
-    assert!(
-        out.status.success(),
-        "herd bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON line")
+    let mut all = vec!["bench", "--warmup", "0s"];
+    all.extend_from_slice(args);
+    herd_json(bed, &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,28 +112,18 @@ impl NetBed {
 
     /// Cuts host `host` off the bridge: its packets are dropped, nobody hears a reset.
     pub fn cut(&self, host: usize) {
-        ip(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &format!("p{host}"),
-            "down",
-        ])
-        .expect("cut");
+        self.set_port(host, "down");
     }
 
     /// Puts host `host` back on the bridge.
     pub fn heal(&self, host: usize) {
-        ip(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &format!("p{host}"),
-            "up",
-        ])
-        .expect("heal");
+        self.set_port(host, "up");
+    }
+
+    /// Sets host `host`'s port on the bridge "up" or "down".
+    fn set_port(&self, host: usize, state: &str) {
+        let port = format!("p{host}");
+        ip(&["-n", &self.bridge_ns(), "link", "set", &port, state]).expect("set the port");
     }
 }
 

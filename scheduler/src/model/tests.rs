@@ -136,6 +136,16 @@ fn check_liveness_until(c: &mut ClusterModel, from: Instant, to: Instant) -> Vec
     actions
 }
 
+/// The messages of the recent events of `kind`, oldest first.
+fn messages(c: &ClusterModel, kind: &str) -> Vec<String> {
+    c.events()
+        .recent(100)
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.message)
+        .collect()
+}
+
 fn events(c: &ClusterModel, kind: &str) -> usize {
     c.events()
         .recent(1000)
@@ -286,13 +296,7 @@ fn with_no_node_up_a_model_is_unplaceable_in_those_words() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
     c.node_unreachable("a", "connection refused");
     round(&mut c, now);
-    let said: Vec<String> = c
-        .events()
-        .recent(100)
-        .into_iter()
-        .filter(|e| e.kind == "unplaceable")
-        .map(|e| e.message)
-        .collect();
+    let said = messages(&c, "unplaceable");
     assert_eq!(
         said,
         vec!["no node can hold model 'm': no node is up and taking replicas (1 known)"]
@@ -632,13 +636,7 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
         Ok(Pick::Asked)
     ));
     assert_eq!(loads(&round(&mut c, now)), vec![("m".into(), "a".into())]);
-    let logged: Vec<String> = c
-        .events()
-        .recent(100)
-        .into_iter()
-        .filter(|e| e.kind == "unplaceable")
-        .map(|e| e.message)
-        .collect();
+    let logged = messages(&c, "unplaceable");
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(
         logged[0].contains("wants 2 replicas and has 1") && logged[0].contains("holds one already"),
