@@ -105,6 +105,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
         resources: Some(agent.probe.sample()),
         models,
         file_digests,
+        instance: agent.instance.clone(),
     }
 }
 

@@ -64,6 +64,9 @@ pub(crate) type SchedulerRpc =
 /// One agent: its models and what it knows of its node.
 pub struct Agent {
     pub name: String,
+    /// Random, one per process: the scheduler checks an advertised address by asking it
+    /// for this.
+    pub instance: String,
     pub cache: ModelCache,
     pub probe: probe::Probe,
     pub files: files::FileStore,
@@ -120,6 +123,7 @@ impl Agent {
         let budget = NodeBudget::new(probe.offered_memory(), options.max_in_flight_bytes);
         Arc::new(Agent {
             name: options.name,
+            instance: format!("{:016x}", rand::random::<u64>()),
             cache: ModelCache::with_budget(repo, loader, budget),
             probe,
             files: files::FileStore::new(options.data_dir.map(|d| d.join("models"))),

@@ -17,6 +17,7 @@ use crate::control::snapshot;
 use crate::{Agent, SchedulerRpc};
 use herd_core::auth::SendToken;
 
+#[derive(Clone)]
 pub struct Link {
     pub scheduler: String,
     pub token: Option<String>,
@@ -38,15 +39,37 @@ pub struct JoinRefused {
 /// Joins and reports until the scheduler refuses the agent (an error) — never
 /// returns otherwise.
 pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), JoinRefused> {
-    let address = advertised(&link);
     let mut backoff = Duration::from_millis(100);
     loop {
+        // Worked out again on every attempt: a network that was not up at the start
+        // (no route yet) gives its real address once it is, never loopback for good.
+        // A host name is looked up: off the async workers.
+        let l = link.clone();
+        let address = tokio::task::spawn_blocking(move || advertised(&l))
+            .await
+            .unwrap_or_else(|e| Err(format!("working out the address failed: {e}")));
+        let address = match address {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(scheduler = %link.scheduler, error = %e, retry_in_ms = backoff.as_millis() as u64, "no address to advertise yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
         match session(&agent, &link, &address).await {
             Err(status) if is_refusal(status.code()) => {
                 return Err(JoinRefused {
                     scheduler: link.scheduler.clone(),
                     message: status.message().to_string(),
                 });
+            }
+            // The scheduler is there but cannot call this agent back at `address`:
+            // a firewall, or a network still coming up, may yet let it.
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                warn!(scheduler = %link.scheduler, address, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "the scheduler cannot reach this agent at its advertised address; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(status) => {
                 warn!(scheduler = %link.scheduler, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "scheduler unreachable; retrying");
@@ -135,28 +158,77 @@ async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
         .max_encoding_message_size(herd_core::limits::LINK_MESSAGE))
 }
 
-/// The address the scheduler should call this agent at.
-fn advertised(link: &Link) -> String {
+/// The address the scheduler should call this agent at: `--advertise`, else the
+/// listening address, else (listening on every interface) this host's address on the
+/// route to the scheduler. No route is an error, not loopback: a scheduler on another
+/// host cannot call 127.0.0.1 back, and would reach whatever listens on its own host.
+fn advertised(link: &Link) -> Result<String, String> {
     if let Some(a) = &link.advertise {
-        return a.clone();
+        return Ok(a.clone());
     }
     if !link.listen.ip().is_unspecified() {
-        return link.listen.to_string();
+        return Ok(link.listen.to_string());
     }
-    // Listening on every interface: use the one that routes to the scheduler. A UDP
-    // "connect" sends nothing; it only picks the route.
-    let host = link
+    let scheduler = link
         .scheduler
-        .rsplit_once(':')
-        .map_or(link.scheduler.as_str(), |(h, _)| h)
         .trim_start_matches("http://")
-        .to_string();
-    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .trim_start_matches("https://");
+    let host = scheduler
+        .rsplit_once(':')
+        .map_or(scheduler, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    // A UDP "connect" sends nothing; it only picks the route.
+    let bind = if host.contains(':') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let ip = std::net::UdpSocket::bind(bind)
         .and_then(|s| {
-            s.connect((host.as_str(), 9))?;
+            s.connect((host, 9))?;
             s.local_addr()
         })
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| "127.0.0.1".to_string());
-    format!("{ip}:{}", link.listen.port())
+        .map_err(|e| {
+            format!(
+                "cannot work out this node's address toward the scheduler at {}: {e} \
+                 (is the network up?); give one with --advertise HOST:PORT",
+                link.scheduler
+            )
+        })?
+        .ip();
+    Ok(std::net::SocketAddr::new(ip, link.listen.port()).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(scheduler: &str, listen: &str, advertise: Option<&str>) -> Link {
+        Link {
+            scheduler: scheduler.to_string(),
+            token: None,
+            advertise: advertise.map(str::to_string),
+            listen: listen.parse().expect("listen address"),
+        }
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_flag_then_the_listen_address_then_the_route() {
+        let given = link("10.0.0.1:8001", "0.0.0.0:8001", Some("box:9000"));
+        assert_eq!(advertised(&given).as_deref(), Ok("box:9000"));
+        let bound = link("10.0.0.1:8001", "192.168.1.5:8001", None);
+        assert_eq!(advertised(&bound).as_deref(), Ok("192.168.1.5:8001"));
+        // The route to a scheduler on loopback is loopback, and that is right.
+        let local = link("http://127.0.0.1:8001", "0.0.0.0:7000", None);
+        assert_eq!(advertised(&local).as_deref(), Ok("127.0.0.1:7000"));
+    }
+
+    #[test]
+    fn no_route_to_the_scheduler_is_an_error_naming_it_not_loopback() {
+        let nowhere = link("no-such-host.invalid:8001", "0.0.0.0:7000", None);
+        let e = advertised(&nowhere).expect_err("no route");
+        assert!(e.contains("no-such-host.invalid:8001"), "{e}");
+        assert!(e.contains("--advertise"), "{e}");
+    }
 }

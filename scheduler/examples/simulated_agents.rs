@@ -1,17 +1,50 @@
 //! Simulated agents for measuring the scheduler: N agents join a running scheduler and
 //! report every second, each holding its share of the catalog's models as ready, until
-//! killed. They serve nothing; they only make the scheduler hold a cluster's worth of
-//! state (scripts/bench.sh reads the scheduler's RSS meanwhile).
+//! killed. Each answers only the Status call the scheduler proves its address with;
+//! they only make the scheduler hold a cluster's worth of state (scripts/bench.sh reads
+//! the scheduler's RSS meanwhile).
 //!
 //! Usage: simulated_agents SCHEDULER_ADDR TOKEN AGENTS MODEL_NAMES,... DIGEST
 
 use std::time::Duration;
 
 use herd_core::auth::SendToken;
+use herd_proto::herd::agent_server::{Agent, AgentServer};
 use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::herd::{
-    AgentStatus, JoinRequest, ModelState, ModelStatus, NodeResources, ReportRequest,
+    AgentStatus, InferBatchRequest, InferBatchResponse, JoinRequest, LoadModelRequest,
+    LoadModelResponse, ModelState, ModelStatus, NodeResources, ReportRequest, StatusRequest,
+    UnloadModelRequest, UnloadModelResponse,
 };
+use tonic::{Request, Response, Status};
+
+/// Answers Status with what it reports; holds nothing it could load or run.
+struct Simulated(AgentStatus);
+
+#[tonic::async_trait]
+impl Agent for Simulated {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<AgentStatus>, Status> {
+        Ok(Response::new(self.0.clone()))
+    }
+    async fn load(
+        &self,
+        _: Request<LoadModelRequest>,
+    ) -> Result<Response<LoadModelResponse>, Status> {
+        Err(Status::unimplemented("a simulated agent loads nothing"))
+    }
+    async fn unload(
+        &self,
+        _: Request<UnloadModelRequest>,
+    ) -> Result<Response<UnloadModelResponse>, Status> {
+        Err(Status::unimplemented("a simulated agent unloads nothing"))
+    }
+    async fn infer_batch(
+        &self,
+        _: Request<InferBatchRequest>,
+    ) -> Result<Response<InferBatchResponse>, Status> {
+        Err(Status::unimplemented("a simulated agent runs nothing"))
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +64,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..agents {
         let mut client = client.clone();
         let name = format!("sim-{i:02}");
-        let address = format!("127.0.0.1:{}", 20000 + i);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
         let held: Vec<ModelStatus> = models
             .iter()
             .skip(i)
@@ -58,7 +92,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             models: held,
             file_digests: vec![digest.clone()],
+            instance: format!("sim-{i}"),
         };
+        let server = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(Simulated(status.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
         client
             .join(JoinRequest {
                 name: name.clone(),

@@ -9,6 +9,29 @@ pub enum SchedulerError {
     JoinWithoutName,
     #[error("{0}")]
     BadAgentAddress(String),
+    /// The advertised address of an agent on another host is its own loopback: the
+    /// scheduler would call itself, or another agent on its own host.
+    #[error("agent {name:?} advertises {address}, a loopback address, but joins from {peer}: the scheduler cannot reach it there; start the agent with --advertise HOST:PORT (an address this host can be reached at)")]
+    LoopbackAdvertised {
+        name: String,
+        address: String,
+        peer: String,
+    },
+    /// Nothing answered at the advertised address (or not in time).
+    #[error("agent {name:?} advertises {address}, but the scheduler cannot reach it there: {error}; check --advertise (and --listen) and that this host can reach the agent's port")]
+    AdvertisedUnreachable {
+        name: String,
+        address: String,
+        error: String,
+    },
+    /// Something else answers at the advertised address: another agent, another
+    /// cluster's, or not an agent at all.
+    #[error("agent {name:?} advertises {address}, but {found} answers there; start the agent with --advertise HOST:PORT naming its own address")]
+    AdvertisedIsAnother {
+        name: String,
+        address: String,
+        found: String,
+    },
     #[error("a node named {name:?} is already in the cluster at {address}; give this agent another --name")]
     NameTaken { name: String, address: String },
     #[error("model '{}' is not in the catalog", herd_core::limits::quoted_name(.0))]
@@ -78,7 +101,12 @@ impl SchedulerError {
     pub fn code(&self) -> Code {
         use SchedulerError::*;
         match self {
-            JoinWithoutName | BadAgentAddress(_) => Code::InvalidArgument,
+            JoinWithoutName
+            | BadAgentAddress(_)
+            | LoopbackAdvertised { .. }
+            | AdvertisedIsAnother { .. } => Code::InvalidArgument,
+            // The agent retries: a network still coming up may yet carry the call.
+            AdvertisedUnreachable { .. } => Code::FailedPrecondition,
             NameTaken { .. } => Code::AlreadyExists,
             UnknownModel(_) | NotInRepository(_) | UnknownNode(_) | UnknownDigest(_) => {
                 Code::NotFound

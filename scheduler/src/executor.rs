@@ -36,6 +36,7 @@ impl Scheduler {
                                 &node,
                                 "no connection to the node",
                                 false,
+                                Instant::now(),
                             );
                             reconcile |= !more.is_empty();
                         }
@@ -124,7 +125,7 @@ async fn load(
             }
             Err(status) => {
                 let unreachable = SchedulerError::agent(&status).is_unreachable();
-                c.load_failed(&model, &node, status.message(), unreachable)
+                c.load_failed(&model, &node, status.message(), unreachable, Instant::now())
             }
         }
     };

@@ -1,16 +1,21 @@
 //! The `herd.v1.Scheduler` service: agents join, report, and fetch model files.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use herd_proto::herd::scheduler_server::Scheduler as SchedulerRpc;
 use herd_proto::herd::{
-    FetchModelRequest, JoinRequest, JoinResponse, ModelChunk, ReportRequest, ReportResponse,
+    AgentStatus, FetchModelRequest, JoinRequest, JoinResponse, ModelChunk, ReportRequest,
+    ReportResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use tracing::warn;
+
+use crate::address_proof::{loopback_from_elsewhere, prove};
 use crate::error::SchedulerError;
 use crate::state::Scheduler;
 
@@ -29,6 +34,52 @@ impl JoinService {
         }
     }
 
+    /// Checks an agent's address before it joins: not another host's loopback, and the
+    /// agent itself answers there. A refusal is logged and recorded as an event, so
+    /// the scheduler's side says what is wrong too.
+    async fn admit(
+        &self,
+        name: &str,
+        address: &str,
+        status: &AgentStatus,
+        peer: Option<IpAddr>,
+    ) -> Result<(), SchedulerError> {
+        if name.is_empty() || address.is_empty() {
+            return Err(SchedulerError::JoinWithoutName);
+        }
+        let proven = if loopback_from_elsewhere(address, peer) {
+            Err(SchedulerError::LoopbackAdvertised {
+                name: name.to_string(),
+                address: address.to_string(),
+                peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+            })
+        } else {
+            let settings = &self.scheduler.settings;
+            prove(
+                name,
+                address,
+                &status.instance,
+                &settings.token,
+                settings.max_message_size,
+            )
+            .await
+        };
+        if let Err(e) = &proven {
+            warn!(node = %name, address, error = %e, "join refused");
+            self.scheduler.lock().join_refused(name, &e.to_string());
+            self.scheduler.notify();
+        }
+        proven
+    }
+
+    /// Whether `name` is in the cluster at `address`: its reports need no new proof.
+    fn knows(&self, name: &str, address: &str) -> bool {
+        self.scheduler
+            .lock()
+            .node(name)
+            .is_some_and(|n| n.address == address)
+    }
+
     /// When the node `name` counts as silent unless it reports again.
     fn reports_overdue_at(&self, name: &str) -> Option<Instant> {
         let cluster = self.scheduler.lock();
@@ -42,8 +93,10 @@ const CHUNK: usize = 1 << 20;
 #[tonic::async_trait]
 impl SchedulerRpc for JoinService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let r = request.into_inner();
         let status = r.status.unwrap_or_default();
+        self.admit(&r.name, &r.address, &status, peer).await?;
         match self.scheduler.join(&r.name, &r.address, status.clone()) {
             // The holder of the name may be this agent's previous life, killed and
             // started again on another port: once the holder's reports are overdue, the
@@ -67,7 +120,13 @@ impl SchedulerRpc for JoinService {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let r = request.into_inner();
+        // A report from a node the scheduler does not know (it restarted) is a join.
+        if !self.knows(&r.name, &r.address) {
+            let status = r.status.clone().unwrap_or_default();
+            self.admit(&r.name, &r.address, &status, peer).await?;
+        }
         self.scheduler
             .report(&r.name, &r.address, r.status.unwrap_or_default())?;
         Ok(Response::new(ReportResponse {}))

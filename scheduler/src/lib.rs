@@ -1,6 +1,7 @@
 //! herd's scheduler: the cluster's node registry, model catalog, placement, routing
 //! toward agents and the client-facing gateway.
 
+pub mod address_proof;
 pub mod admin;
 pub mod agent_link;
 pub mod catalog;

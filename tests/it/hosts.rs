@@ -239,3 +239,111 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
         .wait_for(&["model unloaded", "model=tiny_mlp"], 1, LONG)
         .await;
 }
+
+/// `herd agent ARGS` on `host` against the bed's scheduler, expected to exit promptly:
+/// its exit code and what it printed.
+async fn agent_exits(bed: &NetBed, host: usize, args: &[&str]) -> (Option<i32>, String) {
+    let out = bed
+        .command(host, HERD)
+        .args(["agent", "--scheduler", &format!("{}:8001", bed.address(0))])
+        .args(args)
+        .env("HERD_TOKEN", TOKEN)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(LONG, out)
+        .await
+        .unwrap_or_else(|_| panic!("herd agent {args:?} did not exit"))
+        .expect("run herd agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_reason() {
+    let Some(hosts) = ThreeHosts::start(
+        "joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_reason",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let bed = &hosts.bed;
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = |name: &str| data.path().join(name).to_string_lossy().to_string();
+    // Loopback from another host: the scheduler would be calling its own host.
+    let (code, stderr) = agent_exits(
+        bed,
+        1,
+        &[
+            "--listen",
+            "0.0.0.0:8002",
+            "--name",
+            "c",
+            "--advertise",
+            "127.0.0.1:8002",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let said = format!(
+        "agent \"c\" advertises 127.0.0.1:8002, a loopback address, but joins from {}",
+        bed.address(1)
+    );
+    assert!(
+        stderr.contains(&said) && stderr.contains("--advertise"),
+        "{stderr}"
+    );
+    // Another host's address: agent "b" answers there, not this one.
+    let b = format!("{}:8001", bed.address(2));
+    let (code, stderr) = agent_exits(
+        bed,
+        1,
+        &["--listen", "0.0.0.0:8002", "--name", "c", "--advertise", &b],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("advertises {b}, but agent \"b\" answers there")),
+        "{stderr}"
+    );
+    // Neither joined, and the refusals are events on the scheduler's side as well.
+    assert_eq!(
+        hosts.scheduler.count(&["join refused", "node=c"]),
+        2,
+        "{}",
+        hosts.scheduler.text()
+    );
+    // Two hosts with the same host name (the bed's namespaces share one) and no --name:
+    // the first joins under it, the second exits with the reason.
+    let mut first = bed.command(1, HERD);
+    first
+        .args([
+            "agent",
+            "--listen",
+            "0.0.0.0:8002",
+            "--data-dir",
+            &dir("h1"),
+        ])
+        .args(["--scheduler", &format!("{}:8001", bed.address(0))])
+        .env("HERD_TOKEN", TOKEN);
+    let first = Logged::spawn(first);
+    first.wait_for(&["joined the cluster"], 1, LONG).await;
+    let (code, stderr) = agent_exits(
+        bed,
+        2,
+        &["--listen", "0.0.0.0:8002", "--data-dir", &dir("h2")],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is already in the cluster at")
+            && stderr.contains(&format!("{}:8002", bed.address(1)))
+            && stderr.contains("give this agent another --name"),
+        "{stderr}"
+    );
+    assert_eq!(ready_nodes(bed).await.len(), 1, "nothing else disturbed");
+}

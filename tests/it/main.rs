@@ -2,6 +2,7 @@
 //! Runtime, real gRPC over loopback, the real `herd` executable.
 #![allow(dead_code)]
 
+mod addresses;
 mod binary;
 mod budgets;
 mod cli;

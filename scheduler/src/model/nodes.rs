@@ -1,6 +1,8 @@
 //! Node rows and the transitions of a node's life: it joins, reports, goes silent or
 //! unreachable (down), comes back, is drained.
 
+use std::time::Duration;
+
 use herd_proto::herd::AgentStatus;
 use tokio::time::Instant;
 
@@ -14,11 +16,15 @@ pub struct Node {
     pub last_report: Instant,
     pub down: bool,
     pub draining: bool,
+    /// Loads on this node that failed in a row, since its join or its last success.
+    pub load_failures: u32,
+    /// Until when it takes no new replica: it kept failing loads (see [`rest_for`]).
+    pub resting_until: Option<Instant>,
 }
 
 impl Node {
     pub fn schedulable(&self) -> bool {
-        !self.down && !self.draining
+        !self.down && !self.draining && self.resting_until.is_none()
     }
 
     /// Bytes of RAM herd may use for replicas here, headroom taken off.
@@ -30,6 +36,19 @@ impl Node {
         let capacity = r.memory_capacity_bytes.min(reachable.max(herd_used));
         capacity.saturating_sub((r.memory_capacity_bytes as f64 * headroom) as u64)
     }
+}
+
+/// Loads that fail in a row before a node rests.
+pub const FAILURES_BEFORE_REST: u32 = 3;
+
+/// How long a node rests after `failures` loads failed in a row: none before
+/// [`FAILURES_BEFORE_REST`], then 5 s, doubling with each further failure, at most
+/// 5 minutes. Without it a node that fails every load (one the scheduler cannot call,
+/// a broken runtime) was placed on again at once, over and over.
+pub fn rest_for(failures: u32) -> Option<Duration> {
+    let beyond = failures.checked_sub(FAILURES_BEFORE_REST)?;
+    let rest = Duration::from_secs(5).saturating_mul(1 << beyond.min(16));
+    Some(rest.min(Duration::from_secs(300)))
 }
 
 /// What a report was to the model.
@@ -75,6 +94,8 @@ impl ClusterModel {
                 last_report: now,
                 down: false,
                 draining,
+                load_failures: 0,
+                resting_until: None,
             },
         );
         // Replicas it had before a restart are gone unless it reports them ready.
@@ -83,6 +104,12 @@ impl ClusterModel {
         self.events
             .push("joined", name, "", format!("{what} from {address}"));
         Ok(vec![Action::Reconcile])
+    }
+
+    /// An agent was refused at join (its address proved wrong): only the log of events
+    /// keeps it, under the node's name.
+    pub fn join_refused(&mut self, name: &str, why: &str) {
+        self.events.push("refused", name, "", why.to_string());
     }
 
     /// A periodic report.
@@ -135,15 +162,56 @@ impl ClusterModel {
             .filter(|n| !n.down && now.saturating_duration_since(n.last_report) > limit)
             .map(|n| n.name.clone())
             .collect();
+        let rested = self.end_rests(now);
         let mut actions = Vec::new();
         for name in &silent {
             let why = format!("no report for {} ms", limit.as_millis());
             actions.extend(self.mark_down(name, &why));
         }
-        if !actions.is_empty() {
+        if rested || !actions.is_empty() {
             actions.push(Action::Reconcile);
         }
         actions
+    }
+
+    /// Nodes whose rest is over take replicas again; whether any did.
+    fn end_rests(&mut self, now: Instant) -> bool {
+        let mut rested = Vec::new();
+        for n in self.nodes.values_mut() {
+            if n.resting_until.is_some_and(|until| until <= now) {
+                n.resting_until = None;
+                rested.push(n.name.clone());
+            }
+        }
+        for name in &rested {
+            self.events
+                .push("rested", name, "", "takes new replicas again");
+        }
+        !rested.is_empty()
+    }
+
+    /// A load on `node` failed: after [`FAILURES_BEFORE_REST`] in a row it rests, with
+    /// one event that says why and for how long.
+    pub(super) fn count_load_failure(&mut self, node: &str, message: &str, now: Instant) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        n.load_failures += 1;
+        let Some(rest) = rest_for(n.load_failures) else {
+            return;
+        };
+        n.resting_until = Some(now + rest);
+        let failures = n.load_failures;
+        self.events.push(
+            "resting",
+            node,
+            "",
+            format!(
+                "{failures} loads in a row failed here (last: {message}); no new replica \
+                 goes here for {} s",
+                rest.as_secs()
+            ),
+        );
     }
 
     /// A call to the node failed at the transport: it counts as down at once rather than

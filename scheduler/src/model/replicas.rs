@@ -154,6 +154,9 @@ impl ClusterModel {
             r.state = ReplicaState::Ready;
             r.since = now;
         }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.load_failures = 0;
+        }
         if let Some(m) = self.models.get_mut(model) {
             m.measured = m.measured.max(memory_bytes);
         }
@@ -182,6 +185,7 @@ impl ClusterModel {
         node: &str,
         message: &str,
         unreachable: bool,
+        now: Instant,
     ) -> Vec<Action> {
         self.replicas.remove(&(model.to_string(), node.to_string()));
         // "transport error" or "http2 error" alone does not say that nothing arrived.
@@ -198,6 +202,7 @@ impl ClusterModel {
         let message = message.as_str();
         self.events
             .push("load_failed", node, model, message.to_string());
+        self.count_load_failure(node, message, now);
         if let Some(m) = self.models.get_mut(model) {
             m.load_error = Some(format!(
                 "model '{model}' failed to load on {node}: {message}"

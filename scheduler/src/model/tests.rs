@@ -502,7 +502,10 @@ fn a_failed_load_is_the_answer_and_is_not_tried_again_until_asked() {
     let mut rng = StdRng::seed_from_u64(5);
     c.pick("m", None, false, now, &mut rng).expect("asked");
     assert_eq!(loads(&round(&mut c, now)).len(), 1);
-    assert_eq!(c.load_failed("m", "a", "not an onnx model", false), vec![]);
+    assert_eq!(
+        c.load_failed("m", "a", "not an onnx model", false, now),
+        vec![]
+    );
     let answer = c.pick("m", None, true, now, &mut rng).map(|_| ());
     assert_eq!(
         answer,
@@ -524,7 +527,7 @@ fn a_failed_load_is_the_answer_and_is_not_tried_again_until_asked() {
 fn a_load_that_cannot_reach_its_node_marks_the_node_down() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(1))]);
     round(&mut c, now);
-    let actions = c.load_failed("m", "a", "connection refused", true);
+    let actions = c.load_failed("m", "a", "connection refused", true, now);
     assert_eq!(
         actions,
         vec![Action::NodeDown { node: "a".into() }, Action::Reconcile]
@@ -684,4 +687,55 @@ fn a_changed_file_unloads_the_old_replicas_and_places_the_new_one_where_wanted()
     let added = c.refresh_model(catalog_model("new", ClusterPolicy::default()), now);
     assert_eq!(added, vec![Action::Reconcile]);
     assert_eq!(events(&c, "cataloged"), 1);
+}
+
+#[test]
+fn a_node_that_keeps_failing_loads_rests_then_takes_replicas_again() {
+    let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut ask_and_round = |c: &mut ClusterModel, at: Instant| {
+        c.pick("m", None, false, at, &mut rng).expect("asked");
+        loads(&round(c, at))
+    };
+    for _ in 0..super::nodes::FAILURES_BEFORE_REST {
+        assert_eq!(ask_and_round(&mut c, now).len(), 1);
+        assert_eq!(messages(&c, "resting"), Vec::<String>::new());
+        c.load_failed("m", "a", "connection refused", false, now);
+    }
+    assert_eq!(
+        messages(&c, "resting"),
+        vec![
+            "3 loads in a row failed here (last: connection refused); no new replica goes \
+             here for 5 s"
+                .to_string()
+        ]
+    );
+    assert!(
+        ask_and_round(&mut c, now).is_empty(),
+        "no load while it rests"
+    );
+    // Reporting all along, its rest ends after 5 s and it is placed on again.
+    let later = now + Duration::from_secs(5);
+    let mut t = now;
+    let mut checks = Vec::new();
+    while t < later {
+        t += REPORT;
+        c.report("a", "a:8002", status(200 * MIB, &[]), t);
+        checks.extend(c.mark_silent_down(t));
+    }
+    assert_eq!(checks, vec![Action::Reconcile], "once, when the rest ends");
+    assert_eq!(messages(&c, "rested").len(), 1);
+    assert_eq!(ask_and_round(&mut c, later), vec![("m".into(), "a".into())]);
+    // A success starts the count again: one more failure is not a rest.
+    c.loaded("m", "a", 60 * MIB, true, Duration::from_millis(5), later);
+    assert_eq!(c.node("a").map(|n| n.load_failures), Some(0));
+}
+
+#[test]
+fn rests_double_from_five_seconds_up_to_five_minutes() {
+    use super::nodes::rest_for;
+    let secs = |f| rest_for(f).map(|d| d.as_secs());
+    assert_eq!([secs(0), secs(2)], [None, None]);
+    assert_eq!([secs(3), secs(4), secs(5)], [Some(5), Some(10), Some(20)]);
+    assert_eq!([secs(9), secs(40), secs(u32::MAX)], [Some(300); 3]);
 }
