@@ -522,7 +522,11 @@ pub struct Summary {
 pub fn summary(nodes: &[NodeView], models: &[ModelView]) -> Summary {
     let live = || nodes.iter().filter(|n| n.state != NodeState::Down);
     Summary {
-        nodes_up: nodes.iter().filter(|n| n.state == NodeState::Up).count(),
+        // Suspect and resting nodes are up: they serve what they hold.
+        nodes_up: nodes
+            .iter()
+            .filter(|n| !matches!(n.state, NodeState::Down | NodeState::Draining))
+            .count(),
         nodes_total: nodes.len(),
         memory_used_bytes: live().map(|n| n.memory_used_bytes).sum(),
         memory_capacity_bytes: live().map(|n| n.memory_capacity_bytes).sum(),

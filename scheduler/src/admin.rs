@@ -34,6 +34,10 @@ pub fn nodes(c: &ClusterModel, now: Instant) -> Vec<NodeInfo> {
                 NodeState::Down
             } else if n.draining {
                 NodeState::Draining
+            } else if n.resting_until.is_some() {
+                NodeState::Resting
+            } else if n.suspect {
+                NodeState::Suspect
             } else {
                 NodeState::Up
             } as i32,

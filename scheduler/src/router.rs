@@ -123,7 +123,8 @@ impl Scheduler {
     }
 
     /// Routes one inference request, retrying once on another replica when the first
-    /// fails on the way (connection lost, agent down). Runs in the request's span.
+    /// fails on the way (connection lost, agent down), and sending it to a second
+    /// replica as well when the first is overdue. Runs in the request's span.
     pub async fn infer(
         self: &Arc<Self>,
         request: ModelInferRequest,
@@ -133,67 +134,170 @@ impl Scheduler {
         let started = Instant::now();
         let model = request.model_name.clone();
         let deadline = started + timeout.unwrap_or(self.settings.load_timeout);
-        let attempt = self.infer_once(&request, None, deadline, timeout, request_id);
+        let attempt = Attempt {
+            request: &request,
+            deadline,
+            timed: timeout.is_some(),
+            request_id,
+        };
+        let routed = self.route(&attempt);
         // The caller's deadline bounds the whole request, load and retry included.
         let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, attempt).await {
+            Some(t) => match tokio::time::timeout(t, routed).await {
                 Ok(r) => r,
-                Err(_) => Err((
-                    None,
-                    SendError::Answer(SchedulerError::DeadlineExceeded(t.as_millis())),
-                )),
+                Err(_) => Err(SendError::Answer(SchedulerError::DeadlineExceeded(
+                    t.as_millis(),
+                ))),
             },
-            None => attempt.await,
-        };
-        let result = match result {
-            Err((Some(node), e)) => match retry(&e) {
-                Some(again) => {
-                    debug!(node = %node, error = %e.as_inner(), ?again, "retrying");
-                    let avoid = match again {
-                        Retry::Elsewhere => {
-                            self.node_unreachable(&node, &e.as_inner().to_string());
-                            Some(node.as_str())
-                        }
-                        Retry::Anywhere => None,
-                    };
-                    self.infer_once(
-                        &request,
-                        avoid,
-                        deadline,
-                        timeout.map(|t| t.saturating_sub(started.elapsed())),
-                        request_id,
-                    )
-                    .await
-                    .map_err(|(_, e)| e)
-                }
-                None => Err(e),
-            },
-            other => other.map_err(|(_, e)| e),
+            None => routed.await,
         };
         let micros = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
         self.lock().request_done(&model, result.is_ok(), micros);
         result.map_err(SendError::into_inner)
     }
 
-    async fn infer_once(
-        &self,
-        request: &ModelInferRequest,
-        avoid: Option<&str>,
-        deadline: Instant,
-        timeout: Option<Duration>,
-        request_id: &str,
-    ) -> Result<ModelInferResponse, (Option<String>, SendError)> {
-        let picked = self
-            .pick(&request.model_name, avoid, deadline)
+    /// The first attempt, a second one if the first is overdue, a retry if the first
+    /// fails on the way.
+    async fn route(
+        self: &Arc<Self>,
+        attempt: &Attempt<'_>,
+    ) -> Result<ModelInferResponse, SendError> {
+        let model = &attempt.request.model_name;
+        let first = self
+            .pick(model, None, attempt.deadline)
             .await
-            .map_err(|e| (None, SendError::Answer(e)))?;
-        debug!(node = %picked.node, "routed");
-        let remaining = timeout.map(|_| deadline.saturating_duration_since(Instant::now()));
+            .map_err(SendError::Answer)?;
+        debug!(node = %first.node, "routed");
+        let mut sent = Box::pin(attempt.send(&first));
+        let hedge = self.lock().hedge_after(model);
+        let outcome = match hedge {
+            None => (&mut sent).await,
+            Some(after) => match tokio::time::timeout(after, &mut sent).await {
+                Ok(outcome) => outcome,
+                Err(_) => match self.overdue(model, &first.node, after) {
+                    None => (&mut sent).await,
+                    Some(second) => {
+                        debug!(node = %first.node, other = %second.node, "overdue; sent to a second replica as well");
+                        let other = attempt.send(&second);
+                        return self.first_answer(sent, &first.node, other).await;
+                    }
+                },
+            },
+        };
+        let e = match outcome {
+            Err(e) => e,
+            ok => return ok,
+        };
+        let Some(again) = retry(&e) else {
+            return Err(e);
+        };
+        debug!(node = %first.node, error = %e.as_inner(), ?again, "retrying");
+        let avoid = match again {
+            Retry::Elsewhere => {
+                self.node_unreachable(&first.node, &e.as_inner().to_string());
+                Some(first.node.as_str())
+            }
+            Retry::Anywhere => None,
+        };
+        let second = self
+            .pick(model, avoid, attempt.deadline)
+            .await
+            .map_err(SendError::Answer)?;
+        // The first replica's count of outstanding work goes before the retry.
+        drop(sent);
+        drop(first);
+        attempt.send(&second).await
+    }
+
+    /// The first attempt at `model` on `node` is `after` overdue: the node is suspect,
+    /// and another ready replica, if there is one now, takes the request as well. None
+    /// is waited for or loaded: that would only add load while the keepalive decides.
+    fn overdue(&self, model: &str, node: &str, after: Duration) -> Option<Picked> {
+        let why = format!(
+            "a request for model '{model}' went unanswered for {} ms (4 times its p99 latency)",
+            after.as_millis()
+        );
+        let pick = {
+            let mut c = self.lock();
+            c.suspect(node, &why);
+            match c.pick(model, Some(node), true, Instant::now(), &mut rand::rng()) {
+                // Every replica overdue is overload, not a dead link: a second copy of
+                // each request would only double it.
+                Ok(Pick::Ready { node, outstanding })
+                    if c.node(&node).is_some_and(|n| n.suspect) =>
+                {
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    None
+                }
+                Ok(Pick::Ready { node, outstanding }) => Some((node, outstanding)),
+                _ => None,
+            }
+        };
+        self.notify();
+        let (node, outstanding) = pick?;
+        let (sender, link) = {
+            let mut links = self.links();
+            (links.sender(model, &node), links.link(&node).cloned())
+        };
+        match (sender, link) {
+            (Some(sender), Some(link)) => Some(Picked {
+                node,
+                sender,
+                link,
+                outstanding,
+            }),
+            _ => {
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The first success of two attempts, or the later failure. A first attempt that
+    /// failed on the way marks its node down, as a retried one does.
+    async fn first_answer(
+        self: &Arc<Self>,
+        first: impl std::future::Future<Output = Result<ModelInferResponse, SendError>>,
+        first_node: &str,
+        second: impl std::future::Future<Output = Result<ModelInferResponse, SendError>>,
+    ) -> Result<ModelInferResponse, SendError> {
+        tokio::pin!(first, second);
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    if retry(&e) == Some(Retry::Elsewhere) {
+                        self.node_unreachable(first_node, &e.as_inner().to_string());
+                    }
+                    second.await
+                }
+            },
+            r = &mut second => match r {
+                Ok(answer) => Ok(answer),
+                Err(_) => first.await,
+            },
+        }
+    }
+}
+
+/// One request as its attempts send it.
+struct Attempt<'a> {
+    request: &'a ModelInferRequest,
+    deadline: Instant,
+    /// Whether the caller set a deadline: the agent is told what is left of it.
+    timed: bool,
+    request_id: &'a str,
+}
+
+impl Attempt<'_> {
+    async fn send(&self, picked: &Picked) -> Result<ModelInferResponse, SendError> {
+        let remaining = self
+            .timed
+            .then(|| self.deadline.saturating_duration_since(Instant::now()));
         picked
             .sender
-            .send(request.clone(), remaining, request_id)
+            .send(self.request.clone(), remaining, self.request_id)
             .await
-            .map_err(|e| (Some(picked.node.clone()), e))
     }
 }
 

@@ -5,12 +5,13 @@
 //! Each queued request carries its tracing span, so its log lines keep its request id
 //! across the hop.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herd_proto::herd::{infer_result, InferBatchItem, InferBatchRequest, InferBatchResponse};
 use herd_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 use tracing::{debug, Instrument, Span};
 
 use crate::agent_link::AgentRpc;
@@ -61,6 +62,7 @@ impl SendError {
 
 struct Queued {
     item: InferBatchItem,
+    queued: Instant,
     reply: oneshot::Sender<Result<ModelInferResponse, SendError>>,
     span: Span,
 }
@@ -95,6 +97,7 @@ impl BatchSender {
         };
         let queued = Queued {
             item,
+            queued: Instant::now(),
             reply,
             span: Span::current(),
         };
@@ -137,8 +140,12 @@ fn gather<T>(
     (batch, None)
 }
 
+/// The last batch that could not reach the replica, and when it failed.
+type Broken = Arc<Mutex<Option<(Instant, SchedulerError)>>>;
+
 async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let broken = Broken::default();
     let mut held_over = None;
     loop {
         let first = match held_over.take() {
@@ -155,6 +162,22 @@ async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
         held_over = rest;
         // A caller that has gone does not travel.
         batch.retain(|q| !q.reply.is_closed());
+        // Requests that queued behind a batch the link failed fail with it, at once:
+        // sent, each would wait out a connection attempt to a node that is gone (3 s)
+        // before its retry elsewhere could start.
+        let failed = broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| batch.iter().any(|q| q.queued <= *at))
+            .cloned();
+        if let Some((at, error)) = failed {
+            let (late, early): (Vec<_>, Vec<_>) = batch.into_iter().partition(|q| q.queued > at);
+            for q in early {
+                let _ = q.reply.send(Err(SendError::Transport(error.clone())));
+            }
+            batch = late;
+        }
         if batch.is_empty() {
             continue;
         }
@@ -167,10 +190,11 @@ async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
                 .in_scope(|| debug!(batch_size = batch.len(), "sent in a batch"));
         }
         let mut agent = agent.clone();
+        let broken = broken.clone();
         tokio::spawn(
             async move {
                 let _permit = permit;
-                send_batch(&mut agent, batch).await;
+                send_batch(&mut agent, batch, &broken).await;
             }
             .instrument(span),
         );
@@ -179,7 +203,7 @@ async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
 
 /// One batch RPC. Each item carries its own deadline, which the agent enforces; a
 /// timeout on the whole RPC would look like a failed connection.
-async fn send_batch(agent: &mut impl BatchRpc, batch: Vec<Queued>) {
+async fn send_batch(agent: &mut impl BatchRpc, batch: Vec<Queued>, broken: &Broken) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     for q in batch {
@@ -208,6 +232,10 @@ async fn send_batch(agent: &mut impl BatchRpc, batch: Vec<Queued>) {
         }
         Err(status) => {
             let error = SchedulerError::agent(&status);
+            if error.is_unreachable() {
+                *broken.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), error.clone()));
+            }
             for (reply, span) in replies {
                 span.in_scope(|| debug!(error = %error, "the batch did not reach the replica"));
                 let _ = reply.send(Err(SendError::Transport(error.clone())));
@@ -360,6 +388,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_a_batch_the_link_failed_fail_with_it_unsent() {
+        let agent = FakeAgent::new(|_| Err(Status::unavailable("h2 protocol error: ping timeout")));
+        let sender = BatchSender::start(agent.clone());
+        let (first, second) = fill_both_slots(&agent, &sender).await;
+        let waiting: Vec<_> = ["r3", "r4"].iter().map(|id| send(&sender, id)).collect();
+        tokio::task::yield_now().await;
+        // The first batch fails on the link: the two queued behind it fail too, at once,
+        // without a third batch (the second is still held by the agent).
+        agent.release.add_permits(1);
+        for task in std::iter::once(first).chain(waiting) {
+            let answer = tokio::time::timeout(Duration::from_secs(30), task).await;
+            match answer.expect("failed, not sent to wait").expect("task") {
+                Err(SendError::Transport(e)) => assert!(e.is_unreachable(), "{e:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(agent.batches().len(), 2, "nothing more was sent");
+        // A request queued after the failure is sent: the link may be back.
+        let later = send(&sender, "r5");
+        agent.wait_for_batches(3).await;
+        assert_eq!(agent.batches()[2], vec!["r5"]);
+        agent.release.add_permits(10);
+        let _ = (second.await, later.await);
     }
 
     #[tokio::test]

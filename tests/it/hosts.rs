@@ -132,6 +132,8 @@ async fn an_agent_cut_off_under_load_costs_no_request() {
             hosts.scheduler.text()
         );
     }
+    // Spread over both hosts.
+    assert_eq!(ready_nodes(bed).await, ["a", "b"]);
     // 12 s of requests at 50/s with 10 s deadlines; agent "a" is cut off 3 s in, with
     // requests in flight to it and more sent before anything notices.
     let load = bench_on_scheduler_host(
@@ -191,24 +193,66 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
     } else {
         ("b", 2, "a")
     };
-    // Cut off, the node's copy is replaced on the other node.
-    bed.cut(cut_host);
-    hosts
-        .scheduler
-        .wait_for(&["kind=\"down\"", &format!("node=\"{cut}\"")], 1, LONG)
-        .await;
-    hosts
-        .scheduler
-        .wait_for(
-            &[
-                "kind=\"loaded\"",
-                &format!("node=\"{other}\""),
-                "model=\"tiny_mlp\"",
-            ],
-            1,
-            LONG,
-        )
-        .await;
+    // Cut off under load, the node's only copy is replaced on the other node; requests
+    // meanwhile wait for it (no other replica can take them).
+    let load = bench_on_scheduler_host(
+        bed,
+        &[
+            "--rate",
+            "50",
+            "--duration",
+            "10s",
+            "--timeout",
+            "10s",
+            "tiny_mlp",
+        ],
+    );
+    let replaced = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        bed.cut(cut_host);
+        let cut_at = tokio::time::Instant::now();
+        hosts
+            .scheduler
+            .wait_for(&["kind=\"down\"", &format!("node=\"{cut}\"")], 1, LONG)
+            .await;
+        hosts
+            .scheduler
+            .wait_for(
+                &[
+                    "kind=\"loaded\"",
+                    &format!("node=\"{other}\""),
+                    "model=\"tiny_mlp\"",
+                ],
+                1,
+                LONG,
+            )
+            .await;
+        cut_at.elapsed()
+    };
+    let (report, replaced_after) = tokio::join!(load, replaced);
+    eprintln!(
+        "only replica cut off under load: {} requests, {} errors, p99 {} ms, max {} ms; \
+         ready on the other node {} ms after the cut",
+        report["requests"],
+        report["errors"],
+        report["p99_us"].as_u64().unwrap_or(0) / 1000,
+        report["max_us"].as_u64().unwrap_or(0) / 1000,
+        replaced_after.as_millis()
+    );
+    assert_eq!(
+        report["errors"],
+        0,
+        "requests wait for the new copy, within their deadline: {report}\nscheduler log:\n{}",
+        hosts.scheduler.text()
+    );
+    assert_eq!(
+        hosts
+            .scheduler
+            .count(&["kind=\"suspect\"", &format!("node=\"{cut}\"")]),
+        1,
+        "suspect before down: {}",
+        hosts.scheduler.text()
+    );
     // Healed, it reports its copy again: two pinned copies of a model that wants one.
     bed.heal(cut_host);
     let healed_at = tokio::time::Instant::now();
@@ -346,4 +390,82 @@ async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_re
         "{stderr}"
     );
     assert_eq!(ready_nodes(bed).await.len(), 1, "nothing else disturbed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_cut_off_and_back_reloads_nothing() {
+    let Some(hosts) = ThreeHosts::start("a_scheduler_cut_off_and_back_reloads_nothing", 2).await
+    else {
+        return;
+    };
+    let bed = &hosts.bed;
+    assert_eq!(ready_nodes(bed).await, ["a", "b"]);
+    // Longer than the three missed reports that mark both nodes down.
+    bed.cut(0);
+    hosts.scheduler.wait_for(&["kind=\"down\""], 2, LONG).await;
+    bed.heal(0);
+    let healed_at = tokio::time::Instant::now();
+    let deadline = healed_at + LONG;
+    while ready_nodes(bed).await != ["a", "b"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            hosts.scheduler.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "scheduler partition healed: both copies back in the cluster {} ms after the heal",
+        healed_at.elapsed().as_millis()
+    );
+    // Both copies were taken back as they were: no load, on either side.
+    assert_eq!(
+        hosts.scheduler.count(&["kind=\"loaded\""]),
+        2,
+        "{}",
+        hosts.scheduler.text()
+    );
+    assert_eq!(hosts.scheduler.count(&["kind=\"adopted\""]), 2);
+    for agent in &hosts.agents {
+        assert_eq!(agent.count(&["model ready"]), 1, "{}", agent.text());
+        assert_eq!(agent.count(&["model unloaded"]), 0, "{}", agent.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_its_network_joins_with_its_real_address_once_it_is_up() {
+    let Some(hosts) = ThreeHosts::start(
+        "an_agent_started_before_its_network_joins_with_its_real_address_once_it_is_up",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let bed = &hosts.bed;
+    let data = tempfile::tempdir().expect("data dir");
+    bed.set_network(1, false);
+    let mut command = bed.command(1, HERD);
+    command
+        .args(["agent", "--listen", "0.0.0.0:8002", "--name", "late"])
+        .args(["--scheduler", &format!("{}:8001", bed.address(0))])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("HERD_TOKEN", TOKEN);
+    let late = Logged::spawn(command);
+    // No route: it says so and waits, rather than advertising loopback.
+    late.wait_for(&["no address to advertise yet", "--advertise"], 1, LONG)
+        .await;
+    bed.set_network(1, true);
+    let from = format!("joined from {}:8002", bed.address(1));
+    hosts
+        .scheduler
+        .wait_for(&["kind=\"joined\"", "node=\"late\"", &from], 1, LONG)
+        .await;
+    assert_eq!(
+        hosts.scheduler.count(&["node=\"late\"", "127.0.0.1"]),
+        0,
+        "{}",
+        hosts.scheduler.text()
+    );
 }

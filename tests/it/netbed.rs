@@ -120,6 +120,13 @@ impl NetBed {
         self.set_port(host, "up");
     }
 
+    /// Takes host `host`'s own interface down or up: down, it has no route to anyone,
+    /// as a machine whose network is not up yet (its address stays configured).
+    pub fn set_network(&self, host: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.host_ns(host), "link", "set", "eth0", state]).expect("set eth0");
+    }
+
     /// Sets host `host`'s port on the bridge "up" or "down".
     fn set_port(&self, host: usize, state: &str) {
         let port = format!("p{host}");

@@ -20,7 +20,7 @@ pub(crate) fn state_style(theme: &Theme, state: NodeState) -> ratatui::style::St
     match state {
         NodeState::Up => theme.good(),
         NodeState::Down => theme.bad(),
-        NodeState::Draining => theme.warn(),
+        NodeState::Draining | NodeState::Suspect | NodeState::Resting => theme.warn(),
         NodeState::Unspecified => theme.faint(),
     }
 }

@@ -20,6 +20,9 @@ pub struct Node {
     pub load_failures: u32,
     /// Until when it takes no new replica: it kept failing loads (see [`rest_for`]).
     pub resting_until: Option<Instant>,
+    /// A request to it went unanswered far longer than usual: routing prefers other
+    /// replicas until it reports again.
+    pub suspect: bool,
 }
 
 impl Node {
@@ -96,6 +99,7 @@ impl ClusterModel {
                 draining,
                 load_failures: 0,
                 resting_until: None,
+                suspect: false,
             },
         );
         // Replicas it had before a restart are gone unless it reports them ready.
@@ -127,6 +131,8 @@ impl ClusterModel {
         n.status = status.clone();
         n.last_report = now;
         n.down = false;
+        // It is heard from: whatever kept the request unanswered, its link carries.
+        n.suspect = false;
         if was_down {
             self.events.push("up", name, "", "reports again");
         }
@@ -214,6 +220,18 @@ impl ClusterModel {
         );
     }
 
+    /// A request to `node` went unanswered for `why`: it is suspect (routing prefers
+    /// other replicas) until it reports again, or down if its link fails. Returns
+    /// whether it just became suspect.
+    pub fn suspect(&mut self, node: &str, why: &str) -> bool {
+        let Some(n) = self.nodes.get_mut(node).filter(|n| !n.down && !n.suspect) else {
+            return false;
+        };
+        n.suspect = true;
+        self.events.push("suspect", node, "", why.to_string());
+        true
+    }
+
     /// A call to the node failed at the transport: it counts as down at once rather than
     /// after its reports stop.
     pub fn node_unreachable(&mut self, node: &str, error: &str) -> Vec<Action> {
@@ -251,6 +269,7 @@ impl ClusterModel {
     fn mark_down(&mut self, name: &str, why: &str) -> Vec<Action> {
         if let Some(n) = self.nodes.get_mut(name) {
             n.down = true;
+            n.suspect = false;
         }
         self.replicas.retain(|(_, n), _| n != name);
         self.events.push("down", name, "", why.to_string());

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
@@ -47,7 +48,32 @@ pub fn choose(loads: &[(usize, Instant)], rng: &mut impl Rng) -> usize {
     }
 }
 
+/// Requests measured before a model's latency says when one is overdue.
+const HEDGE_SAMPLES: u64 = 100;
+/// An attempt overdue by this much is left to the link's keepalive, which fails it
+/// within `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` if the node is cut off: a second
+/// attempt after longer would only add load.
+const HEDGE_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long an attempt may go unanswered before the request is sent to a second
+/// replica as well: four times the p99 latency of `samples` measured requests, at least
+/// 200 ms; none while too few were measured, or past [`HEDGE_LIMIT`].
+pub fn hedge_delay(samples: u64, p99: Duration) -> Option<Duration> {
+    if samples < HEDGE_SAMPLES {
+        return None;
+    }
+    let delay = (p99 * 4).max(Duration::from_millis(200));
+    (delay < HEDGE_LIMIT).then_some(delay)
+}
+
 impl ClusterModel {
+    /// When an attempt at `model` is overdue (see [`hedge_delay`]).
+    pub fn hedge_after(&self, model: &str) -> Option<Duration> {
+        let m = self.models.get(model)?;
+        let p99 = Duration::from_micros(m.latency.value_at_quantile(0.99));
+        hedge_delay(m.latency.len(), p99)
+    }
+
     /// A ready replica of `model`, not on `avoid`. `asked` says whether this request
     /// has asked for the model already: then a reason it cannot be placed or loaded is
     /// its answer.
@@ -70,12 +96,17 @@ impl ClusterModel {
                 return Err(SchedulerError::LoadFailed(why.clone()));
             }
         }
-        let ready: Vec<(String, (usize, Instant))> = self
+        let mut ready: Vec<(String, (usize, Instant))> = self
             .ready_replicas(model)
             .into_iter()
             .filter(|(n, _)| Some(n.as_str()) != avoid)
             .map(|(n, r)| (n, (r.outstanding.load(Ordering::Relaxed), r.last_used)))
             .collect();
+        // A suspect node gets requests only when no other replica can take them.
+        let suspect = |n: &str| self.nodes.get(n).is_some_and(|n| n.suspect);
+        if ready.iter().any(|(n, _)| !suspect(n)) {
+            ready.retain(|(n, _)| !suspect(n));
+        }
         if !ready.is_empty() {
             let loads: Vec<(usize, Instant)> = ready.iter().map(|(_, l)| *l).collect();
             let chosen = choose(&loads, rng);

@@ -739,3 +739,42 @@ fn rests_double_from_five_seconds_up_to_five_minutes() {
     assert_eq!([secs(3), secs(4), secs(5)], [Some(5), Some(10), Some(20)]);
     assert_eq!([secs(9), secs(40), secs(u32::MAX)], [Some(300); 3]);
 }
+
+#[test]
+fn an_attempt_is_overdue_after_four_p99s_once_measured_and_never_past_the_keepalive() {
+    use super::routing::hedge_delay;
+    let ms = Duration::from_millis;
+    assert_eq!(hedge_delay(99, ms(10)), None, "too few measured");
+    assert_eq!(hedge_delay(100, ms(10)), Some(ms(200)), "at least 200 ms");
+    assert_eq!(hedge_delay(1000, ms(100)), Some(ms(400)));
+    assert_eq!(
+        hedge_delay(1000, ms(750)),
+        None,
+        "3 s: the keepalive decides first"
+    );
+}
+
+#[test]
+fn a_suspect_node_gets_requests_only_when_no_other_can_take_them() {
+    let (mut c, now) = cluster(&["a", "b"], vec![catalog_model("m", pinned(2))]);
+    place_and_load(&mut c, now);
+    assert_eq!(ready_nodes(&c, "m"), ["a", "b"]);
+    assert!(c.suspect("a", "unanswered"));
+    assert!(!c.suspect("a", "again"), "one event per suspicion");
+    assert_eq!(messages(&c, "suspect"), ["unanswered"]);
+    let mut rng = StdRng::seed_from_u64(1);
+    for _ in 0..20 {
+        match c.pick("m", None, false, now, &mut rng) {
+            Ok(Pick::Ready { node, .. }) => assert_eq!(node, "b"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // With "b" avoided, the suspect one still serves rather than nobody.
+    match c.pick("m", Some("b"), false, now, &mut rng) {
+        Ok(Pick::Ready { node, .. }) => assert_eq!(node, "a"),
+        other => panic!("{other:?}"),
+    }
+    // Heard from again, it is not suspect any more.
+    c.report("a", "a:8002", status(200 * MIB, &["m"]), now);
+    assert!(c.node("a").is_some_and(|n| !n.suspect));
+}
