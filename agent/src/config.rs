@@ -42,8 +42,10 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
-    /// Address the scheduler uses to reach this agent (HOST:PORT). Default: --listen,
-    /// or when that is 0.0.0.0, this machine's address toward the scheduler.
+    /// Address the scheduler uses to reach this agent (HOST:PORT); the scheduler calls
+    /// it back at join and refuses a wrong one. Default: --listen, or when that is
+    /// 0.0.0.0, this machine's address on the route to the scheduler (worked out again
+    /// on each join attempt, so a network that comes up late is picked up).
     #[arg(long, env = "HERD_ADVERTISE")]
     pub advertise: Option<String>,
 
