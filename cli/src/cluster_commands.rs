@@ -44,6 +44,15 @@ pub enum ModelsCommand {
     Load { model: String },
     /// Unload every replica of a model.
     Unload { model: String },
+    /// Why a model is where it is, or nowhere: for each node's RAM and GPUs, the free
+    /// memory, whether one more replica fits, placement's order of choice and why; then
+    /// where one more replica would go. Computed by the scheduler's own placement.
+    Why {
+        model: String,
+        /// What if one replica needed this much (e.g. 2GiB).
+        #[arg(long)]
+        memory: Option<ByteSize>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -111,6 +120,16 @@ pub async fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "model": model, "nodes": nodes }));
             } else {
                 println!("{model} loaded on {}", list_or(&nodes, "no node"));
+            }
+        }
+        ModelsCommand::Why { model, memory } => {
+            let answer = client
+                .explain_model(&model, memory.map(|m| m.as_u64()))
+                .await?;
+            if args.json {
+                println!("{}", crate::why::why_json(&answer));
+            } else {
+                print!("{}", crate::why::why_table(&answer, memory.is_some()));
             }
         }
         ModelsCommand::Unload { model } => {

@@ -10,3 +10,4 @@ pub mod infer;
 pub mod inputs;
 pub mod table;
 pub mod up;
+pub mod why;

@@ -272,6 +272,24 @@ impl Client {
             .nodes)
     }
 
+    /// Why `model` is where it is, or nowhere (one replica needing `memory` bytes if
+    /// given): each node's pools as placement sees them, and where one more would go.
+    pub async fn explain_model(
+        &self,
+        model: &str,
+        memory: Option<u64>,
+    ) -> Result<herd_proto::herd::ExplainModelResponse, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(herd_proto::herd::ExplainModelRequest {
+            model: model.to_string(),
+            memory_bytes: memory.unwrap_or(0),
+        });
+        Ok(c.explain_model(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner())
+    }
+
     /// Unloads every replica of `model`; answers with the nodes it left.
     pub async fn unload_model(&self, model: &str) -> Result<Vec<String>, ClientError> {
         let mut c = self.admin.clone();

@@ -96,6 +96,13 @@ impl Admin for FakeScheduler {
         }))
     }
 
+    async fn explain_model(
+        &self,
+        _: Request<herd_proto::herd::ExplainModelRequest>,
+    ) -> Result<Response<herd_proto::herd::ExplainModelResponse>, Status> {
+        Err(Status::unimplemented("the dashboard does not ask"))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterUpdate, Status>> + Send>>;
 
     async fn watch(

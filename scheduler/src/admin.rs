@@ -25,22 +25,33 @@ impl AdminService {
     }
 }
 
+pub fn node_state(n: &crate::model::Node) -> NodeState {
+    if n.down {
+        NodeState::Down
+    } else if n.draining {
+        NodeState::Draining
+    } else if n.resting_until.is_some() {
+        NodeState::Resting
+    } else if n.suspect {
+        NodeState::Suspect
+    } else {
+        NodeState::Up
+    }
+}
+
+pub fn device_name(device: &crate::placement::Device) -> String {
+    match device {
+        crate::placement::Device::Cpu => "cpu".to_string(),
+        crate::placement::Device::Gpu(i) => format!("gpu:{i}"),
+    }
+}
+
 pub fn nodes(c: &ClusterModel, now: Instant) -> Vec<NodeInfo> {
     c.nodes()
         .map(|n| NodeInfo {
             name: n.name.clone(),
             address: n.address.clone(),
-            state: if n.down {
-                NodeState::Down
-            } else if n.draining {
-                NodeState::Draining
-            } else if n.resting_until.is_some() {
-                NodeState::Resting
-            } else if n.suspect {
-                NodeState::Suspect
-            } else {
-                NodeState::Up
-            } as i32,
+            state: node_state(n) as i32,
             resources: n.status.resources.clone(),
             models: n.status.models.clone(),
             last_report_ms: now.saturating_duration_since(n.last_report).as_millis() as u64,
@@ -72,10 +83,7 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
                         mean_batch_size: status.mean_batch_size,
                         ttl_ms: status.ttl_ms,
                         idle_ms: status.idle_ms,
-                        device: match &r.device {
-                            crate::placement::Device::Cpu => "cpu".to_string(),
-                            crate::placement::Device::Gpu(i) => format!("gpu:{i}"),
-                        },
+                        device: device_name(&r.device),
                     }
                 })
                 .collect();
@@ -207,6 +215,22 @@ impl Admin for AdminService {
         let (moved_models, actions) = self.scheduler.lock().drain(&node)?;
         self.scheduler.execute(actions);
         Ok(Response::new(DrainNodeResponse { moved_models }))
+    }
+
+    async fn explain_model(
+        &self,
+        request: Request<ExplainModelRequest>,
+    ) -> Result<Response<ExplainModelResponse>, Status> {
+        let r = request.into_inner();
+        let memory = (r.memory_bytes > 0).then_some(r.memory_bytes);
+        let scheduler = self.scheduler.clone();
+        // Placement is CPU work on a large cluster: off the async workers.
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::explain::explain_model(&scheduler, &r.model, memory)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("explaining failed: {e}")))??;
+        Ok(Response::new(answer))
     }
 
     type WatchStream = ReceiverStream<Result<ClusterUpdate, Status>>;

@@ -51,6 +51,8 @@ pub enum SchedulerError {
     LoadFailed(String),
     #[error("model '{model}' has no ready replica yet (waited {waited_s} s); try again")]
     NoReplicaYet { model: String, waited_s: u64 },
+    #[error("the scheduler started moments ago and is still learning from reports what agents hold; ask again in a few seconds")]
+    StillLearning,
     #[error("the scheduler is stopping")]
     Stopping,
     #[error("the request's deadline ({0} ms) passed")]
@@ -113,7 +115,7 @@ impl SchedulerError {
             }
             Unplaceable(_) => Code::ResourceExhausted,
             LoadFailed(_) => Code::FailedPrecondition,
-            NoReplicaYet { .. } | Stopping | SenderStopped => Code::Unavailable,
+            NoReplicaYet { .. } | StillLearning | Stopping | SenderStopped => Code::Unavailable,
             DeadlineExceeded(_) => Code::DeadlineExceeded,
             ShortAnswer | File(_) | Token(_) => Code::Internal,
             Agent { code, .. } | UnloadFailed { code, .. } => *code,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 mod executor;
+pub mod explain;
 pub mod exposition;
 pub mod gateway;
 pub mod joins;

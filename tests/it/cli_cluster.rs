@@ -105,3 +105,52 @@ async fn models_and_nodes_commands_drive_a_cluster() {
     assert!(err.contains("refused the token"), "{err}");
     assert!(cluster.ready_on("tiny_fixed").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_why_explains_placement_from_the_scheduler_own_solver() {
+    let cluster = TestCluster::start(&["1GiB", "1GiB"], &[], PolicyArg::Spread).await;
+    ok(&herd(&cluster, &["models", "load", "tiny_mlp"]).await);
+    let holder = cluster.ready_on("tiny_mlp").pop().expect("a replica");
+    let other = if holder == "a" { "b" } else { "a" };
+
+    let why = json(&herd(&cluster, &["models", "why", "tiny_mlp", "--json"]).await);
+    assert_eq!(why["replicas"], 1);
+    let pools = why["pools"].as_array().expect("pools");
+    assert_eq!(pools.len(), 2, "{why}");
+    let pool = |node: &str| {
+        pools
+            .iter()
+            .find(|p| p["node"] == node)
+            .unwrap_or_else(|| panic!("{node} in {why}"))
+    };
+    assert_eq!(pool(&holder)["has_replica"], true);
+    assert_eq!(pool(&holder)["why"], "holds a replica");
+    assert_eq!(pool(other)["rank"], 1, "{why}");
+    assert_eq!(pool(other)["fits"], true);
+    let next = why["next"].as_str().expect("next");
+    assert!(
+        next.starts_with(&format!("one more replica would go to {other} (cpu)")),
+        "{next}"
+    );
+
+    // What if it needed more than any node has.
+    let table = ok(&herd(
+        &cluster,
+        &["models", "why", "tiny_mlp", "--memory", "100GiB"],
+    )
+    .await);
+    assert!(table.contains("100.0 GiB per replica (what if)"), "{table}");
+    assert!(table.contains("too small: needs 100.0 GiB"), "{table}");
+    assert!(
+        table.contains("no node can hold model 'tiny_mlp' for replica 2 of 2: it needs 100.0 GiB"),
+        "{table}"
+    );
+
+    let unknown = herd(&cluster, &["models", "why", "nope"]).await;
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("model 'nope' is not in the catalog"),
+        "{stderr}"
+    );
+}

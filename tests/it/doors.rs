@@ -108,6 +108,7 @@ const TABLE: &[Row] = &[
     ("/herd.v1.Admin/UnloadModel", Token, Token),
     ("/herd.v1.Admin/DrainNode", Token, Token),
     ("/herd.v1.Admin/Watch", Token, Token),
+    ("/herd.v1.Admin/ExplainModel", Token, Token),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ mod tests;
 pub use actions::Action;
 pub use catalog::CatalogModel;
 pub use nodes::{Node, Reported};
+pub(crate) use plan::unplaceable_reason;
 pub use plan::{Changes, Snapshot};
 pub use replicas::{Replica, ReplicaState};
 pub use routing::{choose, Pick};

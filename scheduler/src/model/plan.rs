@@ -339,7 +339,7 @@ impl ClusterModel {
 
 /// Why a model has fewer replicas than it wants, in words that are true: no room, or
 /// room only on nodes that hold a replica already (a node holds one per model).
-fn unplaceable_reason(
+pub(crate) fn unplaceable_reason(
     model: &str,
     needed: u64,
     largest_free: u64,

@@ -10,11 +10,13 @@ use std::collections::BTreeSet;
 
 mod check;
 mod evict;
+mod explain;
 mod solve;
 #[cfg(test)]
 mod tests;
 
 pub use check::{check, Violation};
+pub use explain::{explain, Explanation, PoolFit};
 pub use solve::solve;
 
 /// Where a replica lives on its node.

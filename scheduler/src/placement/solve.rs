@@ -77,7 +77,7 @@ impl Node<'_> {
         }
     }
 
-    fn device(&self, slot: usize) -> Device {
+    pub(super) fn device(&self, slot: usize) -> Device {
         match slot.checked_sub(1).and_then(|g| self.gpu_index.get(g)) {
             Some(&index) => Device::Gpu(index),
             None => Device::Cpu,
@@ -174,7 +174,7 @@ pub fn solve(problem: &Problem, previous: &[Replica]) -> Solution {
     solution
 }
 
-fn key(policy: Policy, node: usize, slot: usize, free: u64) -> Key {
+pub(super) fn key(policy: Policy, node: usize, slot: usize, free: u64) -> Key {
     match policy {
         Policy::Spread => (u64::MAX - free, node, slot),
         Policy::Binpack => (free, node, slot),
@@ -193,7 +193,7 @@ pub(super) fn bytes(n: u64) -> String {
 }
 
 impl<'a> State<'a> {
-    fn new(problem: &'a Problem) -> Self {
+    pub(super) fn new(problem: &'a Problem) -> Self {
         // Names are keys: with duplicates, the first in the problem counts (stable sort).
         let mut node_views: Vec<&NodeView> = problem.nodes.iter().collect();
         node_views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -303,7 +303,7 @@ impl<'a> State<'a> {
     }
 
     /// Rule 1: keep every previous replica that may stay, where it is.
-    fn keep(&mut self, previous: &[Replica]) {
+    pub(super) fn keep(&mut self, previous: &[Replica]) {
         let node_by_name: HashMap<&str, usize> = self
             .nodes
             .iter()
@@ -464,7 +464,7 @@ impl<'a> State<'a> {
         }
     }
 
-    fn build_index(&mut self) {
+    pub(super) fn build_index(&mut self) {
         for node in 0..self.nodes.len() {
             for slot in 0..self.nodes[node].pools.len() {
                 self.index(node, slot);
@@ -473,7 +473,7 @@ impl<'a> State<'a> {
     }
 
     /// Rules 2-4 for one model.
-    fn place_model(&mut self, model: usize) {
+    pub(super) fn place_model(&mut self, model: usize) {
         let m = &self.models[model];
         if m.count >= m.target {
             return;

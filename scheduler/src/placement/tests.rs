@@ -1105,3 +1105,77 @@ proptest! {
         }
     }
 }
+
+mod explain_tests {
+    use super::*;
+
+    fn fit<'a>(e: &'a Explanation, node: &str) -> &'a PoolFit {
+        e.pools
+            .iter()
+            .find(|p| p.node == node)
+            .expect("a row per node")
+    }
+
+    #[test]
+    fn explain_ranks_the_pools_as_solve_chooses_and_names_where_the_next_replica_goes() {
+        let p = problem(
+            vec![
+                node("a", 4 * GIB),
+                node("b", 2 * GIB),
+                holding(node("c", GIB), "m"),
+                node("small", 100 * MIB),
+                draining(node("off", 8 * GIB)),
+            ],
+            vec![model("m", 500 * MIB, Want::Cpu, 1)],
+            Policy::Spread,
+        );
+        let previous = [replica("m", "a", Device::Cpu, 1)];
+        let e = explain(&p, &previous, "m", None).expect("m is in the problem");
+        assert_eq!((e.memory, e.target, e.replicas), (500 * MIB, 1, 1));
+        assert!(fit(&e, "a").has_replica);
+        // The holder of the file comes first, then the most free.
+        assert_eq!(fit(&e, "c").rank, Some(1));
+        assert_eq!(fit(&e, "b").rank, Some(2));
+        assert_eq!(fit(&e, "small").rank, None);
+        assert!(!fit(&e, "small").fits);
+        assert_eq!(fit(&e, "off").rank, None);
+        assert_eq!(
+            fit(&e, "small").verdict(e.memory, Policy::Spread),
+            "too small: needs 500.0 MiB, 100.0 MiB free"
+        );
+        assert_eq!(
+            fit(&e, "off").verdict(e.memory, Policy::Spread),
+            "takes no new replica"
+        );
+        assert_eq!(
+            fit(&e, "c").verdict(e.memory, Policy::Spread),
+            "first choice (most free first, holds the file)"
+        );
+        // Solve itself says the same.
+        match &e.next {
+            Some(Decision::Placed { node, .. }) => assert_eq!(node, "c"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explain_answers_what_if_it_needed_more_memory() {
+        let p = problem(
+            vec![node("a", 4 * GIB), node("b", 2 * GIB)],
+            vec![model("m", 500 * MIB, Want::Cpu, 0)],
+            Policy::Binpack,
+        );
+        let e = explain(&p, &[], "m", None).expect("m");
+        assert_eq!(fit(&e, "b").rank, Some(1), "binpack: least free that fits");
+        let big = explain(&p, &[], "m", Some(3 * GIB)).expect("m");
+        assert_eq!(big.memory, 3 * GIB);
+        assert_eq!((fit(&big, "a").rank, fit(&big, "b").rank), (Some(1), None));
+        let huge = explain(&p, &[], "m", Some(8 * GIB)).expect("m");
+        assert!(huge.pools.iter().all(|p| p.rank.is_none()));
+        assert!(matches!(
+            huge.next,
+            Some(Decision::Unplaceable { needed, .. }) if needed == 8 * GIB
+        ));
+        assert_eq!(explain(&p, &[], "nope", None), None);
+    }
+}
