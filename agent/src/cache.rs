@@ -23,8 +23,19 @@ use crate::runner::{BatchPolicy, Runner};
 use crate::session::{LoadError, Loader};
 use crate::stats::ModelStats;
 use herd_core::repository::{ModelFiles, Repository};
-use herd_core::settings::Ttl;
+use herd_core::settings::{ModelSettings, Ttl};
 use herd_core::tensor::ModelSpec;
+
+/// How a reconfigure reached a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconfigured {
+    /// Not in memory: its next load uses the new settings.
+    NotLoaded,
+    /// Applied to the running model.
+    Live,
+    /// Its worker was let go once its queue drained; the next request starts a new one.
+    NewWorker,
+}
 
 /// A model in memory.
 pub struct Loaded {
@@ -36,8 +47,9 @@ pub struct Loaded {
     pub process_id: Option<u32>,
     /// The batch size the model really takes: 1 when it cannot batch.
     pub max_batch_size: usize,
-    /// Elements one item of an input may have along the model's dynamic dimensions.
-    pub max_item_elements: u64,
+    /// Elements one item of an input may have along the model's dynamic dimensions
+    /// (changed live by a reconfigure).
+    pub max_item_elements: AtomicU64,
 }
 
 impl Loaded {
@@ -52,6 +64,8 @@ impl Loaded {
 
 struct Slot {
     files: ModelFiles,
+    /// Its settings now: `files.settings` at first, then as reconfigured live.
+    settings: watch::Sender<ModelSettings>,
     stats: Arc<ModelStats>,
     loaded: Mutex<Option<Arc<Loaded>>>,
     /// Held while loading: the one load that concurrent first requests share.
@@ -94,6 +108,8 @@ pub struct CachedModel {
     pub stats: Option<Arc<ModelStats>>,
     pub in_flight: usize,
     pub queue_len: usize,
+    /// The batch size it runs with now; 0 when not in memory.
+    pub max_batch_size: usize,
     pub memory_bytes: u64,
     pub file_bytes: u64,
     pub ttl: Option<Ttl>,
@@ -201,17 +217,67 @@ impl ModelCache {
     pub async fn assign(&self, files: ModelFiles) -> Result<(), AgentError> {
         herd_core::repository::check_name(&files.name)?;
         let name = files.name.clone();
-        let changed = {
+        let (other_file, settings) = {
             let slots = lock(&self.inner.slots);
-            slots
-                .get(&name)
-                .is_some_and(|s| s.files.path != files.path || s.files.settings != files.settings)
+            match slots.get(&name) {
+                Some(s) => (
+                    s.files.path != files.path,
+                    *s.settings.borrow() != files.settings,
+                ),
+                None => (false, false),
+            }
         };
+        let new_settings = files.settings.clone();
         lock(&self.inner.assigned).insert(name.clone(), files);
-        if changed {
+        if other_file {
             self.unload(&name).await?;
+        } else if settings {
+            self.reconfigure(&name, new_settings).await?;
         }
         Ok(())
+    }
+
+    /// New settings for a model: live for a model in memory where its session can keep
+    /// them (batching, TTL, queue limits), else through a new worker once what is queued
+    /// is done; either way loads from now on use them.
+    pub async fn reconfigure(
+        &self,
+        name: &str,
+        new: ModelSettings,
+    ) -> Result<Reconfigured, AgentError> {
+        if let Some(files) = lock(&self.inner.assigned).get_mut(name) {
+            files.settings = new.clone();
+        }
+        let slot = lock(&self.inner.slots).get(name).cloned();
+        let Some(slot) = slot else {
+            return Ok(Reconfigured::NotLoaded);
+        };
+        let old = slot.settings.borrow().clone();
+        if herd_core::settings_change::needs_new_session(&old, &new) {
+            let was_loaded = self.unload(name).await?;
+            info!(model = %name, "reconfigured: a new worker takes the new session settings");
+            // Started at once, not on the next request: the model is back as soon as it can be.
+            if was_loaded {
+                let (cache, name) = (self.clone(), name.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = cache.load(&name).await {
+                        warn!(model = %name, error = %e, "the new worker failed to load");
+                    }
+                });
+            }
+            return Ok(Reconfigured::NewWorker);
+        }
+        if let Some(loaded) = slot.loaded() {
+            let policy = self.inner.policy(&new, loaded.spec.batchable());
+            loaded.runner.set_policy(policy);
+            loaded
+                .max_item_elements
+                .store(new.max_item_elements, Ordering::Relaxed);
+        }
+        let changes = herd_core::settings_change::differences(&old, &new).join(", ");
+        slot.settings.send_replace(new);
+        info!(model = %name, changes, "reconfigured live");
+        Ok(Reconfigured::Live)
     }
 
     /// Model loads started since the agent began (successful or not).
@@ -231,6 +297,7 @@ impl ModelCache {
                     .or_default()
                     .clone();
                 let slot = Arc::new(Slot {
+                    settings: watch::Sender::new(files.settings.clone()),
                     files,
                     stats,
                     loaded: Mutex::new(None),
@@ -304,6 +371,7 @@ impl ModelCache {
                     version: None,
                     in_flight: 0,
                     queue_len: 0,
+                    max_batch_size: 0,
                     memory_bytes: 0,
                     file_bytes: 0,
                     ttl: None,
@@ -314,7 +382,7 @@ impl ModelCache {
                     let activity = *slot.activity.borrow();
                     view.version = Some(slot.files.version);
                     view.file_bytes = slot.files.file_bytes;
-                    view.ttl = Some(slot.files.settings.ttl);
+                    view.ttl = Some(slot.settings.borrow().ttl);
                     view.in_flight = activity.leases;
                     if activity.leases == 0 {
                         view.idle = Some(activity.idle_since.elapsed());
@@ -322,6 +390,7 @@ impl ModelCache {
                     view.state = match slot.loaded() {
                         Some(loaded) => {
                             view.queue_len = loaded.runner.queue_len();
+                            view.max_batch_size = loaded.runner.policy().max_batch_size;
                             view.memory_bytes = loaded.memory_now();
                             LoadState::Ready
                         }
@@ -415,10 +484,8 @@ impl Inner {
             Ok(loaded) => {
                 *lock(&slot.last_failure) = None;
                 *lock(&slot.loaded) = Some(loaded.clone());
-                let ttl = slot.files.settings.ttl;
-                if ttl != Ttl::Never {
-                    tokio::spawn(watch_idle(Arc::downgrade(self), slot.clone(), ttl));
-                }
+                // Watched even with no TTL: a reconfigure may give it one.
+                tokio::spawn(watch_idle(Arc::downgrade(self), slot.clone()));
                 Ok(loaded)
             }
             Err(e) => {
@@ -451,20 +518,10 @@ impl Inner {
             Some(pid) => memory::process_bytes(pid).unwrap_or(0),
             None => memory::rss_bytes().saturating_sub(before),
         };
-        let settings = &slot.files.settings;
-        let max_batch_size = if spec.batchable() {
-            settings.max_batch_size
-        } else {
-            1
-        };
+        let settings = slot.settings.borrow().clone();
+        let policy = self.policy(&settings, spec.batchable());
+        let max_batch_size = policy.max_batch_size;
         let node = &self.budget;
-        let policy = BatchPolicy {
-            max_batch_size,
-            max_batch_delay: settings.max_batch_delay,
-            queue_capacity: settings.queue_capacity,
-            max_queue_bytes: budget::queue_bytes(settings.max_queue_bytes, node.in_flight.limit()),
-            max_batch_bytes: budget::batch_bytes(settings.max_batch_bytes, node.offered_memory),
-        };
         let runner = Runner::start(
             &name,
             session,
@@ -492,8 +549,24 @@ impl Inner {
             memory_bytes,
             process_id,
             max_batch_size,
-            max_item_elements: settings.max_item_elements,
+            max_item_elements: AtomicU64::new(settings.max_item_elements),
         }))
+    }
+
+    /// The batching policy `settings` give a model on this node.
+    fn policy(&self, settings: &ModelSettings, batchable: bool) -> BatchPolicy {
+        let node = &self.budget;
+        BatchPolicy {
+            max_batch_size: if batchable {
+                settings.max_batch_size
+            } else {
+                1
+            },
+            max_batch_delay: settings.max_batch_delay,
+            queue_capacity: settings.queue_capacity,
+            max_queue_bytes: budget::queue_bytes(settings.max_queue_bytes, node.in_flight.limit()),
+            max_batch_bytes: budget::batch_bytes(settings.max_batch_bytes, node.offered_memory),
+        }
     }
 
     /// Drops the cache's hold and waits until the runner has ended and freed its memory.
@@ -531,11 +604,17 @@ impl Inner {
 }
 
 /// Unloads the model once nobody has used it for `ttl`.
-async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: Ttl) {
+async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>) {
     let mut activity = slot.activity.subscribe();
+    let mut settings = slot.settings.subscribe();
     loop {
+        let ttl = settings.borrow_and_update().ttl;
         let Some(due) = idle::unload_at(*activity.borrow_and_update(), ttl) else {
-            if activity.changed().await.is_err() {
+            tokio::select! {
+                changed = activity.changed() => if changed.is_err() { return },
+                changed = settings.changed() => if changed.is_err() { return },
+            }
+            if !inner.upgrade().is_some_and(|i| i.is_current(&slot)) {
                 return;
             }
             continue;
@@ -552,6 +631,12 @@ async fn watch_idle(inner: Weak<Inner>, slot: Arc<Slot>, ttl: Ttl) {
                 }
             }
             changed = activity.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // A new TTL: the deadline is worked out again.
+            changed = settings.changed() => {
                 if changed.is_err() {
                     return;
                 }
@@ -617,6 +702,51 @@ mod tests {
         assert_eq!(fake.loads(), 1);
         assert_eq!(cache.loads_started(), 1);
         assert_eq!(state(&cache), LoadState::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconfigure_applies_live_where_the_session_allows_and_else_starts_a_new_worker() {
+        let fake = FakeLoader::new();
+        let cache = cache_with(&fake, Ttl::Never).await;
+        let loaded = cache.load("m").await.expect("load");
+        // A TTL and smaller batches, live: the same session, the new policy, and the
+        // model now unloads when idle.
+        let live = ModelSettings {
+            ttl: TEN_S,
+            max_batch_size: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            cache.reconfigure("m", live.clone()).await.expect("applies"),
+            Reconfigured::Live
+        );
+        assert_eq!(loaded.runner.policy().max_batch_size, 4);
+        assert_eq!(fake.loads(), 1, "no reload");
+        drop(loaded);
+        sleep(Duration::from_secs(11)).await;
+        assert!(!cache.is_loaded("m"), "the new TTL took effect");
+        // Threads need a new session: the worker goes, the next load has them.
+        cache.load("m").await.expect("load again");
+        let threads = ModelSettings {
+            intra_op_threads: 2,
+            ..live
+        };
+        assert_eq!(
+            cache
+                .reconfigure("m", threads.clone())
+                .await
+                .expect("applies"),
+            Reconfigured::NewWorker
+        );
+        cache.load("m").await.expect("a new worker");
+        assert_eq!(cache.find("m").expect("assigned").settings, threads);
+        // The same settings again through a load from the scheduler change nothing.
+        cache
+            .assign(fake::files("m", threads))
+            .await
+            .expect("assign");
+        assert!(cache.is_loaded("m"));
+        assert_eq!(fake.loads(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,12 +10,12 @@ use futures::{StreamExt, TryStreamExt};
 use herd_proto::herd::agent_server::Agent as AgentRpc;
 use herd_proto::herd::{
     infer_result, AgentStatus, FetchModelRequest, InferBatchRequest, InferBatchResponse,
-    InferResult, LoadModelRequest, LoadModelResponse, ModelState, ModelStatus, RpcStatus,
-    StatusRequest, UnloadModelRequest, UnloadModelResponse,
+    InferResult, LoadModelRequest, LoadModelResponse, ModelState, ModelStatus, ReconfigureRequest,
+    ReconfigureResponse, RpcStatus, StatusRequest, UnloadModelRequest, UnloadModelResponse,
 };
 use tonic::{Request, Response, Status};
 
-use crate::cache::LoadState;
+use crate::cache::{LoadState, Reconfigured};
 use crate::error::AgentError;
 use crate::files::Chunks;
 use crate::trace::RequestId;
@@ -69,6 +69,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
                 memory_bytes: v.memory_bytes,
                 in_flight: v.in_flight as u32,
                 queue_length: v.queue_len as u32,
+                max_batch_size: v.max_batch_size as u32,
                 ttl_ms: v.ttl.map_or(0, |t| t.as_millis()),
                 idle_ms: v.idle.map_or(0, |d| d.as_millis() as u64),
                 file_bytes: v.file_bytes,
@@ -228,6 +229,22 @@ impl AgentRpc for ControlService {
         let name = request.into_inner().name;
         let was_loaded = self.agent.cache.unload(&name).await?;
         Ok(Response::new(UnloadModelResponse { was_loaded }))
+    }
+
+    async fn reconfigure(
+        &self,
+        request: Request<ReconfigureRequest>,
+    ) -> Result<Response<ReconfigureResponse>, Status> {
+        let r = request.into_inner();
+        let settings = settings_from(r.settings, &self.agent.model_defaults);
+        let applied = match self.agent.cache.reconfigure(&r.name, settings).await? {
+            Reconfigured::Live => "live",
+            Reconfigured::NewWorker => "new worker",
+            Reconfigured::NotLoaded => "not loaded",
+        };
+        Ok(Response::new(ReconfigureResponse {
+            applied: applied.to_string(),
+        }))
     }
 
     async fn infer_batch(

@@ -14,10 +14,11 @@
 
 pub mod admission;
 pub mod budget;
+mod resize;
 mod throttle;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ struct Holds {
     _agent_bytes: Held,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchPolicy {
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
@@ -82,7 +83,9 @@ pub struct Runner {
     model: String,
     tx: mpsc::UnboundedSender<Pending>,
     permits: Arc<Semaphore>,
-    capacity: usize,
+    capacity: AtomicUsize,
+    /// The policy now: the actor forms batches by it, admission counts by it.
+    policy: watch::Sender<BatchPolicy>,
     /// The model's bytes queued or running.
     queue_bytes: ByteBudget,
     /// The agent's bytes in flight, all models together.
@@ -154,11 +157,12 @@ impl Runner {
                 );
                 thread_alive.store(false, Ordering::Release);
             });
+        let (policy_tx, policy_rx) = watch::channel(policy);
         let actor = Actor {
             model: model.to_string(),
             rx,
             jobs: jobs_tx,
-            policy,
+            policy: policy_rx,
             work: work.clone(),
         };
         match worker {
@@ -185,7 +189,8 @@ impl Runner {
             model: model.to_string(),
             tx,
             permits: Arc::new(Semaphore::new(policy.queue_capacity)),
-            capacity: policy.queue_capacity,
+            capacity: AtomicUsize::new(policy.queue_capacity),
+            policy: policy_tx,
             queue_bytes: ByteBudget::new(policy.max_queue_bytes, Scope::Queue),
             agent_bytes,
             work,
@@ -225,7 +230,7 @@ impl Runner {
                 .try_acquire_owned()
                 .map_err(|_| AgentError::QueueFull {
                     model: self.model.clone(),
-                    capacity: self.capacity,
+                    capacity: self.capacity.load(Ordering::Relaxed),
                 })?;
         let bytes = request.input_bytes();
         let now = Instant::now();
@@ -262,7 +267,7 @@ impl Runner {
         if self.permits.available_permits() == 0 {
             return Err(AgentError::QueueFull {
                 model: self.model.clone(),
-                capacity: self.capacity,
+                capacity: self.capacity.load(Ordering::Relaxed),
             });
         }
         match left {
@@ -293,9 +298,35 @@ impl Runner {
         })
     }
 
-    /// Requests queued or running.
+    /// Requests queued or running (while a smaller capacity is being taken back, the
+    /// places it still owes count too).
     pub fn queue_len(&self) -> usize {
-        self.capacity - self.permits.available_permits()
+        self.capacity
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    /// The batching policy now.
+    pub fn policy(&self) -> BatchPolicy {
+        *self.policy.borrow()
+    }
+
+    /// Applies a new policy to the running model, dropping nothing: the next batch is
+    /// formed by it; a smaller queue or byte limit refuses new requests until what is
+    /// queued drains below it.
+    pub fn set_policy(&self, new: BatchPolicy) {
+        let old = self.policy();
+        if old == new {
+            return;
+        }
+        if old.queue_capacity != new.queue_capacity {
+            resize::resize(&self.permits, old.queue_capacity, new.queue_capacity);
+            self.capacity.store(new.queue_capacity, Ordering::Relaxed);
+        }
+        if old.max_queue_bytes != new.max_queue_bytes {
+            self.queue_bytes.resize(new.max_queue_bytes);
+        }
+        self.policy.send_replace(new);
     }
 
     /// Bytes of input queued or running.
@@ -314,7 +345,7 @@ struct Actor {
     model: String,
     rx: mpsc::UnboundedReceiver<Pending>,
     jobs: std::sync::mpsc::Sender<Job>,
-    policy: BatchPolicy,
+    policy: watch::Receiver<BatchPolicy>,
     work: Arc<Work>,
 }
 
@@ -323,18 +354,20 @@ impl Actor {
         let mut queue: BatchQueue<Pending> = BatchQueue::default();
         let mut running: Option<oneshot::Receiver<()>> = None;
         let mut open = true;
-        let limit = Limit {
-            rows: self.policy.max_batch_size,
-            bytes: self.policy.max_batch_bytes,
-        };
+        let mut policies = true;
         loop {
+            let policy = *self.policy.borrow_and_update();
+            let limit = Limit {
+                rows: policy.max_batch_size,
+                bytes: policy.max_batch_bytes,
+            };
             let now = Instant::now();
             // Whatever happens, requests nobody waits for any more leave the queue and
             // give back what they hold.
             self.drop_abandoned(&mut queue, now);
             let mut wait = None;
             if running.is_none() {
-                match queue.next(now, limit, self.policy.max_batch_delay) {
+                match queue.next(now, limit, policy.max_batch_delay) {
                     Next::Run => running = self.dispatch(&mut queue, limit, now),
                     Next::WaitUntil(t) => wait = Some(t),
                     Next::Idle => {}
@@ -361,6 +394,11 @@ impl Actor {
                     None => open = false,
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                // A new policy may run what waits now (a shorter delay, a smaller batch).
+                changed = self.policy.changed(), if policies => {
+                    // The runner is gone: no more policies; what is queued drains.
+                    policies = changed.is_ok();
+                }
             }
         }
         debug!(model = %self.model, "runner stopped");
@@ -796,6 +834,55 @@ mod tests {
         answer(second).await.expect("runs");
         assert_eq!(runner.queue_len(), 0);
         answer(submit(&runner, 1, 0.0)).await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_applies_to_the_next_batch_and_drops_nothing_queued() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 8, 4);
+        let first = submit(&runner, 1, 1.0);
+        gate.reached(1).await;
+        let queued: Vec<_> = (0..3).map(|_| submit(&runner, 1, 1.0)).collect();
+        // Smaller batches and a smaller queue while four requests are in.
+        runner.set_policy(BatchPolicy {
+            max_batch_size: 2,
+            queue_capacity: 2,
+            ..runner.policy()
+        });
+        assert!(
+            matches!(
+                runner.submit(request(1, 0.0), RequestId::generate()),
+                Err(AgentError::QueueFull { capacity: 2, .. })
+            ),
+            "the smaller queue refuses at once"
+        );
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in queued {
+            answer(rx).await.expect("nothing queued is dropped");
+        }
+        assert_eq!(
+            fake.batches(),
+            vec![1, 2, 1],
+            "batches of at most 2 from now on"
+        );
+        // Larger again: room for four, in one batch.
+        runner.set_policy(BatchPolicy {
+            max_batch_size: 8,
+            queue_capacity: 4,
+            ..runner.policy()
+        });
+        let gate = fake.gate_runs();
+        let first = submit(&runner, 1, 1.0);
+        gate.reached(1).await;
+        let more: Vec<_> = (0..3).map(|_| submit(&runner, 1, 1.0)).collect();
+        gate.open();
+        answer(first).await.expect("runs");
+        for rx in more {
+            answer(rx).await.expect("runs");
+        }
+        assert_eq!(fake.batches()[3..], [1, 3]);
     }
 
     #[tokio::test]

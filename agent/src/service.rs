@@ -86,7 +86,9 @@ async fn infer_in_span(
     let response_id = r.id.clone();
     let limits = RequestLimits {
         max_batch_size: loaded.max_batch_size,
-        max_item_elements: loaded.max_item_elements,
+        max_item_elements: loaded
+            .max_item_elements
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     let valid = validate_within(&model_name, &loaded.spec, limits, r)?;
     let requested = valid.outputs.clone();

@@ -44,6 +44,11 @@ pub enum ModelsCommand {
     Load { model: String },
     /// Unload every replica of a model.
     Unload { model: String },
+    /// Read the model repository now (as --rescan-interval does): new models join, a
+    /// changed file loads again, changed herd.toml settings apply to running replicas
+    /// live (batching, TTL, queue limits; threads and the arena through a new worker
+    /// once its queue drains; replica counts through placement).
+    Rescan,
     /// Why a model is where it is, or nowhere: for each node's RAM and GPUs, the free
     /// memory, whether one more replica fits, placement's order of choice and why; then
     /// where one more replica would go. Computed by the scheduler's own placement.
@@ -120,6 +125,14 @@ pub async fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "model": model, "nodes": nodes }));
             } else {
                 println!("{model} loaded on {}", list_or(&nodes, "no node"));
+            }
+        }
+        ModelsCommand::Rescan => {
+            let changed = client.rescan().await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "changed": changed }));
+            } else {
+                println!("{changed} models added or changed");
             }
         }
         ModelsCommand::Why { model, memory } => {

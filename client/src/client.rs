@@ -272,6 +272,18 @@ impl Client {
             .nodes)
     }
 
+    /// Has the scheduler read its model repository now; answers how many models were
+    /// added or changed.
+    pub async fn rescan(&self) -> Result<u32, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(herd_proto::herd::RescanRequest {});
+        Ok(c.rescan(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner()
+            .changed)
+    }
+
     /// Why `model` is where it is, or nowhere (one replica needing `memory` bytes if
     /// given): each node's pools as placement sees them, and where one more would go.
     pub async fn explain_model(

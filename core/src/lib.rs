@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod paths;
 pub mod repository;
 pub mod settings;
+pub mod settings_change;
 pub mod tensor;
 
 pub use device::Device;

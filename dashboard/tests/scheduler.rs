@@ -96,6 +96,13 @@ impl Admin for FakeScheduler {
         }))
     }
 
+    async fn rescan(
+        &self,
+        _: Request<herd_proto::herd::RescanRequest>,
+    ) -> Result<Response<herd_proto::herd::RescanResponse>, Status> {
+        Err(Status::unimplemented("the dashboard does not ask"))
+    }
+
     async fn explain_model(
         &self,
         _: Request<herd_proto::herd::ExplainModelRequest>,

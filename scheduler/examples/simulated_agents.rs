@@ -13,8 +13,8 @@ use herd_proto::herd::agent_server::{Agent, AgentServer};
 use herd_proto::herd::scheduler_client::SchedulerClient;
 use herd_proto::herd::{
     AgentStatus, InferBatchRequest, InferBatchResponse, JoinRequest, LoadModelRequest,
-    LoadModelResponse, ModelState, ModelStatus, NodeResources, ReportRequest, StatusRequest,
-    UnloadModelRequest, UnloadModelResponse,
+    LoadModelResponse, ModelState, ModelStatus, NodeResources, ReconfigureRequest,
+    ReconfigureResponse, ReportRequest, StatusRequest, UnloadModelRequest, UnloadModelResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -37,6 +37,14 @@ impl Agent for Simulated {
         _: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelResponse>, Status> {
         Err(Status::unimplemented("a simulated agent unloads nothing"))
+    }
+    async fn reconfigure(
+        &self,
+        _: Request<ReconfigureRequest>,
+    ) -> Result<Response<ReconfigureResponse>, Status> {
+        Err(Status::unimplemented(
+            "a simulated agent has nothing to reconfigure",
+        ))
     }
     async fn infer_batch(
         &self,

@@ -217,6 +217,12 @@ impl Admin for AdminService {
         Ok(Response::new(DrainNodeResponse { moved_models }))
     }
 
+    async fn rescan(&self, _: Request<RescanRequest>) -> Result<Response<RescanResponse>, Status> {
+        let changed = crate::rescan::once(&self.scheduler).await as u32;
+        tracing::info!(changed, "model repository read again on request");
+        Ok(Response::new(RescanResponse { changed }))
+    }
+
     async fn explain_model(
         &self,
         request: Request<ExplainModelRequest>,

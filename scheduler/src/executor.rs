@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_proto::herd::{LoadModelRequest, ModelSource, UnloadModelRequest};
+use herd_proto::herd::{LoadModelRequest, ModelSource, ReconfigureRequest, UnloadModelRequest};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -52,6 +52,16 @@ impl Scheduler {
                         tokio::spawn(unload_in_background(self.clone(), model, node, agent));
                     }
                 }
+                Action::Reconfigure {
+                    model,
+                    node,
+                    settings,
+                } => {
+                    let agent = self.links().link(&node).map(|l| l.agent.clone());
+                    if let Some(agent) = agent {
+                        tokio::spawn(reconfigure(self.clone(), model, node, settings, agent));
+                    }
+                }
                 Action::NodeDown { node } => self.links().forget_senders(&node),
                 Action::Reconcile => reconcile = true,
             }
@@ -91,6 +101,41 @@ async fn unload_in_background(
         scheduler.lock().unload_failed(&model, &node, message);
         scheduler.notify();
     }
+}
+
+/// Gives one running replica new settings; the outcome is an event.
+async fn reconfigure(
+    scheduler: Arc<Scheduler>,
+    model: String,
+    node: String,
+    settings: herd_proto::herd::ModelSettings,
+    mut agent: AgentRpc,
+) {
+    let request = ReconfigureRequest {
+        name: model.clone(),
+        settings: Some(settings),
+    };
+    let result = agent.reconfigure(request).await;
+    let mut c = scheduler.lock();
+    match result {
+        Ok(r) => {
+            let how = match r.into_inner().applied.as_str() {
+                "live" => "applied live".to_string(),
+                "new worker" => {
+                    "its worker restarts with them once its queue drains (threads or the arena changed)"
+                        .to_string()
+                }
+                other => format!("the replica was {other}: its next load uses them"),
+            };
+            c.reconfigured(&model, &node, &how);
+        }
+        Err(status) => {
+            warn!(model = %model, node = %node, error = %status.message(), "reconfigure failed");
+            c.reconfigure_failed(&model, &node, status.message());
+        }
+    }
+    drop(c);
+    scheduler.notify();
 }
 
 /// Loads one replica and reports the outcome to the model.

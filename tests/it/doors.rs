@@ -99,6 +99,7 @@ const TABLE: &[Row] = &[
     ("/herd.v1.Agent/Load", Token, Token),
     ("/herd.v1.Agent/Unload", Token, Token),
     ("/herd.v1.Agent/InferBatch", Token, Token),
+    ("/herd.v1.Agent/Reconfigure", Token, Token),
     ("/herd.v1.Scheduler/Join", Token, Token),
     ("/herd.v1.Scheduler/Report", Token, Token),
     ("/herd.v1.Scheduler/FetchModel", Token, Token),
@@ -109,6 +110,7 @@ const TABLE: &[Row] = &[
     ("/herd.v1.Admin/DrainNode", Token, Token),
     ("/herd.v1.Admin/Watch", Token, Token),
     ("/herd.v1.Admin/ExplainModel", Token, Token),
+    ("/herd.v1.Admin/Rescan", Token, Token),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

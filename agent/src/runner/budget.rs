@@ -72,7 +72,7 @@ pub enum Scope {
 pub struct ByteBudget {
     permits: Arc<Semaphore>,
     held: Arc<AtomicU64>,
-    limit: u64,
+    limit: AtomicU64,
     scope: Scope,
 }
 
@@ -96,13 +96,20 @@ impl ByteBudget {
         ByteBudget {
             permits: Arc::new(Semaphore::new(units as usize)),
             held: Arc::default(),
-            limit,
+            limit: AtomicU64::new(limit),
             scope,
         }
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit, applied while bytes are held (see [`super::resize::resize`]).
+    pub fn resize(&self, limit: u64) {
+        let units = |l: u64| l.div_ceil(UNIT).min(Semaphore::MAX_PERMITS as u64) as usize;
+        let old = self.limit.swap(limit, Ordering::Relaxed);
+        super::resize::resize(&self.permits, units(old), units(limit));
     }
 
     /// Bytes held now.
@@ -116,10 +123,10 @@ impl ByteBudget {
             model: model.to_string(),
             scope: self.scope,
             held,
-            limit: self.limit,
+            limit: self.limit(),
             request: bytes,
         };
-        if bytes > self.limit {
+        if bytes > self.limit() {
             return Err(refusal(None));
         }
         let units = u32::try_from(bytes.div_ceil(UNIT)).map_err(|_| refusal(None))?;

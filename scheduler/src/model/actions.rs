@@ -11,6 +11,12 @@ pub enum Action {
         node: String,
         source: ModelSource,
     },
+    /// Give a running replica new settings (its herd.toml changed).
+    Reconfigure {
+        model: String,
+        node: String,
+        settings: herd_proto::herd::ModelSettings,
+    },
     /// Unload a replica the model has already let go.
     Unload { model: String, node: String },
     /// A node went down: the connections toward its replicas are of no more use.

@@ -116,6 +116,21 @@ impl CatalogModel {
     }
 }
 
+/// Settings as the agent API carries them.
+pub(crate) fn settings_message(settings: &ModelSettings) -> herd_proto::herd::ModelSettings {
+    herd_proto::herd::ModelSettings {
+        max_batch_size: settings.max_batch_size as u32,
+        max_batch_delay_us: settings.max_batch_delay.as_micros() as u64,
+        ttl_ms: settings.ttl.as_millis(),
+        intra_op_threads: settings.intra_op_threads as u32,
+        queue_capacity: settings.queue_capacity as u32,
+        max_item_elements: settings.max_item_elements,
+        max_queue_bytes: settings.max_queue_bytes.unwrap_or(0),
+        max_batch_bytes: settings.max_batch_bytes.unwrap_or(0),
+        memory_arena_off: !settings.memory_arena,
+    }
+}
+
 impl ClusterModel {
     /// Adds a model to the catalog (at start, or found in the repository later); one
     /// already there stays as it is.
@@ -148,13 +163,34 @@ impl ClusterModel {
         };
         let mut actions = Vec::new();
         if m.settings != new.settings || m.policy != new.policy {
+            let mut what = herd_core::settings_change::differences(&m.settings, &new.settings);
+            what.extend(policy_differences(&m.policy, &new.policy));
             m.settings = new.settings.clone();
             m.policy = new.policy.clone();
+            // Running replicas take the new settings live; placement follows the policy.
+            let running: Vec<(String, bool)> = self
+                .replicas_of(&new.name)
+                .into_iter()
+                .map(|(n, r)| (n, r.pinned))
+                .collect();
+            if let Some(m) = self.models.get(&new.name) {
+                for (node, pinned) in &running {
+                    actions.push(Action::Reconfigure {
+                        model: new.name.clone(),
+                        node: node.clone(),
+                        settings: settings_message(&m.settings_for(*pinned)),
+                    });
+                }
+            }
             self.events.push(
                 "changed",
                 "",
                 &new.name,
-                "herd.toml changed: new replicas use the new settings",
+                format!(
+                    "herd.toml changed ({}): sent to {} running replicas",
+                    what.join(", "),
+                    running.len()
+                ),
             );
             actions.push(Action::Reconcile);
         }
@@ -264,6 +300,39 @@ impl ClusterModel {
             }
         }
     }
+}
+
+/// The placement settings that differ, as "name old -> new".
+fn policy_differences(old: &ClusterPolicy, new: &ClusterPolicy) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.min_replicas != new.min_replicas {
+        out.push(format!(
+            "min_replicas {} -> {}",
+            old.min_replicas, new.min_replicas
+        ));
+    }
+    if old.max_replicas != new.max_replicas {
+        out.push(format!(
+            "max_replicas {} -> {}",
+            old.max_replicas, new.max_replicas
+        ));
+    }
+    if old.device != new.device {
+        out.push(format!("device {:?} -> {:?}", old.device, new.device));
+    }
+    if old.memory_hint != new.memory_hint {
+        let hint = |h: Option<u64>| {
+            h.map_or("none".to_string(), |b| {
+                bytesize::ByteSize(b).display().iec().to_string()
+            })
+        };
+        out.push(format!(
+            "memory_hint {} -> {}",
+            hint(old.memory_hint),
+            hint(new.memory_hint)
+        ));
+    }
+    out
 }
 
 /// The first characters of a digest, enough to tell two apart in a log line.

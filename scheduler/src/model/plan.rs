@@ -287,17 +287,7 @@ impl ClusterModel {
             version: m.version,
             digest: m.digest.clone(),
             file_bytes: m.file_bytes,
-            settings: Some(herd_proto::herd::ModelSettings {
-                max_batch_size: settings.max_batch_size as u32,
-                max_batch_delay_us: settings.max_batch_delay.as_micros() as u64,
-                ttl_ms: settings.ttl.as_millis(),
-                intra_op_threads: settings.intra_op_threads as u32,
-                queue_capacity: settings.queue_capacity as u32,
-                max_item_elements: settings.max_item_elements,
-                max_queue_bytes: settings.max_queue_bytes.unwrap_or(0),
-                max_batch_bytes: settings.max_batch_bytes.unwrap_or(0),
-                memory_arena_off: !settings.memory_arena,
-            }),
+            settings: Some(super::catalog::settings_message(&settings)),
         };
         self.replicas.insert(
             key.clone(),

@@ -216,6 +216,23 @@ impl ClusterModel {
         }
     }
 
+    /// A running replica took new settings (`how`: live, or through a new worker).
+    pub fn reconfigured(&mut self, model: &str, node: &str, how: &str) {
+        self.events
+            .push("reconfigured", node, model, format!("new settings {how}"));
+    }
+
+    /// A running replica did not take new settings: it keeps its old ones until it
+    /// loads again.
+    pub fn reconfigure_failed(&mut self, model: &str, node: &str, message: &str) {
+        self.events.push(
+            "reconfigure_failed",
+            node,
+            model,
+            format!("new settings not applied (it keeps the old until it loads again): {message}"),
+        );
+    }
+
     /// An unload the scheduler asked for failed; the replica is gone from the model
     /// all the same (the agent's TTL or a restart frees it), so only the log says so.
     pub fn unload_failed(&mut self, model: &str, node: &str, message: &str) {

@@ -778,3 +778,34 @@ fn a_suspect_node_gets_requests_only_when_no_other_can_take_them() {
     c.report("a", "a:8002", status(200 * MIB, &["m"]), now);
     assert!(c.node("a").is_some_and(|n| !n.suspect));
 }
+
+#[test]
+fn changed_settings_go_to_every_running_replica_with_pinned_ones_kept_without_ttl() {
+    let (mut c, now) = cluster(&["a", "b"], vec![catalog_model("m", pinned(2))]);
+    assert_eq!(place_and_load(&mut c, now).len(), 2);
+    let mut changed = catalog_model("m", pinned(2));
+    changed.settings.max_batch_size = 4;
+    let actions = c.refresh_model(changed, now);
+    let sent: Vec<(String, u32, i64)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reconfigure { node, settings, .. } => {
+                Some((node.clone(), settings.max_batch_size, settings.ttl_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [("a".to_string(), 4, -1), ("b".to_string(), 4, -1)],
+        "pinned replicas never unload, whatever herd.toml's TTL"
+    );
+    assert!(
+        unloads(&actions).is_empty(),
+        "nothing reloads for new settings"
+    );
+    assert_eq!(
+        messages(&c, "changed"),
+        ["herd.toml changed (max_batch_size 32 -> 4): sent to 2 running replicas"]
+    );
+}
