@@ -15,7 +15,7 @@ use herd_proto::herd::{ModelState, NodeState};
 use tokio::time::Instant;
 
 use crate::connect::ConnectArgs;
-use crate::table;
+use herd_client::table;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelsArgs {
@@ -140,9 +140,9 @@ pub async fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
                 .explain_model(&model, memory.map(|m| m.as_u64()))
                 .await?;
             if args.json {
-                println!("{}", crate::why::why_json(&answer));
+                println!("{}", herd_client::why::why_json(&answer));
             } else {
-                print!("{}", crate::why::why_table(&answer, memory.is_some()));
+                print!("{}", herd_client::why::why_table(&answer, memory.is_some()));
             }
         }
         ModelsCommand::Unload { model } => {

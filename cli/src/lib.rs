@@ -8,6 +8,4 @@ pub mod cluster_commands;
 pub mod connect;
 pub mod infer;
 pub mod inputs;
-pub mod table;
 pub mod up;
-pub mod why;

@@ -8,8 +8,10 @@ pub mod client;
 pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod table;
 pub mod tensor;
 pub mod view;
+pub mod why;
 
 pub use client::{Client, ConnectOptions};
 pub use error::ClientError;

@@ -40,6 +40,8 @@ pub enum Action {
     Unload(String),
     /// Drain this node.
     Drain(String),
+    /// Ask placement why this model is where it is.
+    Why(String),
 }
 
 /// The state of the watch stream.
@@ -100,6 +102,8 @@ pub struct App {
     pub confirm: Option<Confirm>,
     pub status: Option<Status>,
     pub show_help: bool,
+    /// The why popup: the model, and placement's answer (None while it is asked).
+    pub why: Option<(String, Option<Result<String, String>>)>,
     /// False under NO_COLOR.
     pub color: bool,
     window: Option<RateWindow>,
@@ -132,6 +136,7 @@ impl App {
             confirm: None,
             status: None,
             show_help: false,
+            why: None,
             color,
             window: None,
             rates: Rates::default(),
@@ -254,6 +259,13 @@ impl App {
     }
 
     /// An unload or drain finished; `Ok` carries what happened, `Err` why it failed.
+    /// Placement answered about `model`: shown if its popup is still open.
+    pub fn on_why(&mut self, model: String, answer: Result<String, String>) {
+        if self.why.as_ref().is_some_and(|(m, _)| *m == model) {
+            self.why = Some((model, Some(answer)));
+        }
+    }
+
     pub fn on_action_result(&mut self, result: Result<String, String>) {
         self.status = Some(match result {
             Ok(text) => Status { text, error: false },

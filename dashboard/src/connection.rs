@@ -22,6 +22,11 @@ pub enum Message {
     },
     /// An unload or drain finished: what happened, or why it failed.
     ActionResult(Result<String, String>),
+    /// The answer to "why is this model where it is", as text, or why it failed.
+    Why {
+        model: String,
+        answer: Result<String, String>,
+    },
 }
 
 /// Where the scheduler is and how to authenticate to it.
@@ -172,6 +177,14 @@ pub async fn unload(target: &Target, model: &str) -> Result<String, String> {
     } else {
         format!("unloaded {model} from {}", nodes.join(", "))
     })
+}
+
+/// Placement's view of `model` (`herd models why`), as the CLI prints it.
+pub async fn why(target: &Target, model: &str) -> Result<String, String> {
+    let answer = async { target.connect().await?.explain_model(model, None).await }
+        .await
+        .map_err(|e| format!("why {model}: {}", describe(&e)))?;
+    Ok(herd_client::why::why_table(&answer, false))
 }
 
 /// Drains `node`; says which models moved.

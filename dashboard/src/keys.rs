@@ -21,6 +21,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("← h  Backspace", "back from a node's models"),
     ("/", "filter by name (Enter keeps it, Esc clears it)"),
     ("u", "unload the selected model (asks y/n)"),
+    ("w", "why the selected model is where it is, or nowhere"),
     ("d", "drain the selected node (asks y/n)"),
 ];
 
@@ -41,6 +42,15 @@ impl App {
         if self.editing_filter {
             self.on_filter_key(key.code);
             return None;
+        }
+        if self.why.is_some() {
+            return match key.code {
+                KeyCode::Char('q') => Some(Action::Quit),
+                _ => {
+                    self.why = None;
+                    None
+                }
+            };
         }
         if self.show_help {
             return match key.code {
@@ -103,6 +113,13 @@ impl App {
                 }
                 None => self.hint("select a model first: Enter on a node, or Tab to models"),
             },
+            KeyCode::Char('w') => match self.selected_model() {
+                Some(model) => {
+                    self.why = Some((model.clone(), None));
+                    return Some(Action::Why(model));
+                }
+                None => self.hint("select a model first: Enter on a node, or Tab to models"),
+            },
             KeyCode::Char('d') => match self.selected_node().map(|n| n.name.clone()) {
                 Some(node) => {
                     self.confirm = Some(Confirm {
@@ -124,7 +141,7 @@ impl App {
                 let text = match &confirm.action {
                     Action::Unload(model) => format!("unloading {model}…"),
                     Action::Drain(node) => format!("draining {node}…"),
-                    Action::Quit => String::new(),
+                    Action::Quit | Action::Why(_) => String::new(),
                 };
                 self.status = Some(Status { text, error: false });
                 Some(confirm.action)
@@ -262,6 +279,29 @@ mod tests {
         assert_eq!(app.view, View::Models);
         press(&mut app, &[KeyCode::Tab]);
         assert_eq!(app.view, View::Nodes);
+    }
+
+    #[test]
+    fn w_asks_why_for_the_selected_model_and_any_key_closes_the_answer() {
+        let mut app = app();
+        press(&mut app, &[KeyCode::Tab]);
+        let model = app.selected_model().expect("a model selected");
+        assert_eq!(
+            press(&mut app, &[KeyCode::Char('w')]),
+            Some(Action::Why(model.clone()))
+        );
+        assert_eq!(app.why, Some((model.clone(), None)), "asked, no answer yet");
+        app.on_why("another".into(), Ok("stale".into()));
+        assert_eq!(
+            app.why,
+            Some((model.clone(), None)),
+            "an answer for another model"
+        );
+        app.on_why(model.clone(), Ok("the table".into()));
+        assert_eq!(app.why, Some((model, Some(Ok("the table".into())))));
+        assert_eq!(press(&mut app, &[KeyCode::Char('j')]), None);
+        assert_eq!(app.why, None, "closed, and the key did nothing else");
+        assert_eq!(app.model_cursor, 0);
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub async fn run(config: DashConfig) -> anyhow::Result<()> {
                             app.on_disconnected(error, retry_in, now);
                         }
                         Message::ActionResult(result) => app.on_action_result(result),
+                        Message::Why { model, answer } => app.on_why(model, answer),
                     }
                     // Drawn on the next tick: at most four redraws a second for data.
                     dirty = true;
@@ -123,6 +124,13 @@ pub async fn run(config: DashConfig) -> anyhow::Result<()> {
                                     tokio::spawn(async move {
                                         let result = connection::unload(&target, &model).await;
                                         let _ = tx.send(Message::ActionResult(result)).await;
+                                    });
+                                }
+                                Some(Action::Why(model)) => {
+                                    let (target, tx) = (target.clone(), tx.clone());
+                                    tokio::spawn(async move {
+                                        let answer = connection::why(&target, &model).await;
+                                        let _ = tx.send(Message::Why { model, answer }).await;
                                     });
                                 }
                                 Some(Action::Drain(node)) => {

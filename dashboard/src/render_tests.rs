@@ -113,6 +113,35 @@ fn help_80x24() {
 }
 
 #[test]
+fn why_popup_100x30() {
+    let mut app = cluster_app();
+    press(&mut app, KeyCode::Tab);
+    press(&mut app, KeyCode::Char('w'));
+    let model = app.why.as_ref().map(|(m, _)| m.clone()).expect("asked");
+    let answer = herd_proto::herd::ExplainModelResponse {
+        model: model.clone(),
+        memory_bytes: 1 << 30,
+        policy: "spread".into(),
+        target_replicas: 1,
+        replicas: 1,
+        pools: vec![herd_proto::herd::PoolFit {
+            node: "node-a".into(),
+            device: "cpu".into(),
+            state: herd_proto::herd::NodeState::Up as i32,
+            budget_bytes: 8 << 30,
+            free_bytes: 6 << 30,
+            fits: true,
+            has_replica: true,
+            verdict: "holds a replica".into(),
+            ..Default::default()
+        }],
+        next: "no node can hold another replica".into(),
+    };
+    app.on_why(model, Ok(herd_client::why::why_table(&answer, false)));
+    insta::assert_snapshot!(screen(&app, 100, 30));
+}
+
+#[test]
 fn confirm_drain_80x24() {
     let mut app = cluster_app();
     press(&mut app, KeyCode::Down);

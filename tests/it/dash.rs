@@ -175,6 +175,22 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
         .nodes;
     let state = nodes.iter().find(|n| n.name == "second").map(|n| n.state);
     assert_eq!(state, Some(NodeState::Draining as i32));
+    // The models view's why: placement's own answer, from the scheduler.
+    tmux.keys("Tab");
+    tmux.keys("w");
+    let why = tmux
+        .until("the why popup answered", |s| {
+            s.contains(" Why ") && s.contains("NODE") && s.contains("per replica")
+        })
+        .await;
+    assert!(
+        why.lines()
+            .any(|l| l.contains("second") && l.contains("draining") && l.contains("takes no new")),
+        "{why}"
+    );
+    tmux.keys("Escape");
+    tmux.until("the popup closed", |s| !s.contains(" Why "))
+        .await;
     tmux.keys("q");
     drop(second);
     drop(up);

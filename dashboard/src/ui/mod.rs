@@ -133,6 +133,46 @@ pub fn render(frame: &mut Frame, app: &App) {
     if app.show_help {
         render_help(frame, &theme, area);
     }
+    if let Some((model, answer)) = &app.why {
+        render_why(frame, &theme, area, model, answer.as_ref());
+    }
+}
+
+/// Placement's answer about one model, as `herd models why` prints it.
+fn render_why(
+    frame: &mut Frame,
+    theme: &Theme,
+    area: Rect,
+    model: &str,
+    answer: Option<&Result<String, String>>,
+) {
+    let mut lines: Vec<Line> = match answer {
+        None => vec![Line::from(Span::styled(
+            "asking the scheduler…",
+            theme.faint(),
+        ))],
+        Some(Ok(text)) => text.lines().map(|l| Line::from(l.to_string())).collect(),
+        Some(Err(e)) => vec![Line::from(Span::styled(e.clone(), theme.bad()))],
+    };
+    lines.push(Line::from(Span::styled(
+        "any key closes this",
+        theme.faint(),
+    )));
+    let widest = lines.iter().map(Line::width).max().unwrap_or(0) as u16;
+    let width = (widest + 4).clamp(40, area.width);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    // Not wrapped: a table's rows stay rows, cut at the right edge of a small terminal.
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(format!(" Why {model} "))),
+        popup,
+    );
 }
 
 fn render_tabs(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
@@ -323,6 +363,7 @@ fn render_footer(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 ("↑↓", "move"),
                 ("/", "filter"),
                 ("u", "unload"),
+                ("w", "why"),
                 ("d", "drain node"),
             ],
             View::Models => &[
@@ -332,6 +373,7 @@ fn render_footer(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 ("↑↓", "move"),
                 ("/", "filter"),
                 ("u", "unload"),
+                ("w", "why"),
             ],
         };
         for (key, what) in keys {

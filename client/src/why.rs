@@ -1,4 +1,4 @@
-//! `herd models why MODEL`: placement's view of one model, as a table per memory pool
+//! `herd models why MODEL` and the dashboard's why popup: placement's view of one model, as a table per memory pool
 //! and a line for where one more replica would go. Rendering is pure, tested on
 //! hand-built answers.
 
@@ -8,13 +8,14 @@ use bytesize::ByteSize;
 use herd_proto::herd::{ExplainModelResponse, NodeState, PoolFit};
 
 use crate::table;
+use crate::view::node_state;
 
 fn size(n: u64) -> String {
     ByteSize::b(n).display().iec().to_string()
 }
 
 fn state(p: &PoolFit) -> String {
-    herd_client::view::node_state(NodeState::try_from(p.state).unwrap_or_default())
+    node_state(NodeState::try_from(p.state).unwrap_or_default())
 }
 
 /// The answer for people.
