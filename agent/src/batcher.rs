@@ -7,9 +7,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::validate::BatchKey;
+use herd_core::priority::Priority;
 
 pub struct Queued<T> {
     pub key: BatchKey,
+    /// Interactive requests go ahead of every bulk one.
+    pub priority: Priority,
     pub rows: usize,
     /// Bytes of input.
     pub bytes: u64,
@@ -49,12 +52,27 @@ impl<T> Default for BatchQueue<T> {
 }
 
 impl<T> BatchQueue<T> {
+    /// Queues in arrival order within a class, interactive ahead of bulk: the oldest
+    /// interactive request heads the queue while there is one.
     pub fn push(&mut self, queued: Queued<T>) {
-        self.items.push_back(queued);
+        let at = match queued.priority {
+            Priority::Bulk => self.items.len(),
+            Priority::Interactive => self
+                .items
+                .iter()
+                .position(|q| q.priority == Priority::Bulk)
+                .unwrap_or(self.items.len()),
+        };
+        self.items.insert(at, queued);
     }
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The class of the request that leads the next batch.
+    pub fn head_priority(&self) -> Option<Priority> {
+        self.items.front().map(|q| q.priority)
     }
 
     /// Takes out the requests `out` picks (callers that have gone away, deadlines that
@@ -92,8 +110,9 @@ impl<T> BatchQueue<T> {
         }
     }
 
-    /// Takes the oldest request and, in arrival order, every later one with the same
-    /// key that still fits in `limit`'s rows and bytes. Requests of other shapes keep
+    /// Takes the oldest request (interactive first) and, in arrival order, every later
+    /// one with the same key and no lower class that still fits in `limit`'s rows and
+    /// bytes. Requests of other shapes keep
     /// their place; the oldest runs even when it alone is over the limit.
     pub fn take(&mut self, limit: Limit) -> Vec<Queued<T>> {
         let Some(head) = self.items.pop_front() else {
@@ -103,7 +122,10 @@ impl<T> BatchQueue<T> {
         let mut batch = vec![head];
         let mut rest = VecDeque::with_capacity(self.items.len());
         while let Some(q) = self.items.pop_front() {
+            // A batch led by an interactive request takes interactive ones only: a bulk
+            // request would make its run longer, and it waits for it.
             if q.key == batch[0].key
+                && q.priority <= batch[0].priority
                 && rows + q.rows <= limit.rows
                 && bytes.saturating_add(q.bytes) <= limit.bytes
             {
@@ -122,7 +144,7 @@ impl<T> BatchQueue<T> {
     fn size_like(&self, head: &Queued<T>) -> (usize, u64) {
         self.items
             .iter()
-            .filter(|q| q.key == head.key)
+            .filter(|q| q.key == head.key && q.priority <= head.priority)
             .fold((0, 0), |(rows, bytes), q| {
                 (rows + q.rows, bytes.saturating_add(q.bytes))
             })
@@ -136,11 +158,37 @@ mod tests {
     fn q(key: i64, rows: usize, arrived: Instant, item: u32) -> Queued<u32> {
         Queued {
             key: vec![vec![key]],
+            priority: Priority::Interactive,
             rows,
             bytes: rows as u64 * 16,
             arrived,
             item,
         }
+    }
+
+    fn bulk(key: i64, rows: usize, arrived: Instant, item: u32) -> Queued<u32> {
+        Queued {
+            priority: Priority::Bulk,
+            ..q(key, rows, arrived, item)
+        }
+    }
+
+    #[test]
+    fn interactive_requests_go_ahead_of_bulk_ones_in_batches_of_their_own() {
+        let now = Instant::now();
+        let mut queue = BatchQueue::default();
+        queue.push(bulk(1, 1, now, 1));
+        queue.push(bulk(2, 1, now, 2));
+        queue.push(q(1, 1, now, 3));
+        queue.push(bulk(1, 1, now, 4));
+        queue.push(q(2, 1, now, 5));
+        assert_eq!(queue.iter().copied().collect::<Vec<_>>(), [3, 5, 1, 2, 4]);
+        // The oldest interactive request heads the batch, with the interactive ones of
+        // its shape only; then bulk, oldest first.
+        assert_eq!(items(&queue.take(rows(8))), [3]);
+        assert_eq!(items(&queue.take(rows(8))), [5]);
+        assert_eq!(items(&queue.take(rows(8))), [1, 4]);
+        assert_eq!(items(&queue.take(rows(8))), [2]);
     }
 
     /// At most `rows` rows, bytes unbounded.

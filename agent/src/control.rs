@@ -267,7 +267,8 @@ impl AgentRpc for ControlService {
                             .checked_add(Duration::from_micros(item.timeout_us))
                     })
                     .flatten();
-                crate::service::infer(&agent, request, id, deadline).await
+                let priority = herd_core::priority::Priority::from_u32(item.priority);
+                crate::service::infer(&agent, request, id, deadline, priority).await
             }
         });
         let results = futures::future::join_all(runs)

@@ -52,6 +52,17 @@ pub enum AgentError {
     InvalidInput(String),
     #[error("model '{model}' has {capacity} requests queued, its limit; try again later")]
     QueueFull { model: String, capacity: usize },
+    /// A bulk request while the queue holds what bulk may fill: the rest is kept for
+    /// interactive requests.
+    #[error("model '{model}' is three quarters full ({queued} of {capacity} requests queued, or of its bytes); the rest is kept for interactive requests, so this bulk request is refused: try again later")]
+    BulkShed {
+        model: String,
+        queued: usize,
+        capacity: usize,
+    },
+    /// The priority the caller named is not one.
+    #[error("{0}")]
+    BadPriority(String),
     /// Named as the repository names it; `path`, the whole one, is for the log.
     #[error("model '{model}' cannot be loaded: {model}/herd.toml: {reason}")]
     BadSettings {
@@ -152,7 +163,8 @@ impl AgentError {
             },
             AgentError::ModelNotFound(_) | AgentError::VersionNotFound { .. } => Code::NotFound,
             AgentError::InvalidModelName(_) | AgentError::InvalidInput(_) => Code::InvalidArgument,
-            AgentError::QueueFull { .. } => Code::ResourceExhausted,
+            AgentError::QueueFull { .. } | AgentError::BulkShed { .. } => Code::ResourceExhausted,
+            AgentError::BadPriority(_) => Code::InvalidArgument,
             AgentError::BadSettings { .. } | AgentError::LoadFailed { .. } => {
                 Code::FailedPrecondition
             }

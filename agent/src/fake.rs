@@ -70,6 +70,8 @@ struct Script {
     loads: usize,
     /// Rows of each batch run, in order.
     batches: Vec<usize>,
+    /// The first value of each run's first input, in run order.
+    firsts: Vec<f32>,
 }
 
 /// A fake engine: hand it to a cache or build sessions with `session()`.
@@ -184,6 +186,11 @@ impl FakeLoader {
         lock(&self.script).batches.clone()
     }
 
+    /// The first value of each run's first input, in run order: which request ran when.
+    pub fn run_values(&self) -> Vec<f32> {
+        lock(&self.script).firsts.clone()
+    }
+
     /// Waits until exactly `n` sessions are alive (made and not dropped).
     pub async fn live_sessions(&self, n: usize) {
         let mut live = self.live.subscribe();
@@ -252,6 +259,13 @@ impl Session for FakeSession {
         script
             .batches
             .push(inputs.first().map_or(0, |t| t.shape[0] as usize));
+        if let Some(first) = inputs
+            .first()
+            .filter(|t| t.dtype == DataType::Fp32)
+            .and_then(|t| f32_values(t).first().copied())
+        {
+            script.firsts.push(first);
+        }
         if std::mem::take(&mut script.dying_run) {
             self.dead = true;
             return Err(died());

@@ -18,7 +18,7 @@ mod resize;
 mod throttle;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use crate::trace::RequestId;
 use crate::validate::ValidRequest;
 use admission::{Ahead, Pace, TooLate};
 use budget::{ByteBudget, Held, Scope};
+use herd_core::priority::Priority;
 use herd_core::tensor::Tensor;
 use throttle::Throttle;
 
@@ -56,6 +57,7 @@ pub struct Pending {
     deadline: Option<Instant>,
     holds: Holds,
     id: RequestId,
+    priority: Priority,
     /// The request's span, entered for what happens to it in the queue.
     span: Span,
 }
@@ -66,7 +68,25 @@ struct Holds {
     _place: OwnedSemaphorePermit,
     _queue_bytes: Held,
     _agent_bytes: Held,
+    /// An interactive request's bytes, counted apart: the work ahead of the next one.
+    _interactive: Option<InteractiveBytes>,
 }
+
+/// Bytes of interactive requests queued or running; given back on drop.
+struct InteractiveBytes {
+    bytes: u64,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for InteractiveBytes {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The share of a model's queue (places and bytes) bulk requests may fill: the rest is
+/// kept for interactive ones, so under overload bulk is refused first.
+const BULK_SHARE: f64 = 0.75;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchPolicy {
@@ -88,6 +108,8 @@ pub struct Runner {
     policy: watch::Sender<BatchPolicy>,
     /// The model's bytes queued or running.
     queue_bytes: ByteBudget,
+    /// Of those, interactive requests' bytes.
+    interactive_bytes: Arc<AtomicU64>,
     /// The agent's bytes in flight, all models together.
     agent_bytes: Arc<ByteBudget>,
     work: Arc<Work>,
@@ -192,6 +214,7 @@ impl Runner {
             capacity: AtomicUsize::new(policy.queue_capacity),
             policy: policy_tx,
             queue_bytes: ByteBudget::new(policy.max_queue_bytes, Scope::Queue),
+            interactive_bytes: Arc::default(),
             agent_bytes,
             work,
             stopped,
@@ -224,6 +247,23 @@ impl Runner {
         id: RequestId,
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<Reply>, AgentError> {
+        self.submit_as(request, id, deadline, Priority::Interactive)
+    }
+
+    /// As [`Runner::submit_by`], in a class: interactive requests run before every
+    /// bulk one queued, and only interactive work counts as ahead of them; bulk ones
+    /// are refused once the queue is [`BULK_SHARE`] full, places or bytes.
+    pub fn submit_as(
+        &self,
+        request: ValidRequest,
+        id: RequestId,
+        deadline: Option<Instant>,
+        priority: Priority,
+    ) -> Result<oneshot::Receiver<Reply>, AgentError> {
+        let bytes = request.input_bytes();
+        if priority == Priority::Bulk {
+            self.admit_bulk(bytes)?;
+        }
         let place =
             self.permits
                 .clone()
@@ -232,15 +272,22 @@ impl Runner {
                     model: self.model.clone(),
                     capacity: self.capacity.load(Ordering::Relaxed),
                 })?;
-        let bytes = request.input_bytes();
         let now = Instant::now();
         if let Some(deadline) = deadline {
-            self.admit_by_time(bytes, deadline.saturating_duration_since(now), now)?;
+            let left = deadline.saturating_duration_since(now);
+            self.admit_by_time(bytes, left, now, priority)?;
         }
         let holds = Holds {
             _place: place,
             _queue_bytes: self.queue_bytes.try_take(&self.model, bytes)?,
             _agent_bytes: self.agent_bytes.try_take(&self.model, bytes)?,
+            _interactive: (priority == Priority::Interactive).then(|| {
+                self.interactive_bytes.fetch_add(bytes, Ordering::AcqRel);
+                InteractiveBytes {
+                    bytes,
+                    held: self.interactive_bytes.clone(),
+                }
+            }),
         };
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
@@ -251,6 +298,7 @@ impl Runner {
             deadline,
             holds,
             id,
+            priority,
             span: Span::current(),
         };
         self.tx
@@ -271,20 +319,48 @@ impl Runner {
             });
         }
         match left {
-            Some(left) => self.admit_by_time(bytes, left, Instant::now()),
+            Some(left) => self.admit_by_time(bytes, left, Instant::now(), Priority::Interactive),
             None => Ok(()),
         }
     }
 
+    /// Refuses a bulk request once the queue's places or bytes are past
+    /// [`BULK_SHARE`]: what is left waits for interactive requests.
+    fn admit_bulk(&self, bytes: u64) -> Result<(), AgentError> {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let places = (capacity as f64 * BULK_SHARE).ceil() as usize;
+        let room = (self.queue_bytes.limit() as f64 * BULK_SHARE) as u64;
+        let queued = self.queue_len();
+        if queued >= places.max(1) || self.queue_bytes.held().saturating_add(bytes) > room {
+            return Err(AgentError::BulkShed {
+                model: self.model.clone(),
+                queued,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses a request of `bytes` with `left` before its deadline when the model's
     /// work ahead of it and its own run cannot be done by then, as its pace predicts.
-    fn admit_by_time(&self, bytes: u64, left: Duration, now: Instant) -> Result<(), AgentError> {
+    fn admit_by_time(
+        &self,
+        bytes: u64,
+        left: Duration,
+        now: Instant,
+        priority: Priority,
+    ) -> Result<(), AgentError> {
         let (pace, running) = {
             let work = self.work.lock();
             (work.pace, work.running)
         };
+        // An interactive request overtakes every bulk one queued.
+        let queued = match priority {
+            Priority::Interactive => self.interactive_bytes.load(Ordering::Acquire),
+            Priority::Bulk => self.queue_bytes.held(),
+        };
         let ahead = Ahead {
-            bytes: self.queue_bytes.held(),
+            bytes: queued,
             running: running
                 .map(|(started, bytes)| (bytes, now.saturating_duration_since(started))),
         };
@@ -355,13 +431,18 @@ impl Actor {
         let mut running: Option<oneshot::Receiver<()>> = None;
         let mut open = true;
         let mut policies = true;
+        // When an interactive request last came: bulk batches stay short for a while
+        // after, since a run cannot be interrupted and the next one waits for it.
+        let mut interactive_seen: Option<Instant> = None;
         loop {
             let policy = *self.policy.borrow_and_update();
-            let limit = Limit {
-                rows: policy.max_batch_size,
-                bytes: policy.max_batch_bytes,
-            };
             let now = Instant::now();
+            let limit = batch_limit(
+                &policy,
+                queue.head_priority(),
+                interactive_seen
+                    .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_WINDOW),
+            );
             // Whatever happens, requests nobody waits for any more leave the queue and
             // give back what they hold.
             self.drop_abandoned(&mut queue, now);
@@ -386,9 +467,14 @@ impl Actor {
                 _ = finished(&mut running), if running.is_some() => running = None,
                 msg = self.rx.recv(), if open => match msg {
                     Some(p) => {
+                        let mut interactive = p.priority == Priority::Interactive;
                         push(&mut queue, p);
                         while let Ok(p) = self.rx.try_recv() {
+                            interactive |= p.priority == Priority::Interactive;
                             push(&mut queue, p);
+                        }
+                        if interactive {
+                            interactive_seen = Some(Instant::now());
                         }
                     }
                     None => open = false,
@@ -475,9 +561,31 @@ fn refuse(p: Pending, error: AgentError) {
     let _ = reply.send(Err(error));
 }
 
+/// How long after an interactive request bulk batches stay short.
+const INTERACTIVE_WINDOW: Duration = Duration::from_secs(1);
+/// A bulk batch, while interactive requests are about, holds at most this share of the
+/// model's batch size: an interactive request that comes while it runs waits for it.
+const BULK_BATCH_SHARE: usize = 8;
+
+/// The limit of the next batch: the policy's, or for a bulk batch while interactive
+/// requests are about, an eighth of its rows.
+fn batch_limit(policy: &BatchPolicy, head: Option<Priority>, interactive_about: bool) -> Limit {
+    let rows = match head {
+        Some(Priority::Bulk) if interactive_about => {
+            (policy.max_batch_size / BULK_BATCH_SHARE).max(1)
+        }
+        _ => policy.max_batch_size,
+    };
+    Limit {
+        rows,
+        bytes: policy.max_batch_bytes,
+    }
+}
+
 fn push(queue: &mut BatchQueue<Pending>, p: Pending) {
     queue.push(Queued {
         key: p.request.key.clone(),
+        priority: p.priority,
         rows: p.request.rows,
         bytes: p.bytes,
         arrived: p.arrived,
@@ -885,6 +993,81 @@ mod tests {
         assert_eq!(fake.batches()[3..], [1, 3]);
     }
 
+    fn submit_class(runner: &Runner, value: f32, priority: Priority) -> oneshot::Receiver<Reply> {
+        runner
+            .submit_as(request(1, value), RequestId::generate(), None, priority)
+            .expect("queued")
+    }
+
+    #[test]
+    fn bulk_batches_are_short_while_interactive_requests_are_about() {
+        let p = policy(32, 64);
+        let rows = |head, about| batch_limit(&p, head, about).rows;
+        assert_eq!(rows(Some(Priority::Bulk), false), 32);
+        assert_eq!(rows(Some(Priority::Bulk), true), 4);
+        assert_eq!(rows(Some(Priority::Interactive), true), 32);
+        assert_eq!(
+            batch_limit(&policy(4, 64), Some(Priority::Bulk), true).rows,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interactive_request_overtakes_the_bulk_ones_queued() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 1, 64);
+        let running = submit_class(&runner, 0.0, Priority::Bulk);
+        gate.reached(1).await;
+        let bulk: Vec<_> = (1..=3)
+            .map(|i| submit_class(&runner, i as f32, Priority::Bulk))
+            .collect();
+        let interactive = submit_class(&runner, 9.0, Priority::Interactive);
+        gate.open();
+        let out = answer(interactive).await.expect("runs");
+        assert_eq!(f32_values(&out[0]), vec![18.0; 4]);
+        for rx in std::iter::once(running).chain(bulk) {
+            answer(rx).await.expect("bulk runs too");
+        }
+        assert_eq!(
+            fake.run_values(),
+            vec![0.0, 9.0, 1.0, 2.0, 3.0],
+            "the interactive one ran right after the batch that was running"
+        );
+    }
+
+    #[tokio::test]
+    async fn bulk_is_refused_first_the_last_quarter_of_the_queue_is_kept_for_interactive() {
+        let fake = FakeLoader::new();
+        let gate = fake.gate_runs();
+        let runner = runner(&fake, 8, 4);
+        let first = submit_class(&runner, 0.0, Priority::Bulk);
+        gate.reached(1).await;
+        let more: Vec<_> = (0..2)
+            .map(|_| submit_class(&runner, 0.0, Priority::Bulk))
+            .collect();
+        let refused = runner
+            .submit_as(request(1, 0.0), RequestId::generate(), None, Priority::Bulk)
+            .expect_err("three of four places taken");
+        assert!(
+            matches!(
+                refused,
+                AgentError::BulkShed {
+                    queued: 3,
+                    capacity: 4,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let interactive = submit_class(&runner, 0.0, Priority::Interactive);
+        gate.open();
+        for rx in std::iter::once(first).chain(more).chain([interactive]) {
+            answer(rx).await.expect("runs");
+        }
+    }
+
     #[tokio::test]
     async fn a_request_whose_caller_left_never_runs() {
         let fake = FakeLoader::new();
@@ -1121,7 +1304,7 @@ mod tests {
         let runner = runner(&fake, 8, 64);
         let traced = |id: &str, value: f32| {
             let id = RequestId::from_caller(Some(id));
-            crate::trace::request_span(&id, "m")
+            crate::trace::request_span(&id, "m", Priority::Interactive)
                 .in_scope(|| runner.submit(request(1, value), id))
                 .expect("queued")
         };

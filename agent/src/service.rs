@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use herd_core::layers::deadline::{parse_grpc_timeout, GRPC_TIMEOUT};
+use herd_core::priority::{self, Priority};
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::model_infer_response::InferOutputTensor;
 use herd_proto::inference::model_metadata_response::TensorMetadata;
@@ -53,9 +54,10 @@ pub async fn infer(
     r: ModelInferRequest,
     id: RequestId,
     deadline: Option<Instant>,
+    priority: Priority,
 ) -> Result<ModelInferResponse, AgentError> {
-    let span = request_span(&id, &r.model_name);
-    let run = infer_in_span(agent, r, id, deadline);
+    let span = request_span(&id, &r.model_name, priority);
+    let run = infer_in_span(agent, r, id, deadline, priority);
     let result = match deadline {
         None => run.instrument(span.clone()).await,
         Some(deadline) => tokio::time::timeout_at(deadline, run)
@@ -79,6 +81,7 @@ async fn infer_in_span(
     r: ModelInferRequest,
     id: RequestId,
     deadline: Option<Instant>,
+    priority: Priority,
 ) -> Result<ModelInferResponse, AgentError> {
     let lease = lease(agent, &r.model_name, &r.model_version)?;
     let loaded = lease.ready().await?;
@@ -92,7 +95,7 @@ async fn infer_in_span(
     };
     let valid = validate_within(&model_name, &loaded.spec, limits, r)?;
     let requested = valid.outputs.clone();
-    let reply = loaded.runner.submit_by(valid, id, deadline)?;
+    let reply = loaded.runner.submit_as(valid, id, deadline, priority)?;
     let outputs = reply
         .await
         .map_err(|_| AgentError::Stopped(model_name.clone()))??;
@@ -197,8 +200,14 @@ impl GrpcInferenceService for InferenceService {
             .get(GRPC_TIMEOUT)
             .and_then(|v| parse_grpc_timeout(v.as_bytes()))
             .and_then(|timeout| Instant::now().checked_add(timeout));
-        let mut response =
-            Response::new(infer(&self.agent, request.into_inner(), id, deadline).await?);
+        let named = request
+            .metadata()
+            .get(priority::HEADER)
+            .map(|v| v.as_bytes());
+        let class =
+            priority::of(named, &request.get_ref().parameters).map_err(AgentError::BadPriority)?;
+        let r = request.into_inner();
+        let mut response = Response::new(infer(&self.agent, r, id, deadline, class).await?);
         if let Some(header) = header {
             response.metadata_mut().insert(REQUEST_ID_HEADER, header);
         }

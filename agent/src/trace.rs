@@ -8,6 +8,10 @@ use tracing::Span;
 pub use herd_core::layers::request_id::{RequestId, REQUEST_ID_HEADER};
 
 /// The span one request runs in, from arrival to answer.
-pub(crate) fn request_span(id: &RequestId, model: &str) -> Span {
-    tracing::info_span!("request", request_id = %id, model = %model)
+pub(crate) fn request_span(
+    id: &RequestId,
+    model: &str,
+    priority: herd_core::priority::Priority,
+) -> Span {
+    tracing::info_span!("request", request_id = %id, model = %model, priority = priority.as_str())
 }

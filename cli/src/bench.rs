@@ -63,6 +63,11 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
+    /// The requests' class: interactive (served first) or bulk (refused first under
+    /// overload). Sent as KServe's `priority` parameter (1 or 2).
+    #[arg(long, default_value = "interactive", value_parser = ["interactive", "bulk"])]
+    pub priority: String,
+
     /// Shape of an input with dynamic dimensions, NAME=D0,D1,... (repeat per input). For
     /// a model that batches, D0 is the batch: write -1 or 1; it follows --batch (and
     /// each --local-batch).
@@ -311,6 +316,24 @@ async fn phase(
 /// The request to send: from `--input` files when given, else random of `batch` items.
 /// Returns it with its number of items.
 fn bench_request(
+    config: &BenchConfig,
+    meta: &ModelMetadataResponse,
+    batch: usize,
+) -> anyhow::Result<(ModelInferRequest, usize)> {
+    let (mut request, items) = request_of_inputs(config, meta, batch)?;
+    let level = if config.priority == "bulk" { 2 } else { 1 };
+    request.parameters.insert(
+        herd_core::priority::PARAMETER.to_string(),
+        herd_proto::inference::InferParameter {
+            parameter_choice: Some(
+                herd_proto::inference::infer_parameter::ParameterChoice::Uint64Param(level),
+            ),
+        },
+    );
+    Ok((request, items))
+}
+
+fn request_of_inputs(
     config: &BenchConfig,
     meta: &ModelMetadataResponse,
     batch: usize,

@@ -15,6 +15,7 @@ pub mod layers;
 pub mod limits;
 pub mod metadata;
 pub mod paths;
+pub mod priority;
 pub mod repository;
 pub mod settings;
 pub mod settings_change;

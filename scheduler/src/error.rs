@@ -53,6 +53,9 @@ pub enum SchedulerError {
     NoReplicaYet { model: String, waited_s: u64 },
     #[error("the scheduler started moments ago and is still learning from reports what agents hold; ask again in a few seconds")]
     StillLearning,
+    /// The priority the caller named is not one.
+    #[error("{0}")]
+    BadPriority(String),
     #[error("the scheduler is stopping")]
     Stopping,
     #[error("the request's deadline ({0} ms) passed")]
@@ -104,6 +107,7 @@ impl SchedulerError {
         use SchedulerError::*;
         match self {
             JoinWithoutName
+            | BadPriority(_)
             | BadAgentAddress(_)
             | LoopbackAdvertised { .. }
             | AdvertisedIsAnother { .. } => Code::InvalidArgument,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use herd_core::auth::RequireToken;
 use herd_core::layers::deadline::{parse_grpc_timeout, GRPC_TIMEOUT};
 use herd_core::layers::RequestId;
+use herd_core::priority;
 use herd_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use herd_proto::inference::repository_index_response::ModelIndex;
 use herd_proto::inference::*;
@@ -134,11 +135,17 @@ impl GrpcInferenceService for Gateway {
         // The server's request-id layer has chosen this call's id (and echoes it to the
         // client); a call that bypasses the layers gets the same rule here.
         let id = RequestId::of(&request);
+        let named = request
+            .metadata()
+            .get(priority::HEADER)
+            .map(|v| v.as_bytes());
+        let class = priority::of(named, &request.get_ref().parameters)
+            .map_err(SchedulerError::BadPriority)?;
         let request = request.into_inner();
-        let span = tracing::info_span!("request", request_id = %id, model = %request.model_name);
+        let span = tracing::info_span!("request", request_id = %id, model = %request.model_name, priority = class.as_str());
         let response = self
             .scheduler
-            .infer(request, timeout, id.as_str())
+            .infer(request, timeout, id.as_str(), class)
             .instrument(span)
             .await?;
         Ok(Response::new(response))

@@ -11,6 +11,8 @@ use herd_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tracing::debug;
 
+use herd_core::priority::Priority;
+
 use crate::agent_link::AgentLink;
 use crate::error::SchedulerError;
 use crate::model::Pick;
@@ -130,6 +132,7 @@ impl Scheduler {
         request: ModelInferRequest,
         timeout: Option<Duration>,
         request_id: &str,
+        priority: Priority,
     ) -> Result<ModelInferResponse, SchedulerError> {
         let started = Instant::now();
         let model = request.model_name.clone();
@@ -139,6 +142,7 @@ impl Scheduler {
             deadline,
             timed: timeout.is_some(),
             request_id,
+            priority,
         };
         let routed = self.route(&attempt);
         // The caller's deadline bounds the whole request, load and retry included.
@@ -287,6 +291,7 @@ struct Attempt<'a> {
     /// Whether the caller set a deadline: the agent is told what is left of it.
     timed: bool,
     request_id: &'a str,
+    priority: Priority,
 }
 
 impl Attempt<'_> {
@@ -296,7 +301,12 @@ impl Attempt<'_> {
             .then(|| self.deadline.saturating_duration_since(Instant::now()));
         picked
             .sender
-            .send(self.request.clone(), remaining, self.request_id)
+            .send_as(
+                self.request.clone(),
+                remaining,
+                self.request_id,
+                self.priority,
+            )
             .await
     }
 }

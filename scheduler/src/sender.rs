@@ -17,6 +17,7 @@ use tracing::{debug, Instrument, Span};
 use crate::agent_link::AgentRpc;
 use crate::error::SchedulerError;
 use herd_core::limits::BATCH_BYTES;
+use herd_core::priority::Priority;
 
 /// Where batches go: an agent's `InferBatch`, or a stand-in in tests.
 #[async_trait::async_trait]
@@ -67,9 +68,12 @@ struct Queued {
     span: Span,
 }
 
+/// Two lanes toward one replica, interactive and bulk, each with its own batches in
+/// flight.
 #[derive(Clone)]
 pub struct BatchSender {
-    tx: mpsc::Sender<Queued>,
+    interactive: mpsc::Sender<Queued>,
+    bulk: mpsc::Sender<Queued>,
 }
 
 const MAX_BATCH: usize = 256;
@@ -77,23 +81,40 @@ const IN_FLIGHT: usize = 2;
 
 impl BatchSender {
     pub fn start(agent: impl BatchRpc) -> BatchSender {
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(agent, rx));
-        BatchSender { tx }
+        let (interactive, interactive_rx) = mpsc::channel(4096);
+        let (bulk, bulk_rx) = mpsc::channel(4096);
+        let broken = Broken::default();
+        tokio::spawn(run(agent.clone(), interactive_rx, broken.clone()));
+        tokio::spawn(run(agent, bulk_rx, broken));
+        BatchSender { interactive, bulk }
     }
 
-    /// Sends one request in the next batch; `request_id` travels to the agent.
+    /// Sends one interactive request in the next batch; `request_id` travels to the
+    /// agent.
     pub async fn send(
         &self,
         request: ModelInferRequest,
         timeout: Option<Duration>,
         request_id: &str,
     ) -> Result<ModelInferResponse, SendError> {
+        self.send_as(request, timeout, request_id, Priority::Interactive)
+            .await
+    }
+
+    /// As [`BatchSender::send`], in a class; the agent gets the class too.
+    pub async fn send_as(
+        &self,
+        request: ModelInferRequest,
+        timeout: Option<Duration>,
+        request_id: &str,
+        priority: Priority,
+    ) -> Result<ModelInferResponse, SendError> {
         let (reply, rx) = oneshot::channel();
         let item = InferBatchItem {
             request: Some(request),
             timeout_us: timeout.map_or(0, |t| t.as_micros().max(1) as u64),
             request_id: request_id.to_string(),
+            priority: priority.as_u32(),
         };
         let queued = Queued {
             item,
@@ -101,8 +122,11 @@ impl BatchSender {
             reply,
             span: Span::current(),
         };
-        self.tx
-            .send(queued)
+        let lane = match priority {
+            Priority::Interactive => &self.interactive,
+            Priority::Bulk => &self.bulk,
+        };
+        lane.send(queued)
             .await
             .map_err(|_| SendError::Transport(SchedulerError::SenderStopped))?;
         rx.await
@@ -143,9 +167,11 @@ fn gather<T>(
 /// The last batch that could not reach the replica, and when it failed.
 type Broken = Arc<Mutex<Option<(Instant, SchedulerError)>>>;
 
-async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>) {
+/// One lane's sender: batches of its own requests, [`IN_FLIGHT`] at a time, so an
+/// interactive request never waits for a slot bulk batches hold. The lanes share what
+/// they learn of a broken link.
+async fn run(agent: impl BatchRpc, mut rx: mpsc::Receiver<Queued>, broken: Broken) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let broken = Broken::default();
     let mut held_over = None;
     loop {
         let first = match held_over.take() {
@@ -374,6 +400,30 @@ mod tests {
         assert_eq!(batches[0], vec!["r1"]);
         assert_eq!(batches[1], vec!["r2"]);
         assert_eq!(batches[2], vec!["r3", "r4", "r5"]);
+    }
+
+    #[tokio::test]
+    async fn an_interactive_request_is_sent_at_once_while_bulk_batches_fill_their_slots() {
+        let agent = FakeAgent::new(echo);
+        let sender = BatchSender::start(agent.clone());
+        let class = |id: &str, priority| {
+            let (sender, id) = (sender.clone(), id.to_string());
+            tokio::spawn(async move { sender.send_as(request(), None, &id, priority).await })
+        };
+        let b1 = class("b1", Priority::Bulk);
+        agent.wait_for_batches(1).await;
+        let b2 = class("b2", Priority::Bulk);
+        agent.wait_for_batches(2).await;
+        // Both bulk slots are held by the agent: b3 waits, i1 does not.
+        let b3 = class("b3", Priority::Bulk);
+        let i1 = class("i1", Priority::Interactive);
+        agent.wait_for_batches(3).await;
+        assert_eq!(agent.batches()[2], vec!["i1"]);
+        agent.release.add_permits(10);
+        for task in [b1, b2, b3, i1] {
+            assert!(task.await.expect("task").is_ok());
+        }
+        assert_eq!(agent.batches()[3], vec!["b3"]);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ mod limits;
 mod netbed;
 mod overload;
 mod poison;
+mod priority;
 mod reconfigure;
 mod repository;
 mod serving;
