@@ -131,7 +131,8 @@ pub fn json_to_raw(
 /// binary data instead.
 pub fn raw_to_json(datatype: DataType, raw: &[u8]) -> Option<Value> {
     fn values<T: Element + Into<Value>>(raw: &[u8]) -> Option<Value> {
-        (raw.len() % T::SIZE == 0)
+        raw.len()
+            .is_multiple_of(T::SIZE)
             .then(|| Value::Array(decode::<T>(raw).into_iter().map(Into::into).collect()))
     }
     match datatype {
