@@ -1,12 +1,16 @@
 //! KServe v2 HTTP/REST beside gRPC on one running server, in one run: closed loops of
 //! `concurrency` callers each, over gRPC, HTTP with binary tensors and HTTP with JSON
-//! tensors, for each model and concurrency given (two rounds, mirrored order); throughput and p50 as ratios to
+//! tensors, for each model and concurrency given (one-second rounds, mirrored order); throughput and p50 as ratios to
 //! gRPC's. The client is Rust (tonic; hyper, one HTTP/1.1 connection per caller, as
 //! HTTP/1.1 has one request in flight per connection), so it costs the shared cores
 //! little; request bodies are built once, answers are decoded as a client would.
 //!
+//! With --pid, the server process's own CPU per answer too (Linux /proc): the protocol's
+//! cost apart from the model's, which runs in worker processes, and steadier than
+//! throughput on a machine shared with other work.
+//!
 //! Usage (scripts/bench_http.sh starts the agent):
-//!   cargo run --release --example bench_http -- GRPC_ADDR HTTP_ADDR SECONDS \
+//!   cargo run --release --example bench_http -- [--pid PID] GRPC_ADDR HTTP_ADDR SECONDS \
 //!       CONCURRENCY[,..] MODEL:INPUT:DATATYPE:DIMS[,..] ...
 //! e.g. 127.0.0.1:8001 127.0.0.1:8000 5 1,16 tiny_mlp:x:FP32:1x16 magika:bytes:INT32:1x2048
 
@@ -127,16 +131,61 @@ impl Model {
     }
 }
 
+/// What one protocol did: every answer's latency (µs) and the time it ran.
 struct Step {
-    requests: u64,
+    latencies: Histogram<u64>,
     seconds: f64,
-    p50_ms: f64,
+    /// CPU seconds the server process used meanwhile (with --pid).
+    cpu: f64,
 }
 
 impl Step {
-    fn throughput(&self) -> f64 {
-        self.requests as f64 / self.seconds
+    fn new() -> anyhow::Result<Step> {
+        Ok(Step {
+            latencies: Histogram::new(3)?,
+            seconds: 0.0,
+            cpu: 0.0,
+        })
     }
+
+    fn add(&mut self, other: &Step) -> anyhow::Result<()> {
+        self.latencies.add(&other.latencies)?;
+        self.seconds += other.seconds;
+        self.cpu += other.cpu;
+        Ok(())
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+
+    /// Server CPU per answer, in µs.
+    fn cpu_us(&self) -> f64 {
+        self.cpu * 1e6 / self.latencies.len() as f64
+    }
+
+    fn p50_ms(&self) -> f64 {
+        self.latencies.value_at_quantile(0.5) as f64 / 1000.0
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from /proc (Linux); 0
+/// without a pid. Only that process: the server's protocol work, not its model workers'.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, in USER_HZ (100 on Linux).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// One caller's loop over HTTP/1.1 on its own connection until `end`.
@@ -195,6 +244,7 @@ async fn grpc_caller(
 }
 
 async fn step(
+    pid: Option<u32>,
     grpc: &GrpcInferenceServiceClient<Channel>,
     http: &str,
     model: &Model,
@@ -202,6 +252,7 @@ async fn step(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Step> {
+    let cpu = cpu_seconds(pid);
     let start = Instant::now();
     let end = start + duration;
     let path = format!("/v2/models/{}/infer", model.name);
@@ -220,22 +271,28 @@ async fn step(
             }
         })
         .collect();
-    let mut all = Histogram::<u64>::new(3)?;
+    let mut all = Step::new()?;
     for caller in callers {
-        all.add(caller.await??)?;
+        all.latencies.add(caller.await??)?;
     }
-    Ok(Step {
-        requests: all.len(),
-        seconds: start.elapsed().as_secs_f64(),
-        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
-    })
+    all.seconds = start.elapsed().as_secs_f64();
+    all.cpu = cpu_seconds(pid) - cpu;
+    Ok(all)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pid: Option<u32> = match args.first().map(String::as_str) {
+        Some("--pid") if args.len() > 1 => {
+            let pid = args[1].parse()?;
+            args.drain(..2);
+            Some(pid)
+        }
+        _ => None,
+    };
     let [grpc_addr, http_addr, seconds, concurrency, models @ ..] = &args[..] else {
-        bail!("usage: bench_http GRPC_ADDR HTTP_ADDR SECONDS CONCURRENCY[,..] MODEL:INPUT:DATATYPE:DIMS ...");
+        bail!("usage: bench_http [--pid SERVER_PID] GRPC_ADDR HTTP_ADDR SECONDS CONCURRENCY[,..] MODEL:INPUT:DATATYPE:DIMS ...");
     };
     let duration = Duration::from_secs_f64(seconds.parse()?);
     let concurrency: Vec<usize> = concurrency
@@ -249,12 +306,16 @@ async fn main() -> anyhow::Result<()> {
     let grpc = GrpcInferenceServiceClient::connect(format!("http://{grpc_addr}"))
         .await?
         .max_decoding_message_size(64 << 20);
-    println!("| model | concurrency | protocol | req/s | p50 ms | req/s ÷ gRPC | p50 ÷ gRPC |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| model | concurrency | protocol | req/s | p50 ms | server CPU µs/req | \
+         req/s ÷ gRPC | p50 ÷ gRPC | CPU/req ÷ gRPC |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for model in &models {
         // Load the model and warm every path before measuring.
         for protocol in [Protocol::Grpc, Protocol::HttpBinary, Protocol::HttpJson] {
             step(
+                pid,
                 &grpc,
                 http_addr,
                 model,
@@ -265,37 +326,42 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         for &c in &concurrency {
-            // Two rounds in mirrored order (gRPC, binary, JSON, JSON, binary, gRPC), so
-            // a drift of the machine's speed weighs on each protocol alike.
+            // Rounds of one second per protocol, in mirrored order (gRPC, binary, JSON,
+            // JSON, binary, gRPC, ...): the machine is shared, and a burst of someone
+            // else's work or a drift of its speed then weighs on each protocol alike.
             let order = [Protocol::Grpc, Protocol::HttpBinary, Protocol::HttpJson];
-            let mut totals: Vec<Step> = order
+            let rounds = duration.as_secs().max(2) as usize;
+            let mut totals = order
                 .iter()
-                .map(|_| Step {
-                    requests: 0,
-                    seconds: 0.0,
-                    p50_ms: 0.0,
-                })
-                .collect();
-            let rounds = order
-                .iter()
-                .enumerate()
-                .chain(order.iter().enumerate().rev());
-            for (i, &protocol) in rounds {
-                let s = step(&grpc, http_addr, model, protocol, c, duration / 2).await?;
-                totals[i].requests += s.requests;
-                totals[i].seconds += s.seconds;
-                totals[i].p50_ms += s.p50_ms / 2.0;
+                .map(|_| Step::new())
+                .collect::<anyhow::Result<Vec<Step>>>()?;
+            for round in 0..rounds {
+                let mut turn: Vec<usize> = (0..order.len()).collect();
+                if round % 2 == 1 {
+                    turn.reverse();
+                }
+                for i in turn {
+                    let slice = duration / rounds as u32;
+                    let s = step(pid, &grpc, http_addr, model, order[i], c, slice).await?;
+                    totals[i].add(&s)?;
+                }
             }
-            let base = (totals[0].throughput(), totals[0].p50_ms);
+            let base = (
+                totals[0].throughput(),
+                totals[0].p50_ms(),
+                totals[0].cpu_us(),
+            );
             for (protocol, s) in order.iter().zip(&totals) {
                 println!(
-                    "| {} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    "| {} | {c} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |",
                     model.name,
                     protocol.name(),
                     s.throughput(),
-                    s.p50_ms,
+                    s.p50_ms(),
+                    s.cpu_us(),
                     s.throughput() / base.0,
-                    s.p50_ms / base.1,
+                    s.p50_ms() / base.1,
+                    s.cpu_us() / base.2,
                 );
             }
         }

@@ -2,7 +2,8 @@
 # KServe v2 HTTP/REST beside gRPC on one `herd agent` (release build), in one run:
 # tiny_mlp (x FP32 [1,16]) and magika (bytes INT32 [1,2048]) at concurrency 1 and 16,
 # gRPC, HTTP with binary tensors and HTTP with JSON tensors; prints a markdown table
-# with throughput and p50 as ratios to gRPC's (examples/bench_http.rs).
+# with throughput, p50 and the agent process's CPU per request (its model workers
+# aside) as ratios to gRPC's (examples/bench_http.rs).
 # Usage: scripts/bench_http.sh [seconds per protocol and step, default 6]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +31,5 @@ line=$(grep "agent serving" "$log") || { echo "bench_http: the agent does not se
 grpc=$(sed -n 's/.* addr=\([^ ]*\).*/\1/p' <<<"$line")
 http=$(sed -n 's/.* http=\([^ ]*\).*/\1/p' <<<"$line")
 echo "herd agent on $(nproc) cores, $(date -u +%Y-%m-%d), ${secs} s per protocol and step"
-target/release/examples/bench_http "$grpc" "$http" "$secs" 1,16 \
+target/release/examples/bench_http --pid "$agent_pid" "$grpc" "$http" "$secs" 1,16 \
   tiny_mlp:x:FP32:1x16 magika:bytes:INT32:1x2048
