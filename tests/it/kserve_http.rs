@@ -214,9 +214,14 @@ async fn json_and_binary_inference_over_http_equal_grpc_on_an_agent() {
         ]
     });
     let path = "/v2/models/tiny_multi/infer";
-    let reply = call(&agent.http, "POST", path, &[], head.to_string()).await;
+    let id = [("x-request-id", "req-42")];
+    let reply = call(&agent.http, "POST", path, &id, head.to_string()).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(
+        reply.headers["x-request-id"], "req-42",
+        "the caller's id comes back"
+    );
     let answer = reply.json();
     assert_eq!(answer["id"], "j1");
     assert_eq!(answer["model_version"], "1");
@@ -442,6 +447,36 @@ async fn repository_calls_over_http_need_the_token_as_over_grpc() {
         get(&agent.http, "/v2/models/tiny_multi/ready").await.status,
         400
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_needs_the_token_over_http_where_it_does_over_grpc() {
+    let repo = repository();
+    let options = herd_agent::AgentOptions {
+        require_token_for_inference: true,
+        ..token_options(&repo)
+    };
+    let agent = HttpAgent::start(options, GatedLoader::plain()).await;
+    let mut client = agent.client().await;
+    let request = multi_request(
+        ("a", "FP32", &[3, 4], f32_bytes(&a_values())),
+        ("b", "INT64", &[3, 4], i64_bytes(&b_values())),
+    );
+    let grpc = client
+        .model_infer(request.clone())
+        .await
+        .expect_err("no token");
+    let (head, binary) = http_of(&request);
+    let path = "/v2/models/tiny_multi/infer";
+    let reply = infer_binary(&agent.http, path, &head, &binary).await;
+    assert_eq!(
+        (reply.status, reply.error()),
+        (401, grpc.message().to_string())
+    );
+    assert_eq!(get(&agent.http, "/v2/models/tiny_multi").await.status, 401);
+    // Probes stay open, as over gRPC.
+    assert_eq!(get(&agent.http, "/v2/health/live").await.status, 200);
+    assert_eq!(get(&agent.http, "/v2/health/ready").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
