@@ -16,6 +16,7 @@ pub fn router(scheduler: Arc<Scheduler>, require_token_for_inference: bool) -> a
             require_token_for_inference,
         ),
         max_body: scheduler.settings.max_message_size,
+        max_in_flight_bytes: scheduler.settings.max_in_flight_bytes,
     };
     let gateway = Arc::new(Gateway::new(scheduler.clone()));
     crate::metrics::router(scheduler).merge(kserve_http::router(gateway, options))

@@ -512,6 +512,53 @@ async fn the_timeout_parameter_is_the_requests_deadline() {
     gate.open();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_held_over_http_are_bounded_as_over_grpc() {
+    let repo = repository();
+    let gate = Arc::new(Gate::default());
+    // Bodies held at once: the runners' 256 KiB plus one 1 MiB message (1,310,720).
+    let options = herd_agent::AgentOptions {
+        max_message_size: 1 << 20,
+        max_in_flight_bytes: Some(256 << 10),
+        ..options(&repo_path(&repo))
+    };
+    let agent = HttpAgent::start(options, GatedLoader::run_gated("tiny_mlp", &gate)).await;
+    agent
+        .grpc
+        .agent
+        .cache
+        .load("tiny_mlp")
+        .await
+        .expect("loaded");
+    // A tiny_mlp request padded with whitespace (still valid JSON) to `size` bytes.
+    let padded = |size: usize| {
+        let head = json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": vec![0.5f32; 16]}
+        ]});
+        let mut body = head.to_string().into_bytes();
+        body.resize(size, b' ');
+        body
+    };
+    let path = "/v2/models/tiny_mlp/infer";
+    let (http, held) = (agent.http.clone(), padded(1_000_000));
+    let first = tokio::spawn(async move { call(&http, "POST", path, &[], held).await });
+    gate_reached(&gate, 1).await;
+    let reply = call(&agent.http, "POST", path, &[], padded(400_000)).await;
+    assert_eq!(reply.status, 429, "{:?}", reply.body);
+    assert!(
+        reply
+            .error()
+            .contains("this one's 400000 would pass its limit of 1310720 bytes"),
+        "{}",
+        reply.error()
+    );
+    gate.open();
+    assert_eq!(first.await.expect("first").status, 200);
+    // Its bytes are free again once it is answered.
+    let reply = call(&agent.http, "POST", path, &[], padded(400_000)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
 /// Runs tests/tritonclient_http_check.py against `addr` and fails the test if it fails.
 async fn tritonclient_http_check(addr: &str, token: Option<&str>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_http_check.py");

@@ -26,7 +26,7 @@ use super::errors::HttpError;
 use super::{infer, replies};
 use crate::layers::deadline::GRPC_TIMEOUT;
 use crate::layers::request_id::REQUEST_ID_HEADER;
-use crate::layers::{RequestId, TokenRule};
+use crate::layers::{BytesBudget, Charge, RequestId, TokenRule};
 
 /// What the HTTP front needs besides the service.
 #[derive(Clone, Debug)]
@@ -35,11 +35,15 @@ pub struct HttpOptions {
     pub rule: TokenRule,
     /// The largest body accepted: the server's --max-message-size.
     pub max_body: usize,
+    /// Bytes of request bodies held at once, as the gRPC stack's budget (a budget of
+    /// its own, the same size: the two protocols together may hold twice it).
+    pub max_in_flight_bytes: usize,
 }
 
 struct Front<T> {
     service: Arc<T>,
     options: HttpOptions,
+    bytes: BytesBudget,
 }
 
 type Shared<T> = State<Arc<Front<T>>>;
@@ -77,7 +81,11 @@ pub fn router<T: GrpcInferenceService>(service: Arc<T>, options: HttpOptions) ->
     }
     router
         .fallback(no_such_endpoint)
-        .with_state(Arc::new(Front { service, options }))
+        .with_state(Arc::new(Front {
+            bytes: BytesBudget::new(options.max_in_flight_bytes),
+            service,
+            options,
+        }))
 }
 
 /// A model route's path: its name and, on `/versions/{version}` routes, a version.
@@ -100,8 +108,10 @@ impl<T: GrpcInferenceService> Front<T> {
         Ok(self.options.rule.check(&path, headers)?)
     }
 
-    /// Reads the body, up to the server's limit, uncompressed only.
-    async fn body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+    /// Reads the body, up to the server's limit, uncompressed only, once its declared
+    /// length (else the limit) is taken from the bytes budget: a request past it is shed
+    /// before it is read, as over gRPC. The charge is held until the answer is built.
+    async fn body(&self, headers: &HeaderMap, body: Body) -> Result<(Bytes, Charge), HttpError> {
         if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
             if encoding.as_bytes() != b"identity" {
                 return Err(HttpError {
@@ -122,8 +132,15 @@ impl<T: GrpcInferenceService> Front<T> {
             ),
         }
         };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let charge = self.bytes.try_take(declared.unwrap_or(max))?;
         match Limited::new(body, max).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
+            Ok(collected) => Ok((collected.to_bytes(), charge)),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
             Err(e) => Err(HttpError::bad_request(format!(
                 "cannot read the request body: {e}"
@@ -288,7 +305,7 @@ async fn model_infer<T: GrpcInferenceService>(
     body: Body,
 ) -> Result<Response, HttpError> {
     f.check("ModelInfer", &headers)?;
-    let body = f.body(&headers, body).await?;
+    let (body, _held) = f.body(&headers, body).await?;
     let header_length = headers.get(HEADER_LENGTH).map(HeaderValue::as_bytes);
     let parsed = infer::parse(&m.name, &m.version(), body, header_length)?;
     let request = grpc_request(&headers, parsed.request, parsed.timeout);
@@ -370,7 +387,8 @@ async fn repository_index<T: GrpcInferenceService>(
     body: Body,
 ) -> Result<Response, HttpError> {
     f.check("RepositoryIndex", &headers)?;
-    let message = replies::index_request(&f.body(&headers, body).await?)?;
+    let (body, _held) = f.body(&headers, body).await?;
+    let message = replies::index_request(&body)?;
     let r = run(
         f.service
             .repository_index(grpc_request(&headers, message, None)),
@@ -392,10 +410,11 @@ async fn load<T: GrpcInferenceService>(
     body: Body,
 ) -> Result<Response, HttpError> {
     f.check("RepositoryModelLoad", &headers)?;
+    let (body, _held) = f.body(&headers, body).await?;
     let message = RepositoryModelLoadRequest {
         repository_name: String::new(),
         model_name: p.name,
-        parameters: replies::repository_parameters(&f.body(&headers, body).await?)?,
+        parameters: replies::repository_parameters(&body)?,
     };
     run(
         f.service
@@ -413,10 +432,11 @@ async fn unload<T: GrpcInferenceService>(
     body: Body,
 ) -> Result<Response, HttpError> {
     f.check("RepositoryModelUnload", &headers)?;
+    let (body, _held) = f.body(&headers, body).await?;
     let message = RepositoryModelUnloadRequest {
         repository_name: String::new(),
         model_name: p.name,
-        parameters: replies::repository_parameters(&f.body(&headers, body).await?)?,
+        parameters: replies::repository_parameters(&body)?,
     };
     run(
         f.service
