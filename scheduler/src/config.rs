@@ -20,7 +20,8 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
 
-    /// Address for HTTP: /metrics (Prometheus) and /health.
+    /// Address for HTTP: /metrics (Prometheus), /health and KServe v2 HTTP/REST
+    /// (Triton's /v2/... routes, under the same token rules as gRPC).
     #[arg(long, env = "HERD_HTTP", default_value = "127.0.0.1:8000")]
     pub http: SocketAddr,
 

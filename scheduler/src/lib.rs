@@ -12,6 +12,7 @@ mod executor;
 pub mod explain;
 pub mod exposition;
 pub mod gateway;
+mod http;
 pub mod joins;
 mod links;
 pub mod metrics;
@@ -151,7 +152,8 @@ impl Scheduler {
     }
 }
 
-/// Serves the scheduler's gRPC services on `grpc` and HTTP on `http` until `shutdown`.
+/// Serves the scheduler's gRPC services on `grpc` and HTTP (metrics, health, KServe v2
+/// HTTP/REST) on `http` until `shutdown`.
 pub async fn serve(
     scheduler: Arc<Scheduler>,
     grpc: TcpListener,
@@ -183,10 +185,13 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop_http = stop_rx.clone();
-    let http_server =
-        axum::serve(http, metrics::router(scheduler.clone())).with_graceful_shutdown(async move {
+    let http_server = herd_core::kserve_http::serve(
+        http,
+        http::router(scheduler.clone(), require_token_for_inference),
+        async move {
             let _ = stop_http.wait_for(|s| *s).await;
-        });
+        },
+    );
     let placement = tokio::spawn(reconcile::run(scheduler.clone()));
     let rescans = (!scheduler.settings.rescan_interval.is_zero()).then(|| {
         tokio::spawn(rescan::run(

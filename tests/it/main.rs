@@ -13,6 +13,7 @@ mod connections;
 mod dash;
 mod doors;
 mod hosts;
+mod kserve_http;
 mod limits;
 mod netbed;
 mod overload;

@@ -28,17 +28,14 @@ const PREFIX: usize = 5;
 /// layer makes (tonic makes one per connection) shares its budget.
 #[derive(Clone, Debug)]
 pub struct InFlightBytesLayer {
-    budget: Budget,
+    budget: BytesBudget,
 }
 
 impl InFlightBytesLayer {
     /// At most `max` bytes of requests at once.
     pub fn new(max: usize) -> InFlightBytesLayer {
         InFlightBytesLayer {
-            budget: Budget {
-                max,
-                used: Arc::default(),
-            },
+            budget: BytesBudget::new(max),
         }
     }
 
@@ -64,19 +61,29 @@ impl<S> Layer<S> for InFlightBytesLayer {
     }
 }
 
-/// The bytes a server may hold, and those it holds.
+/// The bytes a server may hold, and those it holds; clones share them. Public so that
+/// a server's HTTP front sheds with the same rule and words.
 #[derive(Clone, Debug)]
-struct Budget {
+pub struct BytesBudget {
     max: usize,
     used: Arc<AtomicUsize>,
 }
 
-impl Budget {
+impl BytesBudget {
+    /// At most `max` bytes at once.
+    pub fn new(max: usize) -> BytesBudget {
+        BytesBudget {
+            max,
+            used: Arc::default(),
+        }
+    }
+
     fn unlimited(&self) -> bool {
         self.max == usize::MAX
     }
 
-    fn try_take(&self, bytes: usize) -> Result<Charge, Status> {
+    /// Takes `bytes` until the charge is dropped, or says why not (RESOURCE_EXHAUSTED).
+    pub fn try_take(&self, bytes: usize) -> Result<Charge, Status> {
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -99,7 +106,7 @@ impl Budget {
 
 /// Bytes taken from the budget; given back on drop.
 #[derive(Debug)]
-struct Charge {
+pub struct Charge {
     used: Arc<AtomicUsize>,
     bytes: usize,
 }
@@ -129,7 +136,7 @@ fn lock(held: &SharedHeld) -> std::sync::MutexGuard<'_, Held> {
 #[derive(Clone, Debug)]
 pub struct InFlightBytes<S> {
     inner: S,
-    budget: Budget,
+    budget: BytesBudget,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for InFlightBytes<S>
@@ -188,7 +195,7 @@ impl Drop for Release {
 
 /// Takes each message's bytes from the budget as its length prefix passes.
 struct Counter {
-    budget: Budget,
+    budget: BytesBudget,
     held: SharedHeld,
     prefix: [u8; PREFIX],
     prefix_len: usize,

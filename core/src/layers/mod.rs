@@ -67,7 +67,7 @@ use std::task::{Context, Poll};
 pub use auth::{Auth, AuthLayer, TokenRule};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use early_refusal::{EarlyRefusal, EarlyRefusalLayer};
-pub use in_flight_bytes::{InFlightBytes, InFlightBytesLayer};
+pub use in_flight_bytes::{BytesBudget, Charge, InFlightBytes, InFlightBytesLayer};
 pub use limit::{InFlightLimit, InFlightLimitLayer};
 pub use message_size::{MessageSize, MessageSizeLayer, TooLarge};
 pub use metrics::{GrpcMetrics, MethodMetrics, Metrics, MetricsLayer};
