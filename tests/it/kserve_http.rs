@@ -312,6 +312,24 @@ async fn bad_requests_over_http_get_grpcs_status_and_message() {
         assert_eq!(reply.error(), grpc.message(), "{case}");
     }
 
+    // The priority header reaches the service as over gRPC: a bad one is refused, a
+    // good one served.
+    let head = json!({"inputs": [
+        {"name": "a", "datatype": "FP32", "shape": [3, 4], "data": a_values()},
+        {"name": "b", "datatype": "INT64", "shape": [3, 4], "data": b_values()}
+    ]});
+    let path = "/v2/models/tiny_multi/infer";
+    let urgent = [("herd-priority", "urgent")];
+    let reply = call(&agent.http, "POST", path, &urgent, head.to_string()).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.error(),
+        "header herd-priority is \"urgent\": use \"interactive\" or \"bulk\""
+    );
+    let bulk = [("herd-priority", "bulk")];
+    let reply = call(&agent.http, "POST", path, &bulk, head.to_string()).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+
     // JSON data gets the same message as gRPC for what the model refuses.
     let head = json!({"inputs": [
         {"name": "a", "datatype": "FP32", "shape": [4, 3], "data": a_values()},

@@ -157,7 +157,11 @@ fn grpc_request<M>(
     timeout: Option<Duration>,
 ) -> tonic::Request<M> {
     let mut metadata = HeaderMap::new();
-    for name in [header::AUTHORIZATION.as_str(), REQUEST_ID_HEADER] {
+    for name in [
+        header::AUTHORIZATION.as_str(),
+        REQUEST_ID_HEADER,
+        crate::priority::HEADER,
+    ] {
         if let Some(value) = headers.get(name) {
             metadata.insert(name, value.clone());
         }
