@@ -73,9 +73,17 @@ pub fn python() -> PathBuf {
 
 /// Runs tests/tritonclient_check.py against `addr` and fails the test if it fails.
 pub async fn tritonclient_check(addr: &str, token: Option<&str>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_check.py");
+    python_check("tritonclient_check.py", addr, token).await;
+}
+
+/// Runs the Python check `tests/SCRIPT` against `addr` (with the token, if any) and
+/// fails the test, with what it printed, if it fails.
+pub async fn python_check(script: &str, addr: &str, token: Option<&str>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = Command::new(python())
-        .arg(script)
+        .arg(path)
         .arg(addr)
         .args(token)
         .output()
@@ -83,7 +91,7 @@ pub async fn tritonclient_check(addr: &str, token: Option<&str>) {
         .expect("run python");
     assert!(
         out.status.success(),
-        "tritonclient check failed:\n{}{}",
+        "{script} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -3,7 +3,6 @@
 //! server's gRPC does, with JSON and binary tensors; the stock tritonclient.http passes
 //! its checks against both.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -579,20 +578,7 @@ async fn request_bytes_held_over_http_are_bounded_as_over_grpc() {
 
 /// Runs tests/tritonclient_http_check.py against `addr` and fails the test if it fails.
 async fn tritonclient_http_check(addr: &str, token: Option<&str>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_http_check.py");
-    let out = Command::new(crate::binary::python())
-        .arg(script)
-        .arg(addr)
-        .args(token)
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "tritonclient.http check failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::binary::python_check("tritonclient_http_check.py", addr, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
