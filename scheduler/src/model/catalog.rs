@@ -33,6 +33,10 @@ pub struct CatalogModel {
     pub failures_total: u64,
     pub cold_starts: u64,
     pub latency: Histogram<u64>,
+    /// When an attempt is overdue (`routing::hedge_delay` of `latency`), worked out
+    /// again every [`HEDGE_EVERY`] requests: a quantile walks the histogram, too slow for
+    /// every request.
+    pub hedge: Option<std::time::Duration>,
     pub last_placement: Option<Event>,
     /// Why it could not be placed, while that holds and it has no replica: the
     /// answer to requests waiting for it.
@@ -63,6 +67,7 @@ impl CatalogModel {
             failures_total: 0,
             cold_starts: 0,
             latency: herd_core::histogram::latency_histogram(),
+            hedge: None,
             last_placement: None,
             unplaceable: None,
             short_logged: None,
@@ -115,6 +120,9 @@ impl CatalogModel {
         s
     }
 }
+
+/// Requests between two updates of a model's hedge delay.
+const HEDGE_EVERY: u64 = 64;
 
 /// Settings as the agent API carries them.
 pub(crate) fn settings_message(settings: &ModelSettings) -> herd_proto::herd::ModelSettings {
@@ -295,6 +303,10 @@ impl ClusterModel {
             m.requests_total += 1;
             if ok {
                 let _ = m.latency.record(micros.max(1));
+                if m.latency.len() % HEDGE_EVERY == 0 {
+                    let p99 = std::time::Duration::from_micros(m.latency.value_at_quantile(0.99));
+                    m.hedge = super::routing::hedge_delay(m.latency.len(), p99);
+                }
             } else {
                 m.failures_total += 1;
             }

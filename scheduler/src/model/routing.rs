@@ -69,9 +69,7 @@ pub fn hedge_delay(samples: u64, p99: Duration) -> Option<Duration> {
 impl ClusterModel {
     /// When an attempt at `model` is overdue (see [`hedge_delay`]).
     pub fn hedge_after(&self, model: &str) -> Option<Duration> {
-        let m = self.models.get(model)?;
-        let p99 = Duration::from_micros(m.latency.value_at_quantile(0.99));
-        hedge_delay(m.latency.len(), p99)
+        self.models.get(model)?.hedge
     }
 
     /// A ready replica of `model`, not on `avoid`. `asked` says whether this request

@@ -809,3 +809,21 @@ fn changed_settings_go_to_every_running_replica_with_pinned_ones_kept_without_tt
         ["herd.toml changed (max_batch_size 32 -> 4): sent to 2 running replicas"]
     );
 }
+
+#[test]
+fn the_hedge_delay_follows_the_model_s_measured_latency() {
+    let (mut c, _) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
+    assert_eq!(c.hedge_after("m"), None, "nothing measured");
+    for _ in 0..128 {
+        c.request_done("m", true, 1_000);
+    }
+    assert_eq!(c.hedge_after("m"), Some(Duration::from_millis(200)));
+    for _ in 0..1024 {
+        c.request_done("m", true, 800_000);
+    }
+    assert_eq!(
+        c.hedge_after("m"),
+        None,
+        "4 x 800 ms is past the keepalive: it decides"
+    );
+}
