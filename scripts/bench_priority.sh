@@ -18,15 +18,15 @@ bench() { HERD_TOKEN=bench "$herd" bench --scheduler "$addr" --json --warmup 1s 
 bench --concurrency 1 --duration 3s >/dev/null # loads the model
 p() { python3 -c "import json,sys; r=json.load(sys.stdin); r=r[0] if isinstance(r,list) else r; print('p50 %.1f ms  p99 %.1f ms  %d requests, %d errors' % (r['p50_us']/1000, r['p99_us']/1000, r['requests'], r['errors']))"; }
 echo "interactive alone:            $(bench --concurrency 1 --duration 10s | p)"
-bench --concurrency 32 --duration 14s --priority bulk >"$work/bulk.json" &
-load=$!
-sleep 2
-echo "interactive beside bulk x32:  $(bench --concurrency 1 --duration 10s | p)"
-wait "$load"
-echo "  (the bulk load:             $(p <"$work/bulk.json"))"
-bench --concurrency 32 --duration 14s --priority interactive >"$work/fifo.json" &
-load=$!
-sleep 2
-echo "beside the same load, unclassed: $(bench --concurrency 1 --duration 10s | p)"
-wait "$load"
-echo "  (that load:                 $(p <"$work/fifo.json"))"
+# An interactive caller beside a load of 32 callers of `class`.
+beside() {
+  local class=$1 label=$2
+  bench --concurrency 32 --duration 14s --priority "$class" >"$work/$class.json" &
+  local load=$!
+  sleep 2
+  echo "$label $(bench --concurrency 1 --duration 10s | p)"
+  wait "$load"
+  echo "  (that load:                 $(p <"$work/$class.json"))"
+}
+beside bulk "interactive beside bulk x32: "
+beside interactive "beside the same load, unclassed:"

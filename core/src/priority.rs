@@ -55,7 +55,7 @@ pub fn of(
             "bulk" => Ok(Priority::Bulk),
             _ => Err(format!(
                 "header {HEADER} is {:?}: use \"interactive\" or \"bulk\"",
-                short(text)
+                crate::limits::quoted_name(text)
             )),
         };
     }
@@ -80,11 +80,6 @@ pub fn of(
     } else {
         Priority::Bulk
     })
-}
-
-/// A caller's text, short enough to say back.
-fn short(text: &str) -> String {
-    text.chars().take(40).collect()
 }
 
 #[cfg(test)]

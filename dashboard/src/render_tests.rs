@@ -189,6 +189,21 @@ fn tiny_terminals_do_not_panic() {
     }
 }
 
+#[test]
+fn tiny_terminals_with_the_why_popup_open_do_not_panic() {
+    let mut app = cluster_app();
+    press(&mut app, KeyCode::Tab);
+    press(&mut app, KeyCode::Char('w'));
+    let model = app.why.as_ref().map(|(m, _)| m.clone()).expect("asked");
+    app.on_why(
+        model,
+        Ok("a line wider than a tiny terminal\nand another".into()),
+    );
+    for (w, h) in [(1, 1), (20, 5), (39, 10), (79, 23)] {
+        let _ = screen(&app, w, h);
+    }
+}
+
 /// CPU time this thread has used, from the scheduler's accounting; wall time elsewhere.
 fn thread_cpu_time() -> Option<Duration> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;

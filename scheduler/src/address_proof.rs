@@ -50,9 +50,8 @@ pub async fn prove(
     max_message: usize,
 ) -> Result<(), SchedulerError> {
     let mut link = AgentLink::new(address, Some(token), max_message)?;
-    let mut request = tonic::Request::new(StatusRequest {});
-    request.set_timeout(PROOF_TIMEOUT);
-    let answer = tokio::time::timeout(PROOF_TIMEOUT, link.agent.status(request)).await;
+    // Bounds the connection as well as the call.
+    let answer = tokio::time::timeout(PROOF_TIMEOUT, link.agent.status(StatusRequest {})).await;
     let found = match answer {
         Err(_) => {
             return Err(unreachable(name, address, "no answer in 5 s".into()));

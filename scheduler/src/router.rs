@@ -84,25 +84,10 @@ impl Scheduler {
             };
             match pick {
                 Pick::Ready { node, outstanding } => {
-                    let (sender, link) = {
-                        let mut links = self.links();
-                        (links.sender(model, &node), links.link(&node).cloned())
-                    };
-                    let picked = |sender, link| Picked {
-                        node: node.clone(),
-                        sender,
-                        link,
-                        outstanding: outstanding.clone(),
-                    };
-                    match (sender, link) {
-                        (Some(sender), Some(link)) => return Ok(picked(sender, link)),
-                        // No connection (yet) to a node the model knows: count the pick
-                        // out and wait for a change.
-                        _ => {
-                            outstanding.fetch_sub(1, Ordering::Relaxed);
-                            debug!(node = %node, "no connection to the chosen node");
-                        }
+                    if let Some(picked) = self.connected(model, node, outstanding) {
+                        return Ok(picked);
                     }
+                    // No connection (yet) to a node the model knows: wait for a change.
                 }
                 Pick::Asked => {
                     asked = true;
@@ -239,6 +224,17 @@ impl Scheduler {
         };
         self.notify();
         let (node, outstanding) = pick?;
+        self.connected(model, node, outstanding)
+    }
+
+    /// The chosen replica with its sender and link, or None, the pick counted out
+    /// again, when the scheduler has no connection to its node (yet).
+    fn connected(
+        &self,
+        model: &str,
+        node: String,
+        outstanding: Arc<AtomicUsize>,
+    ) -> Option<Picked> {
         let (sender, link) = {
             let mut links = self.links();
             (links.sender(model, &node), links.link(&node).cloned())
@@ -252,6 +248,7 @@ impl Scheduler {
             }),
             _ => {
                 outstanding.fetch_sub(1, Ordering::Relaxed);
+                debug!(node = %node, "no connection to the chosen node");
                 None
             }
         }

@@ -159,14 +159,11 @@ fn render_why(
         theme.faint(),
     )));
     let widest = lines.iter().map(Line::width).max().unwrap_or(0) as u16;
-    let width = (widest + 4).clamp(40, area.width);
-    let height = (lines.len() as u16 + 2).min(area.height);
-    let popup = Rect {
-        x: area.x + (area.width - width) / 2,
-        y: area.y + (area.height - height) / 2,
-        width,
-        height,
-    };
+    let popup = centered(
+        area,
+        widest.saturating_add(4).max(40),
+        lines.len() as u16 + 2,
+    );
     frame.render_widget(Clear, popup);
     // Not wrapped: a table's rows stay rows, cut at the right edge of a small terminal.
     frame.render_widget(
@@ -385,15 +382,19 @@ fn render_footer(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     frame.render_widget(line, area);
 }
 
-fn render_help(frame: &mut Frame, theme: &Theme, area: Rect) {
-    let width = area.width.min(76);
-    let height = (HELP.len() as u16 + 3).min(area.height);
-    let popup = Rect {
+/// A popup of `width` × `height` in the middle of `area`, cut to fit it.
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let (width, height) = (width.min(area.width), height.min(area.height));
+    Rect {
         x: area.x + (area.width - width) / 2,
         y: area.y + (area.height - height) / 2,
         width,
         height,
-    };
+    }
+}
+
+fn render_help(frame: &mut Frame, theme: &Theme, area: Rect) {
+    let popup = centered(area, 76, HELP.len() as u16 + 3);
     let mut lines: Vec<Line> = HELP
         .iter()
         .map(|(keys, what)| {
