@@ -1,11 +1,13 @@
 """The outside check that herd speaks Triton's gRPC protocol: the stock tritonclient
 against a running server (an agent, `herd up` or a scheduler).
 Usage: python tritonclient_check.py HOST:PORT [TOKEN]
-A scheduler needs the cluster TOKEN for model load and unload.
+A scheduler needs the cluster TOKEN for model load and unload. With HERD_CA_CERT set
+(a CA certificate file, the scheduler's DATA_DIR/ca.pem), over TLS verified with it.
 
 Uses the tiny test models (tests/models). Exits non-zero, with the failed assertion,
 on any difference from what Triton would answer.
 """
+import os
 import sys
 
 import numpy as np
@@ -14,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 url = sys.argv[1]
 admin = {"authorization": f"Bearer {sys.argv[2]}"} if len(sys.argv) > 2 else None
-client = grpcclient.InferenceServerClient(url)
+ca = os.environ.get("HERD_CA_CERT")
+client = grpcclient.InferenceServerClient(url, ssl=bool(ca), root_certificates=ca)
 
 assert client.is_server_live()
 assert client.is_server_ready()

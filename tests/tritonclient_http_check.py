@@ -2,11 +2,14 @@
 binary tensor data extension): the stock tritonclient.http against a running server
 (an agent with --http, or a scheduler's --http port).
 Usage: python tritonclient_http_check.py HOST:PORT [TOKEN]
-A scheduler needs the cluster TOKEN for model load and unload.
+A scheduler needs the cluster TOKEN for model load and unload. With HERD_CA_CERT set
+(a CA certificate file, the scheduler's DATA_DIR/ca.pem), over TLS verified with it.
 
 Uses the tiny test models (tests/models). Exits non-zero, with the failed assertion,
 on any difference from what Triton would answer.
 """
+import os
+import ssl
 import sys
 
 import numpy as np
@@ -15,7 +18,13 @@ from tritonclient.utils import InferenceServerException
 
 url = sys.argv[1]
 admin = {"authorization": f"Bearer {sys.argv[2]}"} if len(sys.argv) > 2 else None
-client = httpclient.InferenceServerClient(url)
+ca = os.environ.get("HERD_CA_CERT")
+if ca:
+    client = httpclient.InferenceServerClient(
+        url, ssl=True, ssl_context_factory=lambda: ssl.create_default_context(cafile=ca)
+    )
+else:
+    client = httpclient.InferenceServerClient(url)
 
 
 def refused(call, status, message):

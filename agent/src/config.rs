@@ -48,6 +48,11 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
+    /// The cluster CA's certificate (the scheduler's DATA_DIR/ca.pem), to verify the
+    /// scheduler over TLS. Not needed with a join token (herd1.…), which pins the CA.
+    #[arg(long, env = "HERD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
     /// Address the scheduler uses to reach this agent (HOST:PORT); the scheduler calls
     /// it back at join and refuses a wrong one. Default: --listen, or when that is
     /// 0.0.0.0, this machine's address on the route to the scheduler (worked out again
@@ -117,6 +122,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     TokenFile(#[from] TokenFileError),
+    #[error(transparent)]
+    Tls(#[from] herd_core::tls::TlsError),
 }
 
 impl AgentConfig {

@@ -24,6 +24,8 @@ pub enum RunError {
     Http(std::net::SocketAddr, std::io::Error),
     #[error(transparent)]
     Refused(#[from] crate::scheduler_link::JoinRefused),
+    #[error(transparent)]
+    NotCertified(#[from] crate::certify::CertifyRefused),
 }
 
 /// Why a batch failed as a whole.

@@ -11,10 +11,12 @@ use tokio::net::TcpListener;
 use crate::service::InferenceService;
 use crate::Agent;
 
-/// Serves KServe v2 HTTP/REST for `agent` on `listener` until `shutdown` completes.
+/// Serves KServe v2 HTTP/REST for `agent` on `listener` until `shutdown` completes,
+/// over TLS with `tls`.
 pub async fn serve_http(
     agent: Arc<Agent>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // The same bytes backstop as the gRPC stack's (see `serve`): the runners' budget
@@ -34,5 +36,11 @@ pub async fn serve_http(
         max_in_flight_bytes: usize::try_from(in_flight_bytes).unwrap_or(usize::MAX),
     };
     let service = Arc::new(InferenceService::new(agent));
-    kserve_http::serve(listener, kserve_http::router(service, options), shutdown).await
+    kserve_http::serve(
+        listener,
+        kserve_http::router(service, options),
+        tls,
+        shutdown,
+    )
+    .await
 }

@@ -5,6 +5,7 @@
 mod batch;
 mod batcher;
 mod cache;
+pub mod certify;
 mod config;
 mod control;
 mod error;
@@ -151,10 +152,12 @@ impl Agent {
 
 use herd_core::limits::batch_message;
 
-/// Serves the agent's gRPC services on `listener` until `shutdown` completes.
+/// Serves the agent's gRPC services on `listener` until `shutdown` completes; over TLS
+/// with `tls` (the certificate the scheduler gave this agent).
 pub async fn serve(
     agent: Arc<Agent>,
     listener: TcpListener,
+    tls: Option<&herd_core::tls::Identity>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let size = agent.max_message_size;
@@ -185,7 +188,11 @@ pub async fn serve(
     // Connections bounded, idle ones closed, accept errors backed off; the accepted
     // sockets without Nagle's delay (~40 ms per reply otherwise).
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
-    herd_core::incoming::server_builder()
+    let mut builder = herd_core::incoming::server_builder();
+    if let Some(identity) = tls {
+        builder = builder.tls_config(herd_core::tls::tonic_server(identity))?;
+    }
+    builder
         .layer(layers)
         .add_service(inference)
         .add_service(control)
@@ -215,7 +222,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.check()?;
-    let config = config.with_token_from_file()?;
+    let mut config = config.with_token_from_file()?;
+    // A join token authenticates with its secret and pins the CA.
+    let token = config
+        .token
+        .as_deref()
+        .map(herd_core::tls::JoinToken::parse);
+    config.token = token.as_ref().map(|t| t.secret.clone());
+    let ca_file = match &config.ca_cert {
+        Some(path) => Some(herd_core::tls::read_ca_file(path).map_err(ConfigError::from)?),
+        None => None,
+    };
+    let trust = herd_core::tls::Trust::from_parts(ca_file, token.as_ref());
+    // With a scheduler to trust, the agent serves TLS with a certificate it gives.
+    let certified = match &config.scheduler {
+        Some(scheduler) if trust.is_tls() => {
+            tracing::info!(
+                scheduler,
+                "getting this agent's certificate from the scheduler"
+            );
+            Some(certify::certify(scheduler, config.token.as_deref(), &trust).await?)
+        }
+        _ => None,
+    };
     let options = AgentOptions::from_config(&config);
     let local = listener.local_addr().map_err(RunError::Address)?;
     let http = match config.http {
@@ -240,6 +269,7 @@ pub async fn run(
         models = models.len(),
         onnxruntime = %onnxruntime,
         scheduler = config.scheduler.as_deref().unwrap_or("none"),
+        tls = certified.is_some(),
         "agent serving"
     );
     if models.is_empty() && config.scheduler.is_none() {
@@ -255,17 +285,28 @@ pub async fn run(
         max_in_flight_mb = budget.in_flight.limit() / (1 << 20),
         "request byte budget"
     );
+    let http_tls = match &certified {
+        Some(c) => {
+            Some(herd_core::tls::http_server_config(&c.identity).map_err(ConfigError::from)?)
+        }
+        None => None,
+    };
     // HTTP/REST, when asked for, ends with the gRPC server (its future is dropped).
     let http_server = {
         let agent = agent.clone();
         async move {
             match http {
-                Some(l) => serve_http(agent, l, std::future::pending()).await,
+                Some(l) => serve_http(agent, l, http_tls, std::future::pending()).await,
                 None => std::future::pending().await,
             }
         }
     };
-    let grpc_server = serve(agent.clone(), listener, shutdown);
+    let grpc_server = serve(
+        agent.clone(),
+        listener,
+        certified.as_ref().map(|c| &c.identity),
+        shutdown,
+    );
     let server = async {
         tokio::select! {
             r = grpc_server => Ok(r?),
@@ -280,6 +321,7 @@ pub async fn run(
                 token: config.token.clone(),
                 advertise: config.advertise.clone(),
                 listen: local,
+                ca_pem: certified.as_ref().map(|c| c.ca_pem.clone()),
             };
             tokio::select! {
                 served = server => served,

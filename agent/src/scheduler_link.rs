@@ -23,9 +23,17 @@ pub struct Link {
     pub token: Option<String>,
     pub advertise: Option<String>,
     pub listen: SocketAddr,
+    /// The cluster CA's certificate: the scheduler is reached over TLS and must
+    /// present a certificate from it. `None`: plain text.
+    pub ca_pem: Option<String>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why a plain-text agent cannot join a scheduler that serves TLS.
+const TLS_WANTED: &str = "the scheduler serves TLS and this agent has nothing to verify it with: \
+     give the join token (herd1.…, in the scheduler's DATA_DIR/join-token) with --token or \
+     --token-file, or the CA with --ca-cert DATA_DIR/ca.pem";
 
 /// The scheduler will not have this agent (a wrong token, a bad address, a name a live
 /// node at another address holds); retrying cannot help.
@@ -138,17 +146,32 @@ async fn status_now(agent: &Arc<Agent>) -> Result<herd_proto::herd::AgentStatus,
 
 async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
     let url = herd_proto::grpc_url(&link.scheduler);
-    let endpoint = Endpoint::from_shared(url)
+    let endpoint = match &link.ca_pem {
+        Some(ca) => Endpoint::from_shared(url.replacen("http://", "https://", 1)).and_then(|e| {
+            e.tls_config(herd_core::tls::tonic_client(
+                ca,
+                herd_core::tls::SCHEDULER_NAME,
+            ))
+        }),
+        None => Endpoint::from_shared(url),
+    };
+    let endpoint = endpoint
         .map_err(|e| {
             tonic::Status::invalid_argument(format!("scheduler address {:?}: {e}", link.scheduler))
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true);
+    // A scheduler serving TLS would answer plain text by closing the connection, and
+    // this agent's configuration is what is wrong: waiting does not mend it.
+    if link.ca_pem.is_none() && herd_core::tls::serves_tls(&link.scheduler).await {
+        return Err(tonic::Status::invalid_argument(TLS_WANTED));
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         tonic::Status::unavailable(format!(
-            "cannot reach the scheduler at {}: {e}",
-            link.scheduler
+            "cannot reach the scheduler at {}: {}",
+            link.scheduler,
+            herd_core::connect_error::connect_reason(&e)
         ))
     })?;
     let token = SendToken::new(link.token.as_deref())
@@ -210,6 +233,7 @@ mod tests {
             token: None,
             advertise: advertise.map(str::to_string),
             listen: listen.parse().expect("listen address"),
+            ca_pem: None,
         }
     }
 

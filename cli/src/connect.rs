@@ -27,6 +27,13 @@ pub struct ConnectArgs {
     #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token", global = true)]
     pub token_file: Option<PathBuf>,
 
+    /// The cluster CA's certificate (the scheduler's DATA_DIR/ca.pem), to verify the
+    /// scheduler over TLS. Not needed with a join token (herd1.…, DATA_DIR/join-token),
+    /// which pins the CA, nor on the scheduler's own host with the default data
+    /// directory.
+    #[arg(long, env = "HERD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
     /// Deadline of each request ("30s", "500ms"); none by default.
     #[arg(long, env = "HERD_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Option<Duration>,
@@ -37,8 +44,11 @@ impl ConnectArgs {
     pub fn options(&self) -> Result<ConnectOptions, ClientError> {
         let token = herd_core::auth::given_token(self.token.as_deref(), self.token_file.as_deref())
             .map_err(|e| ClientError::Token(e.to_string()))?;
+        let ca_pem =
+            herd_client::trusted_ca(&self.scheduler, self.ca_cert.as_deref(), token.as_deref())?;
         Ok(ConnectOptions {
             token,
+            ca_pem,
             timeout: self.timeout,
             ..ConnectOptions::default()
         })

@@ -54,15 +54,29 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // The local agent's certificate comes straight from the CA: no call to make.
+    let certified = match &scheduler.settings.tls {
+        Some(tls) => Some((
+            tls.ca.issue(&[herd_core::tls::AGENT_NAME.to_string()])?,
+            tls.ca.cert_pem().to_string(),
+        )),
+        None => None,
+    };
     let mut stop_agent = stop_rx.clone();
-    let agent_server = herd_agent::serve(agent.clone(), agent_listener, async move {
-        let _ = stop_agent.wait_for(|s| *s).await;
-    });
+    let agent_server = herd_agent::serve(
+        agent.clone(),
+        agent_listener,
+        certified.as_ref().map(|(identity, _)| identity),
+        async move {
+            let _ = stop_agent.wait_for(|s| *s).await;
+        },
+    );
     let link = herd_agent::Link {
         scheduler: scheduler_addr.to_string(),
         token: Some(scheduler.settings.token.clone()),
         advertise: Some(agent_addr.to_string()),
         listen: agent_addr,
+        ca_pem: certified.as_ref().map(|(_, ca)| ca.clone()),
     };
     tracing::info!(addr = %scheduler_addr, agent = %agent_addr, "herd up: scheduler and local agent serving");
     let mut stop_scheduler = stop_rx;

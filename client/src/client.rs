@@ -24,14 +24,70 @@ use herd_proto::DataType;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use herd_core::tls::{JoinToken, Trust};
+
 use crate::error::{connect_reason, ClientError};
+
+/// The CA a client trusts: --ca-cert, else none when the join token pins one, else
+/// the local scheduler's (see [`local_ca`]).
+pub fn trusted_ca(
+    addr: &str,
+    ca_cert: Option<&std::path::Path>,
+    token: Option<&str>,
+) -> Result<Option<String>, ClientError> {
+    if let Some(path) = ca_cert {
+        return herd_core::tls::read_ca_file(path)
+            .map(Some)
+            .map_err(|e| ClientError::File {
+                path: path.to_path_buf(),
+                reason: match e {
+                    herd_core::tls::TlsError::CaFile { reason, .. } => {
+                        format!("not a usable CA certificate: {reason}")
+                    }
+                    other => other.to_string(),
+                },
+            });
+    }
+    let pinned = token.is_some_and(|t| herd_core::tls::JoinToken::parse(t).pin.is_some());
+    Ok(if pinned || addr.starts_with("http://") {
+        None
+    } else {
+        local_ca(addr)
+    })
+}
+
+/// The CA of the scheduler `herd up`/`herd scheduler` keeps in the default data
+/// directory, for a client on the same host that was given no other: the CLI and the
+/// dashboard then just work on the machine the cluster was started on.
+pub fn local_ca(addr: &str) -> Option<String> {
+    let host = addr
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return None;
+    }
+    let path = herd_core::paths::default_data_dir()
+        .join("scheduler")
+        .join("ca.pem");
+    herd_core::tls::read_ca_file(&path).ok()
+}
 use crate::tensor::{NamedTensor, TensorData};
 
 /// How to connect.
 #[derive(Clone)]
 pub struct ConnectOptions {
-    /// Sent as `authorization: Bearer <token>` on every request.
+    /// Sent as `authorization: Bearer <token>` on every request. A join token
+    /// (`herd1.…`) sends its secret and pins the cluster CA: the connection is TLS.
     pub token: Option<String>,
+    /// The cluster CA's certificate (PEM): the connection is TLS, verified with it.
+    pub ca_pem: Option<String>,
     /// Deadline of each unary request; `None` waits as long as the server takes.
     pub timeout: Option<Duration>,
     pub connect_timeout: Duration,
@@ -44,6 +100,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.ca_pem.is_some())
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("role", &self.role)
@@ -55,6 +112,7 @@ impl Default for ConnectOptions {
     fn default() -> ConnectOptions {
         ConnectOptions {
             token: None,
+            ca_pem: None,
             timeout: None,
             connect_timeout: Duration::from_secs(5),
             role: "scheduler".to_string(),
@@ -85,7 +143,8 @@ impl Client {
         Client::connect_with(addr, ConnectOptions::default()).await
     }
 
-    /// Connects to `addr` (HOST:PORT or a URL).
+    /// Connects to `addr` (HOST:PORT or a URL). Over TLS when the options give a CA
+    /// or a join token and the address is not an `http://` URL.
     pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
         let url = herd_proto::grpc_url(addr);
         let address_error = |reason: String| ClientError::Address {
@@ -93,13 +152,59 @@ impl Client {
             addr: addr.to_string(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(url).map_err(|e| address_error(e.to_string()))?;
+        let token = options.token.as_deref().map(JoinToken::parse);
+        let trust = if addr.starts_with("http://") {
+            Trust::Plain
+        } else {
+            Trust::from_parts(options.ca_pem.clone(), token.as_ref())
+        };
+        if addr.starts_with("https://") && !trust.is_tls() {
+            return Err(ClientError::Tls {
+                role: options.role.clone(),
+                addr: addr.to_string(),
+                reason:
+                    "nothing to verify the server with: give the join token (herd1.…) or --ca-cert"
+                        .into(),
+            });
+        }
+        let name = if options.role == "agent" {
+            herd_core::tls::AGENT_NAME
+        } else {
+            herd_core::tls::SCHEDULER_NAME
+        };
+        let ca = trust
+            .ca_pem(addr, name)
+            .await
+            .map_err(|e| ClientError::Tls {
+                role: options.role.clone(),
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let endpoint = match &ca {
+            Some(ca) => Endpoint::from_shared(url.replacen("http://", "https://", 1))
+                .and_then(|e| e.tls_config(herd_core::tls::tonic_client(ca, name))),
+            None => Endpoint::from_shared(url),
+        }
+        .map_err(|e| address_error(e.to_string()))?;
         if endpoint.uri().host().is_none() {
             return Err(address_error("expected HOST:PORT".to_string()));
         }
-        let auth = SendToken::new(options.token.as_deref()).map_err(|_| {
+        let secret = token.as_ref().map(|t| t.secret.as_str());
+        let auth = SendToken::new(secret).map_err(|_| {
             ClientError::Token("it must be printable ASCII without newlines".into())
         })?;
+        // A server serving TLS would answer plain text by closing the connection, which
+        // says nothing of what to do.
+        if ca.is_none() && herd_core::tls::serves_tls(addr).await {
+            return Err(ClientError::Tls {
+                role: options.role.clone(),
+                addr: addr.to_string(),
+                reason: "it serves TLS and this client has nothing to verify it with: give the \
+                         join token (herd1.…, the scheduler's DATA_DIR/join-token) or --ca-cert \
+                         DATA_DIR/ca.pem"
+                    .into(),
+            });
+        }
         let channel = endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)

@@ -13,7 +13,7 @@ pub mod tensor;
 pub mod view;
 pub mod why;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{local_ca, trusted_ca, Client, ConnectOptions};
 pub use error::ClientError;
 pub use tensor::{NamedTensor, TensorData, TensorError};
 

@@ -4,6 +4,7 @@
 //! and defaults, and where a model may run (`Device`).
 
 pub mod auth;
+pub mod connect_error;
 pub mod contents;
 pub mod device;
 pub mod digest;
@@ -22,6 +23,7 @@ pub mod repository;
 pub mod settings;
 pub mod settings_change;
 pub mod tensor;
+pub mod tls;
 
 pub use device::Device;
 pub use repository::{ModelFiles, Repository, RepositoryError};

@@ -75,6 +75,12 @@ impl Target {
         })
     }
 
+    /// Verifies the scheduler with this CA (PEM) over TLS.
+    pub fn trusting(mut self, ca_pem: Option<String>) -> Self {
+        self.options.ca_pem = ca_pem;
+        self
+    }
+
     async fn connect(&self) -> Result<Client, ClientError> {
         Client::connect_with(&self.address, self.options.clone()).await
     }

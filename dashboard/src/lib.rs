@@ -47,6 +47,11 @@ pub struct DashConfig {
     /// of --token.
     #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<std::path::PathBuf>,
+    /// The cluster CA's certificate (the scheduler's DATA_DIR/ca.pem), to verify the
+    /// scheduler over TLS. Not needed with a join token (herd1.…), which pins the CA,
+    /// nor on the scheduler's own host with the default data directory.
+    #[arg(long, env = "HERD_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Draw without colours (also set by a non-empty NO_COLOR, whatever its value).
     #[arg(long, env = "NO_COLOR", action = clap::ArgAction::SetTrue, value_parser = non_empty)]
     pub no_color: bool,
@@ -64,6 +69,7 @@ impl std::fmt::Debug for DashConfig {
             .field("scheduler", &self.scheduler)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("ca_cert", &self.ca_cert)
             .field("no_color", &self.no_color)
             .finish()
     }
@@ -74,7 +80,12 @@ pub async fn run(config: DashConfig) -> anyhow::Result<()> {
     // Settings first: their errors are worth more than "needs a terminal".
     let token =
         herd_core::auth::given_token(config.token.as_deref(), config.token_file.as_deref())?;
-    let target = Target::new(&config.scheduler, token.as_deref())?;
+    let ca_pem = herd_client::trusted_ca(
+        &config.scheduler,
+        config.ca_cert.as_deref(),
+        token.as_deref(),
+    )?;
+    let target = Target::new(&config.scheduler, token.as_deref())?.trusting(ca_pem);
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("herd dash needs a terminal");
     }

@@ -48,8 +48,9 @@ pub async fn prove(
     instance: &str,
     token: &str,
     max_message: usize,
+    ca_pem: Option<&str>,
 ) -> Result<(), SchedulerError> {
-    let mut link = AgentLink::new(address, Some(token), max_message)?;
+    let mut link = AgentLink::new(address, Some(token), max_message, ca_pem)?;
     // Bounds the connection as well as the call.
     let answer = tokio::time::timeout(PROOF_TIMEOUT, link.agent.status(StatusRequest {})).await;
     let found = match answer {
@@ -72,7 +73,15 @@ pub async fn prove(
             Code::Unauthenticated | Code::PermissionDenied => {
                 "an agent that refuses this cluster's token (one of another cluster?)".to_string()
             }
-            _ => return Err(unreachable(name, address, s.message().to_string())),
+            _ => match herd_core::tls::handshake_refusal(&s) {
+                Some(herd_core::tls::Refusal::Certificate) => {
+                    "a server without an agent certificate from this cluster's CA (the scheduler, or another cluster's agent)".to_string()
+                }
+                Some(herd_core::tls::Refusal::NotTls) => {
+                    "a server that does not serve TLS (an agent started without the join token, or not an agent)".to_string()
+                }
+                None => return Err(unreachable(name, address, s.message().to_string())),
+            },
         },
     };
     Err(SchedulerError::AdvertisedIsAnother {
@@ -146,7 +155,7 @@ mod tests {
             .expect("free port")
             .port();
         let address = format!("127.0.0.1:{port}");
-        let e = prove("a", &address, "x", "token", 1 << 20)
+        let e = prove("a", &address, "x", "token", 1 << 20, None)
             .await
             .expect_err("nothing there");
         assert!(

@@ -29,18 +29,29 @@ impl AgentLink {
     /// Connects lazily: the first call opens the connection, and a dropped one is
     /// opened again on the next call. `max_message` is the gateway's limit on one
     /// request: a batch carries at most `limits::BATCH_BYTES` of requests or one
-    /// request alone, so the link takes [`herd_core::limits::batch_message`].
+    /// request alone, so the link takes [`herd_core::limits::batch_message`]. With
+    /// `ca_pem`, over TLS: the agent must present a certificate from that CA.
     pub fn new(
         address: &str,
         token: Option<&str>,
         max_message: usize,
+        ca_pem: Option<&str>,
     ) -> Result<AgentLink, SchedulerError> {
         let max = herd_core::limits::batch_message(max_message);
+        let bad_address = |e: tonic::transport::Error| {
+            SchedulerError::BadAgentAddress(format!("agent address {address:?}: {e}"))
+        };
         let url = herd_proto::grpc_url(address);
-        let channel = Endpoint::from_shared(url)
-            .map_err(|e| {
-                SchedulerError::BadAgentAddress(format!("agent address {address:?}: {e}"))
-            })?
+        let endpoint = match ca_pem {
+            Some(ca) => {
+                Endpoint::from_shared(url.replacen("http://", "https://", 1)).and_then(|e| {
+                    e.tls_config(herd_core::tls::tonic_client(ca, herd_core::tls::AGENT_NAME))
+                })
+            }
+            None => Endpoint::from_shared(url),
+        };
+        let channel = endpoint
+            .map_err(bad_address)?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             // A link cut without a reset (a dead switch port, a host gone) shows only

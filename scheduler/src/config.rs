@@ -12,6 +12,16 @@ pub enum PolicyArg {
     Binpack,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsArg {
+    /// TLS unless every port listens on loopback only (nobody else can connect).
+    Auto,
+    /// TLS with certificates from the cluster CA.
+    On,
+    /// Plain text: only on a network where nobody else listens.
+    Off,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SchedulerConfig {
     /// Address for gRPC: the KServe v2 / Triton inference service (the cluster as one
@@ -40,6 +50,13 @@ pub struct SchedulerConfig {
     /// of --token.
     #[arg(long, env = "HERD_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+
+    /// TLS on the gRPC and HTTP ports, with a certificate from the cluster CA (made on
+    /// the first start and kept in the store). Agents and tools trust it through the
+    /// join token (DATA_DIR/join-token, which pins the CA) or --ca-cert DATA_DIR/ca.pem.
+    /// auto: TLS as soon as a port listens beyond loopback (other machines can join).
+    #[arg(long, env = "HERD_TLS", value_enum, default_value = "auto")]
+    pub tls: TlsArg,
 
     /// Require the cluster token for inference calls too.
     #[arg(long, env = "HERD_REQUIRE_TOKEN_FOR_INFERENCE")]
@@ -120,6 +137,16 @@ impl SchedulerConfig {
             .max(self.max_message_bytes())
     }
 
+    /// Whether the ports serve TLS: --tls, with auto on as soon as one listens beyond
+    /// loopback.
+    pub fn tls_on(&self) -> bool {
+        match self.tls {
+            TlsArg::On => true,
+            TlsArg::Off => false,
+            TlsArg::Auto => !(self.listen.ip().is_loopback() && self.http.ip().is_loopback()),
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -157,6 +184,21 @@ mod tests {
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
         let config = parse(&[]).expect("valid flags");
         assert_eq!(config.given_token(), Ok(None));
+    }
+
+    #[test]
+    fn tls_comes_on_by_itself_once_a_port_listens_beyond_loopback() {
+        let parse = |args: &[&str]| {
+            let args = ["herd-scheduler", "--model-repository", "m"]
+                .into_iter()
+                .chain(args.iter().copied());
+            Cli::try_parse_from(args).expect("valid flags").scheduler
+        };
+        assert!(!parse(&[]).tls_on(), "the defaults listen on loopback only");
+        assert!(parse(&["--listen", "0.0.0.0:8001"]).tls_on());
+        assert!(parse(&["--http", "192.168.1.5:8000"]).tls_on());
+        assert!(parse(&["--tls", "on"]).tls_on());
+        assert!(!parse(&["--listen", "0.0.0.0:8001", "--tls", "off"]).tls_on());
     }
 
     #[test]

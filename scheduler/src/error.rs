@@ -99,6 +99,8 @@ pub enum StartError {
     Grpc(#[source] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl SchedulerError {

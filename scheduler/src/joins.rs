@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use herd_proto::herd::scheduler_server::Scheduler as SchedulerRpc;
 use herd_proto::herd::{
-    AgentStatus, FetchModelRequest, JoinRequest, JoinResponse, ModelChunk, ReportRequest,
-    ReportResponse,
+    AgentStatus, CertificateRequest, CertificateResponse, FetchModelRequest, JoinRequest,
+    JoinResponse, ModelChunk, ReportRequest, ReportResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::time::Instant;
@@ -61,6 +61,7 @@ impl JoinService {
                 &status.instance,
                 &settings.token,
                 settings.max_message_size,
+                settings.ca_pem(),
             )
             .await
         };
@@ -130,6 +131,26 @@ impl SchedulerRpc for JoinService {
         self.scheduler
             .report(&r.name, &r.address, r.status.unwrap_or_default())?;
         Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let Some(tls) = &self.scheduler.settings.tls else {
+            return Err(Status::failed_precondition(
+                "this scheduler serves plain text (--tls off) and issues no certificates",
+            ));
+        };
+        let names = [herd_core::tls::AGENT_NAME.to_string()];
+        let chain_pem = tls
+            .ca
+            .sign(&request.into_inner().request, &names)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(CertificateResponse {
+            chain_pem,
+            ca_pem: tls.ca.cert_pem().to_string(),
+        }))
     }
 
     type FetchModelStream = ReceiverStream<Result<ModelChunk, Status>>;

@@ -5,6 +5,7 @@ pub mod address_proof;
 pub mod admin;
 pub mod agent_link;
 pub mod catalog;
+pub mod cluster_tls;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -59,6 +60,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
     let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(
         &data_dir.join("state.redb"),
     )?);
+    let (token, tls) = secret_and_tls(config, &data_dir, &token, store.as_ref()).await?;
     let mut cluster = ClusterModel::new(
         tokio::time::Instant::now(),
         config.report_interval,
@@ -104,6 +106,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         rescan_interval: config.rescan_interval,
         max_message_size: config.max_message_bytes(),
         max_in_flight_bytes: config.max_in_flight_bytes(),
+        tls,
     };
     Ok(Scheduler::with_digests(
         cluster,
@@ -112,6 +115,47 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         config.model_repository.clone(),
         digests,
     ))
+}
+
+/// The secret agents authenticate with (a join token given to the scheduler counts
+/// for its secret, and must pin this cluster's CA), and the CA unless --tls off.
+async fn secret_and_tls(
+    config: &SchedulerConfig,
+    data_dir: &std::path::Path,
+    token: &str,
+    store: &dyn Store,
+) -> Result<(String, Option<Arc<cluster_tls::ClusterTls>>), StartError> {
+    let given = herd_core::tls::JoinToken::parse(token);
+    if !config.tls_on() {
+        // Left from a run with TLS, they would send clients to TLS that is not there.
+        for stale in ["ca.pem", "join-token"] {
+            let _ = std::fs::remove_file(data_dir.join(stale));
+        }
+        if config.tls == config::TlsArg::Off {
+            tracing::warn!(
+                "TLS is off (--tls off): tokens, requests and model files cross the network in plain text"
+            );
+        } else {
+            tracing::info!(
+                "plain text: every port listens on loopback only; TLS comes on with a port \
+                 other machines can reach, or with --tls on"
+            );
+        }
+        return Ok((given.secret, None));
+    }
+    let tls = cluster_tls::ClusterTls::load_or_create(store).await?;
+    if given.pin.is_some_and(|pin| pin != tls.ca.pin()) {
+        return Err(StartError::Tls(
+            "the given token pins another cluster's CA than the one in the store".into(),
+        ));
+    }
+    let path = cluster_tls::write_client_files(data_dir, &tls, &given.secret)?;
+    tracing::info!(
+        join_token = %path.display(),
+        ca = %data_dir.join("ca.pem").display(),
+        "TLS on: agents and tools trust the cluster CA through the join token (--token-file) or --ca-cert"
+    );
+    Ok((given.secret, Some(Arc::new(tls))))
 }
 
 /// Creates the data directory (and missing parents) 0700: it holds the token and the
@@ -185,9 +229,17 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop_http = stop_rx.clone();
+    let http_tls = match &scheduler.settings.tls {
+        Some(tls) => Some(
+            herd_core::tls::http_server_config(&tls.identity)
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
     let http_server = herd_core::kserve_http::serve(
         http,
         http::router(scheduler.clone(), require_token_for_inference),
+        http_tls,
         async move {
             let _ = stop_http.wait_for(|s| *s).await;
         },
@@ -203,7 +255,13 @@ pub async fn serve(
     // Connections bounded, idle ones closed, accept errors backed off.
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
     let (incoming, closed) = herd_core::incoming::incoming_until_closed(grpc, limits);
-    let grpc_server = herd_core::incoming::server_builder()
+    let mut builder = herd_core::incoming::server_builder();
+    if let Some(tls) = &scheduler.settings.tls {
+        builder = builder
+            .tls_config(herd_core::tls::tonic_server(&tls.identity))
+            .map_err(StartError::Grpc)?;
+    }
+    let grpc_server = builder
         .layer(layers)
         .add_service(inference)
         .add_service(joins)
@@ -235,6 +293,7 @@ pub async fn run(
     tracing::info!(
         addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = scheduler.settings.tls.is_some(),
         "scheduler serving"
     );
     serve(

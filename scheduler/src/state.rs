@@ -34,6 +34,15 @@ pub struct Settings {
     pub max_message_size: usize,
     /// Bytes of requests the gateway holds at once (--max-in-flight-bytes).
     pub max_in_flight_bytes: usize,
+    /// The cluster CA and this scheduler's certificate; `None`: plain text (--tls off).
+    pub tls: Option<std::sync::Arc<crate::cluster_tls::ClusterTls>>,
+}
+
+impl Settings {
+    /// The cluster CA's certificate, which agents' certificates come from.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca.cert_pem())
+    }
 }
 
 pub struct Scheduler {
@@ -119,6 +128,7 @@ impl Scheduler {
             address,
             Some(&self.settings.token),
             self.settings.max_message_size,
+            self.settings.ca_pem(),
         )?;
         let actions = self.lock().join(name, address, status, Instant::now())?;
         self.links().connect(name, address, link);

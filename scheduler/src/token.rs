@@ -44,11 +44,13 @@ pub fn load_or_create(given: Option<String>, data_dir: &Path) -> Result<String, 
 /// What herd says once it has generated a token: where it is and how to use it, never
 /// the token itself.
 fn generated_notice(path: &Path) -> String {
-    let path = path.display();
+    let join_token = path.with_file_name("join-token");
+    let (path, join_token) = (path.display(), join_token.display());
     format!(
         "herd: generated the cluster token, kept in {path} (readable only by you); \
-         agents and tools read it with --token-file {path} (or HERD_TOKEN_FILE), \
-         and `cat {path}` shows it"
+         agents and tools read it with --token-file {join_token} (or HERD_TOKEN_FILE): \
+         the token with the cluster CA's hash, so they verify this scheduler over TLS \
+         (with --tls off, --token-file {path}); `cat {path}` shows it"
     )
 }
 
@@ -74,6 +76,10 @@ mod tests {
     fn the_notice_says_where_the_token_is_and_how_to_use_it() {
         let notice = generated_notice(Path::new("/data/token"));
         assert!(notice.contains("kept in /data/token"), "{notice}");
-        assert!(notice.contains("--token-file /data/token"), "{notice}");
+        assert!(notice.contains("--token-file /data/join-token"), "{notice}");
+        assert!(
+            notice.contains("--tls off, --token-file /data/token"),
+            "{notice}"
+        );
     }
 }

@@ -20,7 +20,7 @@ const LONG: Duration = Duration::from_secs(60);
 async fn agent_advertising(cluster: &TestCluster, name: &str, address: &str) -> (i32, String) {
     let out = herd(&["agent", "--listen", "127.0.0.1:0", "--name", name])
         .args(["--advertise", address, "--scheduler", &cluster.addr])
-        .args(["--token", TOKEN, "--data-dir"])
+        .args(["--token", &cluster.join_token(), "--data-dir"])
         .arg(cluster.data.path().join(name))
         .output();
     let out = tokio::time::timeout(LONG, out)
@@ -57,7 +57,7 @@ async fn an_agent_advertising_another_agents_address_is_refused_and_says_so() {
     let (code, stderr) = agent_advertising(&cluster, "c", &cluster.addr).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("a gRPC server that is not a herd agent answers there"),
+        stderr.contains("a server without an agent certificate from this cluster's CA"),
         "{stderr}"
     );
     assert!(cluster.scheduler.lock().node("c").is_none());
@@ -76,11 +76,7 @@ async fn a_join_at_an_address_where_nothing_answers_is_refused_for_now() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .to_string();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = cluster.channel().await;
     let mut joins =
         SchedulerClient::with_interceptor(channel, SendToken::new(Some(TOKEN)).expect("ascii"));
     let refused = joins

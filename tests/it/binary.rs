@@ -72,17 +72,23 @@ pub fn python() -> PathBuf {
 }
 
 /// Runs tests/tritonclient_check.py against `addr` and fails the test if it fails.
-pub async fn tritonclient_check(addr: &str, token: Option<&str>) {
-    python_check("tritonclient_check.py", addr, token).await;
+pub async fn tritonclient_check(addr: &str, token: Option<&str>, ca: Option<&Path>) {
+    python_check("tritonclient_check.py", addr, token, ca).await;
 }
 
-/// Runs the Python check `tests/SCRIPT` against `addr` (with the token, if any) and
-/// fails the test, with what it printed, if it fails.
-pub async fn python_check(script: &str, addr: &str, token: Option<&str>) {
+/// Runs the Python check `tests/SCRIPT` against `addr` (with the token, if any; over
+/// TLS verified with the CA file `ca`, if any) and fails the test, with what it
+/// printed, if it fails.
+pub async fn python_check(script: &str, addr: &str, token: Option<&str>, ca: Option<&Path>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(script);
-    let out = Command::new(python())
+    let mut command = Command::new(python());
+    match ca {
+        Some(ca) => command.env("HERD_CA_CERT", ca),
+        None => command.env_remove("HERD_CA_CERT"),
+    };
+    let out = command
         .arg(path)
         .arg(addr)
         .args(token)
@@ -100,7 +106,7 @@ pub async fn python_check(script: &str, addr: &str, token: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_tritonclient_works_against_herd_agent() {
     let agent = AgentProcess::start().await;
-    tritonclient_check(&agent.addr, None).await;
+    tritonclient_check(&agent.addr, None, None).await;
     drop(agent.child);
 }
 
@@ -117,6 +123,9 @@ async fn the_stock_tritonclient_works_against_herd_up() {
             "127.0.0.1:0",
             "--token",
             "up-token",
+            // As between machines: the stock client over TLS.
+            "--tls",
+            "on",
         ])
         .arg("--model-repository")
         .arg(repo.path())
@@ -132,7 +141,8 @@ async fn the_stock_tritonclient_works_against_herd_up() {
         "herd up: scheduler and local agent serving",
     )
     .await;
-    tritonclient_check(&addr, Some("up-token")).await;
+    // herd up serves TLS; the stock client verifies it with the CA file it writes.
+    tritonclient_check(&addr, Some("up-token"), Some(&data.path().join("ca.pem"))).await;
     drop(child);
 }
 

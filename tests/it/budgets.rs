@@ -126,7 +126,7 @@ impl BudgetAgent {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(herd_agent::serve(agent.clone(), listener, async {
+        tokio::spawn(herd_agent::serve(agent.clone(), listener, None, async {
             let _ = stopped.await;
         }));
         BudgetAgent {

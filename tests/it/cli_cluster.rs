@@ -13,7 +13,7 @@ async fn herd(cluster: &TestCluster, args: &[&str]) -> Output {
         .args(args)
         .args(["--scheduler", &cluster.addr])
         .env("NO_COLOR", "1")
-        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_TOKEN", cluster.join_token())
         .output()
         .await
         .expect("run herd")
@@ -94,7 +94,7 @@ async fn models_and_nodes_commands_drive_a_cluster() {
             "--scheduler",
             &cluster.addr,
             "--token",
-            "wrong",
+            &cluster.join_token_for("wrong"),
         ])
         .env("NO_COLOR", "1")
         .output()

@@ -348,9 +348,7 @@ async fn a_restarted_scheduler_keeps_its_catalog_and_learns_the_cluster_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_token_nothing_joins_loads_unloads_or_drains() {
     let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
-    let mut joins = SchedulerClient::connect(format!("http://{}", cluster.addr))
-        .await
-        .expect("connect");
+    let mut joins = SchedulerClient::new(cluster.channel().await);
     let refused = joins
         .join(JoinRequest {
             name: "intruder".into(),
@@ -407,7 +405,7 @@ async fn without_the_token_nothing_joins_loads_unloads_or_drains() {
             "--scheduler",
             &cluster.addr,
             "--token",
-            "wrong",
+            &cluster.join_token_for("wrong"),
         ])
         .arg("--data-dir")
         .arg(cluster.data.path().join("x"))
@@ -453,7 +451,7 @@ async fn draining_a_node_moves_its_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_tritonclient_works_against_a_three_agent_cluster() {
     let cluster = TestCluster::start(&["1GiB", "1GiB", "1GiB"], &[], PolicyArg::Spread).await;
-    crate::binary::tritonclient_check(&cluster.addr, Some(TOKEN)).await;
+    crate::binary::tritonclient_check(&cluster.addr, Some(TOKEN), Some(&cluster.ca_file())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,9 +650,7 @@ async fn metrics_and_health_are_served_over_http() {
     })
     .await;
     for path in ["/health", "/metrics"] {
-        let mut stream = tokio::net::TcpStream::connect(&cluster.http_addr)
-            .await
-            .expect("connect");
+        let mut stream = cluster.http_stream().await;
         let request = format!("GET {path} HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
@@ -707,11 +703,7 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
         .expect_err("unknown node");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = cluster.channel().await;
     let mut joins = SchedulerClient::with_interceptor(
         channel,
         herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),
@@ -727,12 +719,9 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
 
     // An agent asked to load a file by something that is not a sha256 refuses it
     // before touching its disk.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.agents[0].addr))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+    let channel = cluster
+        .channel_to(&cluster.agents[0].addr, herd_core::tls::AGENT_NAME)
+        .await;
     let mut agent = AgentClient::with_interceptor(
         channel,
         herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),

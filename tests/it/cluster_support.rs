@@ -77,6 +77,8 @@ pub fn scheduler_config(
         rescan_interval: Duration::ZERO,
         max_message_size: "64MiB".parse().expect("size"),
         max_in_flight_bytes: "512MiB".parse().expect("size"),
+        // Every call of the cluster tests goes over TLS, as between machines.
+        tls: herd_scheduler::config::TlsArg::On,
     }
 }
 
@@ -193,7 +195,13 @@ impl TestCluster {
                 "--memory-limit",
                 limit,
             ])
-            .args(["--scheduler", &self.addr, "--token", token, "--data-dir"])
+            .args([
+                "--scheduler",
+                &self.addr,
+                "--token",
+                &self.join_token_for(token),
+            ])
+            .arg("--data-dir")
             .arg(&data_dir)
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -241,16 +249,69 @@ impl TestCluster {
             .collect()
     }
 
+    /// The join token of this cluster with the secret `secret` (a wrong one, say):
+    /// it pins the cluster's CA (with TLS off, it is the bare secret).
+    pub fn join_token_for(&self, secret: &str) -> String {
+        match &self.scheduler.settings.tls {
+            Some(tls) => tls.join_token(secret),
+            None => secret.to_string(),
+        }
+    }
+
+    /// The cluster's join token, as agents and tools are given it.
+    pub fn join_token(&self) -> String {
+        self.join_token_for(TOKEN)
+    }
+
+    /// The cluster CA's certificate, as PEM.
+    pub fn ca_pem(&self) -> String {
+        let tls = self.scheduler.settings.tls.as_ref().expect("TLS on");
+        tls.ca.cert_pem().to_string()
+    }
+
+    /// A certificate from the cluster CA for an agent in this process.
+    pub fn agent_identity(&self) -> herd_core::tls::Identity {
+        let tls = self.scheduler.settings.tls.as_ref().expect("TLS on");
+        tls.ca
+            .issue(&[herd_core::tls::AGENT_NAME.to_string()])
+            .expect("an agent certificate")
+    }
+
+    /// A channel to `addr`, a server of this cluster named `name` (the scheduler's or
+    /// an agent's role name), over TLS verified with the cluster CA.
+    pub async fn channel_to(&self, addr: &str, name: &str) -> tonic::transport::Channel {
+        tls_channel(addr, &self.ca_pem(), name).await
+    }
+
+    /// The cluster CA's certificate file, as the scheduler writes it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.path().join("scheduler").join("ca.pem")
+    }
+
+    /// A TLS connection to the scheduler's HTTP port, verified with the cluster CA.
+    pub async fn http_stream(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        tls_stream(
+            &self.http_addr,
+            &self.ca_pem(),
+            herd_core::tls::SCHEDULER_NAME,
+        )
+        .await
+    }
+
+    /// A channel to the scheduler, over TLS.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        self.channel_to(&self.addr, herd_core::tls::SCHEDULER_NAME)
+            .await
+    }
+
     pub async fn client(
         &self,
     ) -> herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
         tonic::transport::Channel,
     > {
-        herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
-            format!("http://{}", self.addr),
+        herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+            self.channel().await,
         )
-        .await
-        .expect("connect to the scheduler")
     }
 
     pub async fn admin(
@@ -262,11 +323,7 @@ impl TestCluster {
             herd_core::auth::SendToken,
         >,
     > {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = self.channel().await;
         herd_proto::herd::admin_client::AdminClient::with_interceptor(
             channel,
             herd_core::auth::SendToken::new(token).expect("ascii"),
@@ -305,4 +362,41 @@ pub async fn serving_addr(child: &mut Child, marker: &str) -> String {
     .expect("serves within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     addr
+}
+
+/// A TLS connection to `addr`, a server named `name` with a certificate from `ca_pem`.
+pub async fn tls_stream(
+    addr: &str,
+    ca_pem: &str,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = pem::parse(ca_pem)
+        .expect("a PEM certificate")
+        .into_contents();
+    roots.add(der.into()).expect("a CA certificate");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake")
+}
+
+/// A gRPC channel to `addr`, a server named `name`, over TLS verified with `ca_pem`.
+pub async fn tls_channel(addr: &str, ca_pem: &str, name: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("url")
+        .tls_config(herd_core::tls::tonic_client(ca_pem, name))
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect over TLS")
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use herd_proto::herd::{ListNodesRequest, NodeState};
 use tokio::process::Command;
 
-use crate::cluster_support::{serving_addr, HERD};
+use crate::cluster_support::{serving_addr, tls_channel, HERD};
 use crate::support::repository;
 
 const TOKEN: &str = "dash-token";
@@ -86,6 +86,9 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
             TOKEN,
             "--name",
             "local",
+            // As between machines: the dashboard and the second agent over TLS.
+            "--tls",
+            "on",
         ])
         .args(["--memory-limit", "1GiB", "--report-interval", "200ms"])
         .arg("--model-repository")
@@ -98,6 +101,8 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
         .spawn()
         .expect("start herd up");
     let addr = serving_addr(&mut up, "herd up: scheduler and local agent serving").await;
+    // herd up serves TLS: everything else joins and calls with its join token.
+    let join_token = data.path().join("up").join("join-token");
     let mut second = Command::new(HERD)
         .args([
             "agent",
@@ -108,7 +113,9 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
             "--memory-limit",
             "2GiB",
         ])
-        .args(["--scheduler", &addr, "--token", TOKEN, "--data-dir"])
+        .args(["--scheduler", &addr, "--token-file"])
+        .arg(&join_token)
+        .arg("--data-dir")
         .arg(data.path().join("second"))
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
@@ -118,7 +125,10 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
     serving_addr(&mut second, "agent serving").await;
 
     let session = format!("herd-dash-{}", std::process::id());
-    let command = format!("HERD_TOKEN={TOKEN} {HERD} dash --scheduler {addr}");
+    let command = format!(
+        "HERD_TOKEN_FILE={} {HERD} dash --scheduler {addr}",
+        join_token.display()
+    );
     Tmux::run(&[
         "new-session",
         "-d",
@@ -158,11 +168,8 @@ async fn the_dashboard_shows_both_nodes_and_drains_one() {
             .any(|l| l.starts_with("second") && l.contains("drain"))
     })
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let ca = std::fs::read_to_string(data.path().join("up").join("ca.pem")).expect("the CA");
+    let channel = tls_channel(&addr, &ca, herd_core::tls::SCHEDULER_NAME).await;
     let mut admin = herd_proto::herd::admin_client::AdminClient::with_interceptor(
         channel,
         herd_core::auth::SendToken::new(Some(TOKEN)).expect("ascii"),

@@ -19,7 +19,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::cluster_support::{herd, TestCluster, TOKEN};
+use crate::cluster_support::{herd, TestCluster};
 use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -103,6 +103,8 @@ const TABLE: &[Row] = &[
     ("/herd.v1.Scheduler/Join", Token, Token),
     ("/herd.v1.Scheduler/Report", Token, Token),
     ("/herd.v1.Scheduler/FetchModel", Token, Token),
+    // A certificate of the cluster is given only to a holder of the token.
+    ("/herd.v1.Scheduler/IssueCertificate", Token, Token),
     ("/herd.v1.Admin/ListNodes", Token, Token),
     ("/herd.v1.Admin/ListModels", Token, Token),
     ("/herd.v1.Admin/LoadModel", Token, Token),
@@ -125,7 +127,9 @@ async fn a_scheduler_requiring_the_token_for_inference_has_its_agents_require_it
     doors.check_every_rpc().await;
 
     // The scheduler itself still reaches the agent: it sends the token.
-    let channel = doors.channel(&doors.scheduler.addr).await;
+    let channel = doors
+        .channel(&doors.scheduler.addr, herd_core::tls::SCHEDULER_NAME)
+        .await;
     let token = herd_core::auth::SendToken::new(Some(&doors.token)).expect("ascii");
     let mut client = GrpcInferenceServiceClient::with_interceptor(channel, token);
     let request = raw_request("tiny_fixed", "x", "FP32", &[2, 4], f32_bytes(&[1.0; 8]));
@@ -151,12 +155,15 @@ async fn a_generated_token_is_not_printed_but_where_it_is_kept_is() {
         !printed.contains(&token),
         "the token was printed:\n{printed}"
     );
-    let told = format!("--token-file {}", kept.display());
+    // With TLS (the default) agents and tools are told the join token's file: the
+    // token with the CA's hash.
+    let join_token = data.join("join-token");
+    let told = format!("--token-file {}", join_token.display());
     assert!(printed.contains(&told), "{told:?} not in:\n{printed}");
     log.drain();
 
     // What it says works: an agent joins with that file.
-    let mut agent = spawn_agent(&addr, "reader", &kept, &dirs.path().join("agent"));
+    let mut agent = spawn_agent(&addr, "reader", &join_token, &dirs.path().join("agent"));
     let mut log = Log::of(&mut agent);
     log.until("joined the cluster").await;
     log.drain();
@@ -168,7 +175,7 @@ async fn an_agent_whose_name_is_taken_exits_saying_so() {
     let data = cluster.data.path().join("second-a");
     let second = herd(&["agent", "--listen", "127.0.0.1:0", "--name", "a"])
         .args(["--memory-limit", "1GiB", "--scheduler", &cluster.addr])
-        .args(["--token", TOKEN, "--data-dir"])
+        .args(["--token", &cluster.join_token(), "--data-dir"])
         .arg(&data)
         .stdout(Stdio::null())
         .spawn()
@@ -202,6 +209,7 @@ struct Doors {
     scheduler: Process,
     agent: Process,
     token: String,
+    ca_pem: String,
     require_token_for_inference: bool,
     /// Where the servers keep things; no answer to a stranger names them.
     secret_paths: Vec<PathBuf>,
@@ -226,15 +234,17 @@ impl Doors {
         if require_token_for_inference {
             flags.push("--require-token-for-inference");
         }
-        let mut scheduler = spawn_scheduler(repo.path(), &dirs.path().join("scheduler"), &flags);
+        let scheduler_data = dirs.path().join("scheduler");
+        let mut scheduler = spawn_scheduler(repo.path(), &scheduler_data, &flags);
         let mut log = Log::of(&mut scheduler);
         let scheduler_addr = addr_in(&log.until("scheduler serving").await);
         log.drain();
 
+        // The agent joins with the join token: the secret and the CA's hash.
         let mut agent = spawn_agent(
             &scheduler_addr,
             "doors",
-            &token_file,
+            &scheduler_data.join("join-token"),
             &dirs.path().join("agent"),
         );
         let mut log = Log::of(&mut agent);
@@ -253,6 +263,7 @@ impl Doors {
                 _child: agent,
             },
             token,
+            ca_pem: std::fs::read_to_string(scheduler_data.join("ca.pem")).expect("the CA"),
             require_token_for_inference,
             secret_paths: vec![dirs.path().to_path_buf(), repo.path().to_path_buf()],
             _dirs: dirs,
@@ -260,9 +271,12 @@ impl Doors {
         }
     }
 
-    async fn channel(&self, addr: &str) -> Channel {
-        Endpoint::from_shared(format!("http://{addr}"))
+    /// A channel to `addr`, a server named `name`, over TLS.
+    async fn channel(&self, addr: &str, name: &str) -> Channel {
+        Endpoint::from_shared(format!("https://{addr}"))
             .expect("url")
+            .tls_config(herd_core::tls::tonic_client(&self.ca_pem, name))
+            .expect("TLS config")
             .connect()
             .await
             .expect("connect over loopback")
@@ -277,12 +291,22 @@ impl Doors {
                 wrong.push(format!("{} is in the table but no .proto has it", row.0));
             }
         }
-        let servers: [(&str, &str, DoorOf); 2] = [
-            ("scheduler", &self.scheduler.addr, |row| row.1),
-            ("agent", &self.agent.addr, |row| row.2),
+        let servers: [(&str, &str, &str, DoorOf); 2] = [
+            (
+                "scheduler",
+                &self.scheduler.addr,
+                herd_core::tls::SCHEDULER_NAME,
+                |row| row.1,
+            ),
+            (
+                "agent",
+                &self.agent.addr,
+                herd_core::tls::AGENT_NAME,
+                |row| row.2,
+            ),
         ];
-        for (server, addr, door_of) in servers {
-            let channel = self.channel(addr).await;
+        for (server, addr, name, door_of) in servers {
+            let channel = self.channel(addr, name).await;
             for path in &rpcs {
                 let Some(row) = TABLE.iter().find(|row| row.0 == path) else {
                     wrong.push(format!("{path} is not in the table: say who may call it"));
@@ -451,6 +475,9 @@ fn spawn_scheduler(repo: &Path, data: &Path, flags: &[&str]) -> Child {
         .arg("--data-dir")
         .arg(data)
         .args(["--report-interval", "100ms"])
+        // On loopback TLS would stay off by itself; these doors are the ones between
+        // machines.
+        .args(["--tls", "on"])
         .args(flags)
         .stdout(Stdio::null())
         .spawn()

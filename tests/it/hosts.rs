@@ -19,6 +19,9 @@ struct ThreeHosts {
     _repo: tempfile::TempDir,
     _data: Vec<tempfile::TempDir>,
     bed: NetBed,
+    /// The join token (the scheduler's DATA_DIR/join-token): agents and tools verify
+    /// the scheduler over TLS with it.
+    token: String,
 }
 
 impl ThreeHosts {
@@ -48,6 +51,9 @@ impl ThreeHosts {
             .arg(data[0].path())
             .env("HERD_TOKEN", TOKEN);
         let scheduler = Logged::spawn(command);
+        scheduler.wait_for(&["scheduler serving"], 1, LONG).await;
+        let token = herd_core::auth::read_token_file(&data[0].path().join("join-token"))
+            .expect("the join token");
         let mut agents = Vec::new();
         for (i, name) in [(1, "a"), (2, "b")] {
             let mut command = bed.command(i, HERD);
@@ -56,7 +62,7 @@ impl ThreeHosts {
                 .args(["--scheduler", &format!("{}:8001", bed.address(0))])
                 .arg("--data-dir")
                 .arg(data[i].path())
-                .env("HERD_TOKEN", TOKEN);
+                .env("HERD_TOKEN", &token);
             agents.push(Logged::spawn(command));
         }
         scheduler
@@ -68,17 +74,19 @@ impl ThreeHosts {
             _repo: repo,
             _data: data,
             bed,
+            token,
         })
     }
 }
 
 /// A `herd` command's JSON output, run on the scheduler's host against it.
-async fn herd_json(bed: &NetBed, args: &[&str]) -> serde_json::Value {
-    let out = bed
+async fn herd_json(hosts: &ThreeHosts, args: &[&str]) -> serde_json::Value {
+    let out = hosts
+        .bed
         .command(0, HERD)
         .args(args)
         .args(["--scheduler", "127.0.0.1:8001", "--json"])
-        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_TOKEN", &hosts.token)
         .output()
         .await
         .expect("run herd");
@@ -91,8 +99,8 @@ async fn herd_json(bed: &NetBed, args: &[&str]) -> serde_json::Value {
 }
 
 /// The nodes tiny_mlp is ready on, as the scheduler lists them.
-async fn ready_nodes(bed: &NetBed) -> Vec<String> {
-    let models = herd_json(bed, &["models", "list"]).await;
+async fn ready_nodes(hosts: &ThreeHosts) -> Vec<String> {
+    let models = herd_json(hosts, &["models", "list"]).await;
     let mut nodes: Vec<String> = models
         .as_array()
         .into_iter()
@@ -107,10 +115,10 @@ async fn ready_nodes(bed: &NetBed) -> Vec<String> {
 }
 
 /// `herd bench` on the scheduler's host: what it printed as JSON.
-async fn bench_on_scheduler_host(bed: &NetBed, args: &[&str]) -> serde_json::Value {
+async fn bench_on_scheduler_host(hosts: &ThreeHosts, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["bench", "--warmup", "0s"];
     all.extend_from_slice(args);
-    herd_json(bed, &all).await
+    herd_json(hosts, &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,11 +141,11 @@ async fn an_agent_cut_off_under_load_costs_no_request() {
         );
     }
     // Spread over both hosts.
-    assert_eq!(ready_nodes(bed).await, ["a", "b"]);
+    assert_eq!(ready_nodes(&hosts).await, ["a", "b"]);
     // 12 s of requests at 50/s with 10 s deadlines; agent "a" is cut off 3 s in, with
     // requests in flight to it and more sent before anything notices.
     let load = bench_on_scheduler_host(
-        bed,
+        &hosts,
         &[
             "--rate",
             "50",
@@ -186,7 +194,7 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
         return;
     };
     let bed = &hosts.bed;
-    let first = ready_nodes(bed).await;
+    let first = ready_nodes(&hosts).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let (cut, cut_host, other) = if first[0] == "a" {
         ("a", 1, "b")
@@ -196,7 +204,7 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
     // Cut off under load, the node's only copy is replaced on the other node; requests
     // meanwhile wait for it (no other replica can take them).
     let load = bench_on_scheduler_host(
-        bed,
+        &hosts,
         &[
             "--rate",
             "50",
@@ -264,12 +272,12 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
             LONG,
         )
         .await;
-    let mut nodes = ready_nodes(bed).await;
+    let mut nodes = ready_nodes(&hosts).await;
     let deadline = tokio::time::Instant::now() + LONG;
     while nodes.len() != 1 {
         assert!(tokio::time::Instant::now() < deadline, "still {nodes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        nodes = ready_nodes(bed).await;
+        nodes = ready_nodes(&hosts).await;
     }
     eprintln!(
         "partition healed: back to 1 replica ({}) {} ms after the heal",
@@ -286,12 +294,13 @@ async fn after_a_partition_heals_the_surplus_copy_is_unloaded() {
 
 /// `herd agent ARGS` on `host` against the bed's scheduler, expected to exit promptly:
 /// its exit code and what it printed.
-async fn agent_exits(bed: &NetBed, host: usize, args: &[&str]) -> (Option<i32>, String) {
+async fn agent_exits(hosts: &ThreeHosts, host: usize, args: &[&str]) -> (Option<i32>, String) {
+    let bed = &hosts.bed;
     let out = bed
         .command(host, HERD)
         .args(["agent", "--scheduler", &format!("{}:8001", bed.address(0))])
         .args(args)
-        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_TOKEN", &hosts.token)
         .env("NO_COLOR", "1")
         .kill_on_drop(true)
         .output();
@@ -320,7 +329,7 @@ async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_re
     let dir = |name: &str| data.path().join(name).to_string_lossy().to_string();
     // Loopback from another host: the scheduler would be calling its own host.
     let (code, stderr) = agent_exits(
-        bed,
+        &hosts,
         1,
         &[
             "--listen",
@@ -344,7 +353,7 @@ async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_re
     // Another host's address: agent "b" answers there, not this one.
     let b = format!("{}:8001", bed.address(2));
     let (code, stderr) = agent_exits(
-        bed,
+        &hosts,
         1,
         &["--listen", "0.0.0.0:8002", "--name", "c", "--advertise", &b],
     )
@@ -373,11 +382,11 @@ async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_re
             &dir("h1"),
         ])
         .args(["--scheduler", &format!("{}:8001", bed.address(0))])
-        .env("HERD_TOKEN", TOKEN);
+        .env("HERD_TOKEN", &hosts.token);
     let first = Logged::spawn(first);
     first.wait_for(&["joined the cluster"], 1, LONG).await;
     let (code, stderr) = agent_exits(
-        bed,
+        &hosts,
         2,
         &["--listen", "0.0.0.0:8002", "--data-dir", &dir("h2")],
     )
@@ -389,7 +398,7 @@ async fn joins_with_a_wrong_address_or_a_taken_host_name_are_refused_with_the_re
             && stderr.contains("give this agent another --name"),
         "{stderr}"
     );
-    assert_eq!(ready_nodes(bed).await.len(), 1, "nothing else disturbed");
+    assert_eq!(ready_nodes(&hosts).await.len(), 1, "nothing else disturbed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,14 +408,14 @@ async fn a_scheduler_cut_off_and_back_reloads_nothing() {
         return;
     };
     let bed = &hosts.bed;
-    assert_eq!(ready_nodes(bed).await, ["a", "b"]);
+    assert_eq!(ready_nodes(&hosts).await, ["a", "b"]);
     // Longer than the three missed reports that mark both nodes down.
     bed.cut(0);
     hosts.scheduler.wait_for(&["kind=\"down\""], 2, LONG).await;
     bed.heal(0);
     let healed_at = tokio::time::Instant::now();
     let deadline = healed_at + LONG;
-    while ready_nodes(bed).await != ["a", "b"] {
+    while ready_nodes(&hosts).await != ["a", "b"] {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{}",
@@ -451,11 +460,16 @@ async fn an_agent_started_before_its_network_joins_with_its_real_address_once_it
         .args(["--scheduler", &format!("{}:8001", bed.address(0))])
         .arg("--data-dir")
         .arg(data.path())
-        .env("HERD_TOKEN", TOKEN);
+        .env("HERD_TOKEN", &hosts.token);
     let late = Logged::spawn(command);
-    // No route: it says so and waits, rather than advertising loopback.
-    late.wait_for(&["no address to advertise yet", "--advertise"], 1, LONG)
-        .await;
+    // No route: it says so and waits (for its certificate, the first thing it needs
+    // from the scheduler), rather than advertising loopback.
+    late.wait_for(
+        &["cannot get this agent's certificate yet", "unreachable"],
+        1,
+        LONG,
+    )
+    .await;
     bed.set_network(1, true);
     let from = format!("joined from {}:8002", bed.address(1));
     hosts

@@ -81,6 +81,23 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    send_over(stream, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request over `stream` (a TLS one, say) to the server `addr`.
+async fn send_over<S, B>(
+    stream: S,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -135,6 +152,7 @@ impl HttpAgent {
         tokio::spawn(herd_agent::serve_http(
             grpc.agent.clone(),
             listener,
+            None,
             async {
                 let _ = stopped.await;
             },
@@ -603,8 +621,8 @@ async fn request_bytes_held_over_http_are_bounded_as_over_grpc() {
 }
 
 /// Runs tests/tritonclient_http_check.py against `addr` and fails the test if it fails.
-async fn tritonclient_http_check(addr: &str, token: Option<&str>) {
-    crate::binary::python_check("tritonclient_http_check.py", addr, token).await;
+async fn tritonclient_http_check(addr: &str, token: Option<&str>, ca: Option<&std::path::Path>) {
+    crate::binary::python_check("tritonclient_http_check.py", addr, token, ca).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,8 +655,28 @@ async fn the_stock_tritonclient_http_works_against_herd_agent_http() {
     .await
     .expect("herd agent serves within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    tritonclient_http_check(&http, None).await;
+    tritonclient_http_check(&http, None, None).await;
     drop(child);
+}
+
+/// One HTTP/1.1 request to the cluster scheduler's HTTP port, over TLS.
+async fn tls_call(
+    cluster: &crate::cluster_support::TestCluster,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let stream = cluster.http_stream().await;
+    send_over(
+        stream,
+        &cluster.http_addr,
+        method,
+        path,
+        headers,
+        Full::new(body),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,9 +685,19 @@ async fn kserve_http_on_the_scheduler_answers_for_the_cluster() {
     let cluster =
         TestCluster::start(&["2GiB"], &[], herd_scheduler::config::PolicyArg::Spread).await;
     let http = cluster.http_addr.as_str();
-    // The port still serves what it served before.
-    assert_eq!(get(http, "/health").await.status, 200);
-    assert_eq!(get(http, "/metrics").await.status, 200);
+    // The port still serves what it served before, over TLS as the gRPC port.
+    assert_eq!(
+        tls_call(&cluster, "GET", "/health", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        tls_call(&cluster, "GET", "/metrics", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
 
     // Refusals read as over the gateway's gRPC.
     let mut client = cluster.client().await;
@@ -663,7 +711,16 @@ async fn kserve_http_on_the_scheduler_answers_for_the_cluster() {
         .await
         .expect_err("unknown model");
     let (head, binary) = http_of(&unknown);
-    let reply = infer_binary(http, "/v2/models/no_such_model/infer", &head, &binary).await;
+    let (body, length) = framed(&head, &binary);
+    let headers = [("inference-header-content-length", length.as_str())];
+    let reply = tls_call(
+        &cluster,
+        "POST",
+        "/v2/models/no_such_model/infer",
+        &headers,
+        body,
+    )
+    .await;
     assert_eq!(
         (reply.status, reply.error()),
         (404, grpc.message().to_string())
@@ -675,8 +732,8 @@ async fn kserve_http_on_the_scheduler_answers_for_the_cluster() {
         })
         .await
         .expect_err("no token");
-    let reply = call(
-        http,
+    let reply = tls_call(
+        &cluster,
         "POST",
         "/v2/repository/models/tiny_multi/unload",
         &[],
@@ -688,5 +745,5 @@ async fn kserve_http_on_the_scheduler_answers_for_the_cluster() {
         (401, grpc.message().to_string())
     );
 
-    tritonclient_http_check(http, Some(TOKEN)).await;
+    tritonclient_http_check(http, Some(TOKEN), Some(&cluster.ca_file())).await;
 }

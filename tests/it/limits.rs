@@ -143,12 +143,18 @@ async fn the_scheduler_sheds_requests_past_its_in_flight_bytes_until_they_are_an
     let gate = Arc::new(Gate::default());
     let mut opts = options(cluster.repo.path());
     opts.token = Some(TOKEN.into());
-    let agent = TestAgent::start(opts, GatedLoader::load_gated("tiny_mlp", &gate)).await;
+    let agent = TestAgent::start_with_tls(
+        opts,
+        GatedLoader::load_gated("tiny_mlp", &gate),
+        Some(cluster.agent_identity()),
+    )
+    .await;
     let link = herd_agent::Link {
         scheduler: cluster.addr.clone(),
         token: Some(TOKEN.into()),
         advertise: Some(agent.addr.clone()),
         listen: agent.addr.parse().expect("addr"),
+        ca_pem: Some(cluster.ca_pem()),
     };
     let joined = tokio::spawn(herd_agent::join_and_report(agent.agent.clone(), link));
     cluster.wait_for_nodes(1).await;

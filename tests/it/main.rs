@@ -24,4 +24,5 @@ mod repository;
 mod serving;
 mod storage;
 mod support;
+mod tls;
 mod ttl;

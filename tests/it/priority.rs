@@ -23,12 +23,12 @@ fn with_header(value: &str) -> tonic::Request<herd_proto::inference::ModelInferR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_classes_are_served_and_a_bad_one_is_refused_by_scheduler_and_agent() {
     let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
-    let agent = format!("http://{}", cluster.agents[0].addr);
-    let scheduler = format!("http://{}", cluster.addr);
-    for addr in [scheduler, agent] {
-        let mut client = GrpcInferenceServiceClient::connect(addr.clone())
-            .await
-            .expect("connect");
+    let agent = cluster
+        .channel_to(&cluster.agents[0].addr, herd_core::tls::AGENT_NAME)
+        .await;
+    let servers = [("scheduler", cluster.channel().await), ("agent", agent)];
+    for (addr, channel) in servers {
+        let mut client = GrpcInferenceServiceClient::new(channel);
         for class in ["interactive", "bulk", "BULK"] {
             client
                 .model_infer(with_header(class))

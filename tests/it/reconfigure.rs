@@ -28,7 +28,7 @@ async fn rescan(cluster: &TestCluster) {
         "--scheduler",
         &cluster.addr,
         "--token",
-        TOKEN,
+        &cluster.join_token(),
     ])
     .output()
     .await

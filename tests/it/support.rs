@@ -192,13 +192,26 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn start(options: AgentOptions, loader: GatedLoader) -> TestAgent {
+        TestAgent::start_with_tls(options, loader, None).await
+    }
+
+    /// As `start`, serving TLS with `tls` (a certificate from a cluster's CA).
+    pub async fn start_with_tls(
+        options: AgentOptions,
+        loader: GatedLoader,
+        tls: Option<herd_core::tls::Identity>,
+    ) -> TestAgent {
         let agent = Agent::new(options, Arc::new(loader));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(herd_agent::serve(agent.clone(), listener, async {
-            let _ = stopped.await;
-        }));
+        let served = agent.clone();
+        tokio::spawn(async move {
+            herd_agent::serve(served, listener, tls.as_ref(), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         TestAgent {
             agent,
             addr,

@@ -19,6 +19,7 @@ mod infer;
 mod replies;
 mod routes;
 mod tensors;
+mod tls_serve;
 
 pub use binary::HEADER_LENGTH;
 pub use errors::{http_status, HttpError};
@@ -28,14 +29,18 @@ use std::future::Future;
 
 use axum::serve::ListenerExt;
 
-/// Serves `router` over HTTP/1.1 on `listener` until `shutdown` completes, without
-/// Nagle's delay on the accepted sockets (a reply's last segment would otherwise wait
-/// for the client's delayed ACK).
+/// Serves `router` over HTTP/1.1 on `listener` until `shutdown` completes, over TLS
+/// with `tls`, without Nagle's delay on the accepted sockets (a reply's last segment
+/// would otherwise wait for the client's delayed ACK).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(tls) = tls {
+        return tls_serve::serve(listener, router, tls, shutdown).await;
+    }
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
