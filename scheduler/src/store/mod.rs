@@ -2,16 +2,18 @@
 //!
 //! The scheduler keeps its whole state (model catalog, placements, node records) behind
 //! [`Store`]. The embedded implementation ([`EmbeddedStore`]) needs nothing installed and
-//! survives a restart; an etcd implementation backs the same trait for HA. Every
-//! implementation runs the same conformance suite (`conformance.rs`).
+//! survives a restart; [`EtcdStore`] keeps the state in an etcd cluster instead, off the
+//! scheduler's machine. Every implementation runs the same conformance suite
+//! (`conformance.rs`); the etcd one against a real etcd (`etcd_tests.rs`).
 //!
 //! The state is soft: agents report what they hold and the catalog is read from the
 //! repository, so a state file that cannot be read is moved aside and the store starts
 //! empty rather than keep the scheduler from starting (see [`EmbeddedStore::open`]).
 //!
 //! Semantics follow etcd v3:
-//! - one global revision counter, incremented by every put and every delete (a lease ending
-//!   with three keys attached makes three deletes, each with its own revision);
+//! - one global revision counter, incremented by every put and every delete; a lease ending
+//!   deletes its keys at one revision or more (etcd does it in one, the embedded store gives
+//!   each delete its own), so callers count on neither;
 //! - `create_revision`, `mod_revision` and `version` per key; `version` starts again at 1 when
 //!   a deleted key is created again;
 //! - a key put with a lease is deleted when the lease ends (expiry or revoke); a put without a
@@ -22,11 +24,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub mod embedded;
+pub mod etcd;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod etcd_tests;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// A point in the store's history: the revision of the write that produced it.
 pub type Revision = i64;
