@@ -78,7 +78,7 @@ impl EtcdStore {
                     StoreError::LeaseNotFound(id)
                 }
                 _ if is_connection(&e) => unavailable(&self.endpoints, e),
-                _ => StoreError::Io(format!("etcd at {}: {e}", self.endpoints)),
+                _ => StoreError::Io(format!("etcd at {}: {}", self.endpoints, describe(&e))),
             }),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "etcd at {} did not answer within {:?}",
@@ -101,7 +101,28 @@ fn is_connection(e: &etcd_client::Error) -> bool {
 }
 
 fn unavailable(endpoints: &str, e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
+    StoreError::Unavailable(format!(
+        "cannot reach etcd at {endpoints}: {}",
+        describe(&e)
+    ))
+}
+
+/// A failed call in a line: a status's message and its deepest cause ("tcp connect error:
+/// Connection refused"), not tonic's whole debug form.
+fn describe(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut deepest = None;
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        deepest = Some(c);
+        cause = c.source();
+    }
+    match deepest {
+        Some(c) => format!("{}: {c}", status.message()),
+        None => status.message().to_owned(),
+    }
 }
 
 /// The key as the trait sees it. Keys under the prefix are written by this store, from

@@ -20,11 +20,14 @@
 //!   lease detaches the key from the lease it had;
 //! - keys are plain strings and a prefix is a plain string prefix (`"/a"` matches `"/ab"`).
 
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_url;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -33,6 +36,22 @@ mod etcd_tests;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
+pub use etcd_url::EtcdUrl;
+
+/// Bounds the scheduler's first call to etcd, so that a wrong --store fails the start
+/// instead of hanging it, and each call after.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The store `--store` names: etcd when given, else the embedded store's file in the data
+/// directory.
+pub async fn open(etcd: Option<&EtcdUrl>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(url) = etcd else {
+        return Ok(Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?));
+    };
+    let store = EtcdStore::connect(&url.endpoints, &url.prefix, ETCD_TIMEOUT).await?;
+    tracing::info!(store = %url, "state store in etcd");
+    Ok(Arc::new(store))
+}
 
 /// A point in the store's history: the revision of the write that produced it.
 pub type Revision = i64;
