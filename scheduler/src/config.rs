@@ -51,9 +51,9 @@ pub struct SchedulerConfig {
     pub data_dir: Option<PathBuf>,
 
     /// Keep the state (catalog, placements) in etcd instead of the data directory:
-    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX], keys under /PREFIX/ (default /herd/) so
-    /// that clusters can share an etcd. Plain HTTP, without TLS or auth. The token stays
-    /// in the data directory.
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX]. Keys start with /herd/, under /PREFIX
+    /// when given (/PREFIX/herd/...), so that clusters can share an etcd. Plain HTTP, without TLS or auth.
+    /// The token stays in the data directory.
     #[arg(long, env = "HERD_STORE", value_name = "URL")]
     pub store: Option<crate::store::EtcdUrl>,
 

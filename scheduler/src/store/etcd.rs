@@ -1,10 +1,14 @@
 //! [`Store`] on an etcd v3 cluster, for state that outlives one scheduler's machine.
 //!
 //! Every key the trait sees is relative to a prefix, so several herd clusters (or tests)
-//! can share one etcd. The trait's semantics are etcd's own, so most calls map one to one;
-//! what needs care is said where it is done. Each call is bounded by a timeout: the
-//! client's channel waits for a reachable endpoint forever, and a store that does not
-//! answer must say so (`Unavailable`, naming the endpoints) rather than hang the caller.
+//! can share one etcd. The prefix is put before each key as it is: `/prod` keeps apart
+//! keys that start with `/`, as the scheduler's do (`/prod/herd/...`); keys of any form
+//! need a prefix that ends with `/` (the tests use `/test/N/`).
+//!
+//! The trait's semantics are etcd's own, so most calls map one to one; what needs care is
+//! said where it is done. Each call is bounded by a timeout: the client's channel may wait for
+//! a reachable endpoint forever, and a store that does not answer must say so
+//! (`Unavailable`, naming the endpoints) rather than hang the caller.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -107,7 +107,7 @@ async fn wait_until_it_answers(endpoint: &str, log: &Path) {
     let deadline = Instant::now() + STARTUP;
     let endpoints = [endpoint.to_owned()];
     loop {
-        let error = match EtcdStore::connect(&endpoints, "/", Duration::from_secs(1)).await {
+        let error = match EtcdStore::connect(&endpoints, "", Duration::from_secs(1)).await {
             Ok(_) => return,
             Err(e) => e,
         };
@@ -151,7 +151,7 @@ async fn prefixes_keep_stores_apart() {
 async fn a_watch_ends_and_calls_fail_when_etcd_goes_away() {
     let etcd = start().await;
     let endpoints = [etcd.endpoint.clone()];
-    let store = EtcdStore::connect(&endpoints, "/herd/", Duration::from_secs(1))
+    let store = EtcdStore::connect(&endpoints, "", Duration::from_secs(1))
         .await
         .expect("connect");
     let mut events = store.watch("/").await.expect("watch");
@@ -180,7 +180,7 @@ async fn an_etcd_that_refuses_or_is_silent_is_unavailable_in_time_naming_its_end
         vec![refused.clone(), "127.0.0.1:1".to_owned()],
         vec![silent],
     ] {
-        let connect = EtcdStore::connect(&endpoints, "/herd/", Duration::from_millis(500));
+        let connect = EtcdStore::connect(&endpoints, "", Duration::from_millis(500));
         let result = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .expect("connect gives up by itself");

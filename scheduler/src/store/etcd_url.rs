@@ -4,14 +4,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The key prefix when the URL names none.
-const DEFAULT_PREFIX: &str = "/herd/";
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdUrl {
     /// `HOST:PORT` each, as given.
     pub endpoints: Vec<String>,
-    /// Every key goes under it; it starts and ends with `/`.
+    /// Put before every key: empty (the scheduler's keys already start with `/herd/`), or
+    /// `/PREFIX` from the URL's path, so that clusters can share an etcd: `/prod` gives
+    /// `/prod/herd/...`, and the keys' own leading `/` keeps it apart from `/production`.
     pub prefix: String,
 }
 
@@ -37,9 +36,9 @@ impl FromStr for EtcdUrl {
             .collect::<Result<Vec<_>, _>>()?;
         let path = path.trim_matches('/');
         let prefix = if path.is_empty() {
-            DEFAULT_PREFIX.to_owned()
+            String::new()
         } else {
-            format!("/{path}/")
+            format!("/{path}")
         };
         Ok(EtcdUrl { endpoints, prefix })
     }
@@ -77,24 +76,24 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_and_the_default_prefix() {
+    fn endpoints_and_no_prefix() {
         let url = parse("etcd://10.0.0.1:2379,etcd-2:2379,[::1]:2380").expect("parses");
         assert_eq!(
             url.endpoints,
             ["10.0.0.1:2379", "etcd-2:2379", "[::1]:2380"]
         );
-        assert_eq!(url.prefix, "/herd/");
+        assert_eq!(url.prefix, "");
         assert_eq!(
             url.to_string(),
-            "etcd://10.0.0.1:2379,etcd-2:2379,[::1]:2380/herd/"
+            "etcd://10.0.0.1:2379,etcd-2:2379,[::1]:2380"
         );
-        assert_eq!(parse("etcd://h:1/").expect("parses").prefix, "/herd/");
+        assert_eq!(parse("etcd://h:1/").expect("parses").prefix, "");
     }
 
     #[test]
     fn a_path_is_the_prefix() {
-        assert_eq!(parse("etcd://h:1/prod").expect("parses").prefix, "/prod/");
-        assert_eq!(parse("etcd://h:1/a/b/").expect("parses").prefix, "/a/b/");
+        assert_eq!(parse("etcd://h:1/prod").expect("parses").prefix, "/prod");
+        assert_eq!(parse("etcd://h:1/a/b/").expect("parses").prefix, "/a/b");
         let url = parse("etcd://h:1/staging").expect("parses");
         assert_eq!(parse(&url.to_string()), Ok(url));
     }
