@@ -293,13 +293,12 @@ fn events(
     prefix: String,
 ) -> impl futures::Stream<Item = WatchEvent> + Send {
     futures::stream::unfold(
-        (stream, VecDeque::new()),
-        move |(mut stream, mut pending)| {
-            let prefix = prefix.clone();
+        (stream, VecDeque::new(), prefix),
+        |(mut stream, mut pending, prefix)| {
             async move {
                 loop {
                     if let Some(event) = pending.pop_front() {
-                        return Some((event, (stream, pending)));
+                        return Some((event, (stream, pending, prefix)));
                     }
                     let response = match stream.message().await {
                         Ok(Some(response)) if !response.canceled() => response,
