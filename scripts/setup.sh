@@ -5,6 +5,8 @@
 #     models/                         a model repository with real models from PyPI wheels:
 #                                     magika 1.0.3 and RapidOCR's PP-OCRv4 det/rec + mobile cls
 #     venv/                           Python with tritonclient[grpc,http], for the protocol checks
+# and, with apt when missing: etcd (the etcd store's tests run a real one) and protoc with
+# the well-known .proto files (etcd-client's build script compiles etcd's API).
 # Idempotent: what is already there is kept. Needs python3 with pip and venv, and PyPI.
 set -euo pipefail
 
@@ -13,10 +15,26 @@ cache=${HERD_CACHE:-$repo/.cache}
 mkdir -p "$cache"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# Installs Debian packages, through sudo unless already root; the index is updated once.
+apt_updated=
+apt_install() {
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  log "installing $* with apt"
+  [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # Python's venv module is missing on some Debian installs; apt has it.
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-  log "installing python3-venv with apt"
-  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  apt_install python3-venv
+fi
+
+# etcd 3.4 from Debian: the conformance suite runs the etcd store against a real one.
+command -v etcd >/dev/null || apt_install etcd-server
+# protoc and google/protobuf/*.proto, for etcd-client's build script.
+if ! command -v protoc >/dev/null || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+  apt_install protobuf-compiler libprotobuf-dev
 fi
 
 venv=$cache/venv

@@ -67,6 +67,13 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Keep the state (catalog, placements) in etcd instead of the data directory:
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX]. Keys start with /herd/, under /PREFIX
+    /// when given (/PREFIX/herd/...), so that clusters can share an etcd. Plain HTTP, without TLS or auth.
+    /// The token stays in the data directory.
+    #[arg(long, env = "HERD_STORE", value_name = "URL")]
+    pub store: Option<crate::store::EtcdUrl>,
+
     /// How often agents report.
     #[arg(long, env = "HERD_REPORT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub report_interval: Duration,

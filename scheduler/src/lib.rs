@@ -43,7 +43,6 @@ pub use state::Scheduler;
 
 use crate::model::ClusterModel;
 use crate::placement::Policy;
-use crate::store::Store;
 
 /// Builds the scheduler's state: token, store, catalog (the repository, with what the
 /// store remembers).
@@ -56,10 +55,9 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
     let given = config.given_token()?;
     let token = token::load_or_create(given, &data_dir)?;
     // A state file that cannot be read is moved aside there and the state starts empty
-    // (it is soft); only one that cannot be opened at all stops the start.
-    let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(
-        &data_dir.join("state.redb"),
-    )?);
+    // (it is soft); only one that cannot be opened at all stops the start, as does an
+    // etcd (--store) that does not answer in time.
+    let store = store::open(config.store.as_ref(), &data_dir).await?;
     let (token, tls) = secret_and_tls(config, &data_dir, &token, store.as_ref()).await?;
     let mut cluster = ClusterModel::new(
         tokio::time::Instant::now(),
@@ -123,7 +121,7 @@ async fn secret_and_tls(
     config: &SchedulerConfig,
     data_dir: &std::path::Path,
     token: &str,
-    store: &dyn Store,
+    store: &dyn store::Store,
 ) -> Result<(String, Option<Arc<cluster_tls::ClusterTls>>), StartError> {
     let given = herd_core::tls::JoinToken::parse(token);
     if !config.tls_on() {

@@ -65,6 +65,7 @@ pub fn scheduler_config(
         token_file: None,
         require_token_for_inference: false,
         data_dir: Some(data.join("scheduler")),
+        store: None,
         report_interval: Duration::from_millis(100),
         down_after: 3,
         policy,

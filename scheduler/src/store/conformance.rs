@@ -287,7 +287,8 @@ macro_rules! store_conformance_suite {
                 assert!(written > before);
 
                 store.revoke(lease).await.expect("revoke");
-                assert!(store.revision().await.expect("revision") >= written + 2);
+                // etcd deletes a lease's keys in one revision, the embedded store in one each.
+                assert!(store.revision().await.expect("revision") > written);
                 let keys: Vec<String> = store
                     .range("/l/")
                     .await

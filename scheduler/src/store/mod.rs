@@ -2,31 +2,56 @@
 //!
 //! The scheduler keeps its whole state (model catalog, placements, node records) behind
 //! [`Store`]. The embedded implementation ([`EmbeddedStore`]) needs nothing installed and
-//! survives a restart; an etcd implementation backs the same trait for HA. Every
-//! implementation runs the same conformance suite (`conformance.rs`).
+//! survives a restart; [`EtcdStore`] keeps the state in an etcd cluster instead, off the
+//! scheduler's machine. Every implementation runs the same conformance suite
+//! (`conformance.rs`); the etcd one against a real etcd (`etcd_tests.rs`).
 //!
 //! The state is soft: agents report what they hold and the catalog is read from the
 //! repository, so a state file that cannot be read is moved aside and the store starts
 //! empty rather than keep the scheduler from starting (see [`EmbeddedStore::open`]).
 //!
 //! Semantics follow etcd v3:
-//! - one global revision counter, incremented by every put and every delete (a lease ending
-//!   with three keys attached makes three deletes, each with its own revision);
+//! - one global revision counter, incremented by every put and every delete; a lease ending
+//!   deletes its keys at one revision or more (etcd does it in one, the embedded store gives
+//!   each delete its own), so callers count on neither;
 //! - `create_revision`, `mod_revision` and `version` per key; `version` starts again at 1 when
 //!   a deleted key is created again;
 //! - a key put with a lease is deleted when the lease ends (expiry or revoke); a put without a
 //!   lease detaches the key from the lease it had;
 //! - keys are plain strings and a prefix is a plain string prefix (`"/a"` matches `"/ab"`).
 
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod embedded;
+pub mod etcd;
+pub mod etcd_url;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod etcd_tests;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+pub use etcd_url::EtcdUrl;
+
+/// Bounds the scheduler's first call to etcd, so that a wrong --store fails the start
+/// instead of hanging it, and each call after.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The store `--store` names: etcd when given, else the embedded store's file in the data
+/// directory.
+pub async fn open(etcd: Option<&EtcdUrl>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(url) = etcd else {
+        return Ok(Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?));
+    };
+    let store = EtcdStore::connect(&url.endpoints, &url.prefix, ETCD_TIMEOUT).await?;
+    tracing::info!(store = %url, "state store in etcd");
+    Ok(Arc::new(store))
+}
 
 /// A point in the store's history: the revision of the write that produced it.
 pub type Revision = i64;
