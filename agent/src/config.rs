@@ -53,6 +53,18 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 
+    /// This machine's network card (aa:bb:cc:dd:ee:ff), for Wake-on-LAN: the scheduler
+    /// keeps it and, when a request needs a model only this node can serve while it is
+    /// down (asleep), sends the magic packet and holds the request until it joins
+    /// (scheduler --wake-timeout). `herd nodes wake NAME` wakes it by hand.
+    #[arg(long, env = "HERD_WAKE_MAC", value_parser = parse_mac)]
+    pub wake_mac: Option<herd_core::wake::Mac>,
+
+    /// Where the scheduler sends the magic packet (UDP HOST:PORT): the broadcast
+    /// address of this machine's network as seen from the scheduler's.
+    #[arg(long, env = "HERD_WAKE_ADDRESS", default_value = herd_core::wake::DEFAULT_ADDRESS, requires = "wake_mac")]
+    pub wake_address: String,
+
     /// Address the scheduler uses to reach this agent (HOST:PORT); the scheduler calls
     /// it back at join and refuses a wrong one. Default: --listen, or when that is
     /// 0.0.0.0, this machine's address on the route to the scheduler (worked out again
@@ -108,6 +120,10 @@ pub struct NodeFlags {
 }
 
 /// Settings that cannot work together.
+fn parse_mac(s: &str) -> Result<herd_core::wake::Mac, String> {
+    s.parse()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -173,6 +189,30 @@ mod tests {
     fn parse(args: &[&str]) -> AgentConfig {
         let args = std::iter::once("herd-agent").chain(args.iter().copied());
         Cli::try_parse_from(args).expect("valid flags").agent
+    }
+
+    #[test]
+    fn wake_on_lan_takes_a_mac_and_an_address_only_with_it() {
+        let config = parse(&["--scheduler", "s:8001", "--wake-mac", "AA-BB-CC-DD-EE-FF"]);
+        assert_eq!(
+            config.wake_mac.map(|m| m.to_string()).as_deref(),
+            Some("aa:bb:cc:dd:ee:ff")
+        );
+        assert_eq!(config.wake_address, herd_core::wake::DEFAULT_ADDRESS);
+        assert!(
+            parse(&["--scheduler", "s:8001"]).wake_mac.is_none(),
+            "off unless given"
+        );
+        let args = [
+            "herd-agent",
+            "--scheduler",
+            "s:8001",
+            "--wake-address",
+            "10.0.0.255:9",
+        ];
+        let err = Cli::try_parse_from(args).err().expect("needs --wake-mac");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--wake-mac"), "{err}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
         models,
         file_digests,
         instance: agent.instance.clone(),
+        wake: agent.wake.get().cloned(),
     }
 }
 

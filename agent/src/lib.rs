@@ -81,6 +81,9 @@ pub struct Agent {
     pub require_token_for_inference: herd_core::layers::auth::TokenSwitch,
     /// The scheduler's connection once joined: model files are fetched through it.
     scheduler: Mutex<Option<SchedulerRpc>>,
+    /// How the scheduler wakes this machine from sleep (--wake-mac), told in every
+    /// status.
+    pub wake: std::sync::OnceLock<herd_proto::herd::WakeOnLan>,
 }
 
 /// What an agent needs besides its inference engine; tests build it directly.
@@ -135,6 +138,7 @@ impl Agent {
             token: options.token,
             require_token_for_inference: options.require_token_for_inference.into(),
             scheduler: Mutex::new(None),
+            wake: std::sync::OnceLock::new(),
         })
     }
 
@@ -279,6 +283,13 @@ pub async fn run(
         );
     }
     let agent = Agent::new(options, loader);
+    if let Some(mac) = config.wake_mac {
+        let _ = agent.wake.set(herd_proto::herd::WakeOnLan {
+            mac: mac.to_string(),
+            address: config.wake_address.clone(),
+        });
+        tracing::info!(mac = %mac, address = %config.wake_address, "the scheduler may wake this machine with Wake-on-LAN");
+    }
     let budget = agent.cache.budget();
     tracing::info!(
         memory_offered_mb = budget.offered_memory / (1 << 20),

@@ -85,6 +85,9 @@ pub enum NodesCommand {
     },
     /// Stop placing on a node and move its replicas elsewhere.
     Drain { node: String },
+    /// Wake a sleeping node's machine: the scheduler sends the Wake-on-LAN packet its
+    /// agent asked for (--wake-mac).
+    Wake { node: String },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -193,6 +196,20 @@ pub async fn run_nodes(args: NodesArgs) -> anyhow::Result<()> {
                 );
             } else {
                 println!("{node} is draining; moved {}", list_or(&moved, "no models"));
+            }
+        }
+        NodesCommand::Wake { node } => {
+            let wake = client.wake_node(&node).await?.wake.unwrap_or_default();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "node": node, "mac": wake.mac, "address": wake.address })
+                );
+            } else {
+                println!(
+                    "sent the Wake-on-LAN packet for {node} ({}) to {}",
+                    wake.mac, wake.address
+                );
             }
         }
     }

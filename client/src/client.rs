@@ -12,7 +12,8 @@ use herd_core::limits::MAX_MESSAGE;
 use herd_proto::herd::admin_client::AdminClient;
 use herd_proto::herd::{
     AdminLoadRequest, AdminUnloadRequest, ClusterUpdate, DrainNodeRequest, DrainNodeResponse,
-    ListModelsRequest, ListModelsResponse, ListNodesRequest, ListNodesResponse, WatchRequest,
+    ListModelsRequest, ListModelsResponse, ListNodesRequest, ListNodesResponse, WakeNodeRequest,
+    WakeNodeResponse, WatchRequest,
 };
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use herd_proto::inference::model_infer_request::InferInputTensor;
@@ -426,6 +427,18 @@ impl Client {
             node: node.to_string(),
         });
         Ok(c.drain_node(request)
+            .await
+            .map_err(|s| self.admin_error(s))?
+            .into_inner())
+    }
+
+    /// Sends the Wake-on-LAN packet for `node` (one that said how: --wake-mac).
+    pub async fn wake_node(&self, node: &str) -> Result<WakeNodeResponse, ClientError> {
+        let mut c = self.admin.clone();
+        let request = self.request(WakeNodeRequest {
+            node: node.to_string(),
+        });
+        Ok(c.wake_node(request)
             .await
             .map_err(|s| self.admin_error(s))?
             .into_inner())

@@ -24,6 +24,7 @@ pub mod settings;
 pub mod settings_change;
 pub mod tensor;
 pub mod tls;
+pub mod wake;
 
 pub use device::Device;
 pub use repository::{ModelFiles, Repository, RepositoryError};

@@ -266,6 +266,7 @@ mod routing {
             rescan_interval: Duration::ZERO,
             max_message_size: herd_core::limits::MAX_MESSAGE,
             max_in_flight_bytes: usize::MAX,
+            wake_timeout: Duration::from_secs(120),
             tls: None,
         };
         let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());

@@ -217,6 +217,15 @@ impl Admin for AdminService {
         Ok(Response::new(DrainNodeResponse { moved_models }))
     }
 
+    async fn wake_node(
+        &self,
+        request: Request<WakeNodeRequest>,
+    ) -> Result<Response<WakeNodeResponse>, Status> {
+        let node = request.into_inner().node;
+        let wake = self.scheduler.wake_node(&node).await?;
+        Ok(Response::new(WakeNodeResponse { wake: Some(wake) }))
+    }
+
     async fn rescan(&self, _: Request<RescanRequest>) -> Result<Response<RescanResponse>, Status> {
         let changed = crate::rescan::once(&self.scheduler).await as u32;
         tracing::info!(changed, "model repository read again on request");

@@ -94,6 +94,11 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_LOAD_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub load_timeout: Duration,
 
+    /// How long a request waits for a node woken for it (Wake-on-LAN, agents'
+    /// --wake-mac) to join, when no node up can hold its model. Inside Immich's 300 s.
+    #[arg(long, env = "HERD_WAKE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub wake_timeout: Duration,
+
     /// In-flight requests per replica above which the model scales up.
     #[arg(long, env = "HERD_TARGET_ONGOING_REQUESTS", default_value_t = 2.0)]
     pub target_ongoing_requests: f64,

@@ -41,6 +41,10 @@ pub enum SchedulerError {
     NotInRepository(String),
     #[error("no node named {0:?}")]
     UnknownNode(String),
+    #[error("node {0:?} did not say how to wake it: start its agent with --wake-mac MAC")]
+    NotWakeable(String),
+    #[error("cannot wake node {node:?}: {reason}")]
+    WakeFailed { node: String, reason: String },
     #[error("no model file with digest {0}")]
     UnknownDigest(String),
     /// Nothing fits: the reason names the need and the largest free space.
@@ -120,6 +124,8 @@ impl SchedulerError {
                 Code::NotFound
             }
             Unplaceable(_) => Code::ResourceExhausted,
+            NotWakeable(_) => Code::FailedPrecondition,
+            WakeFailed { .. } => Code::Unavailable,
             LoadFailed(_) => Code::FailedPrecondition,
             NoReplicaYet { .. } | StillLearning | Stopping | SenderStopped => Code::Unavailable,
             DeadlineExceeded(_) => Code::DeadlineExceeded,

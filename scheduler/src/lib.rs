@@ -27,6 +27,7 @@ pub mod sender;
 pub mod state;
 pub mod store;
 pub mod token;
+mod wake;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -72,6 +73,11 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
     let scanned = tokio::task::spawn_blocking(move || rescan::scan(&repository, &scan_digests))
         .await
         .map_err(|e| StartError::Repository(e.to_string()))?;
+    // Nodes that said how to wake them, so that one asleep since before this start
+    // can be woken too.
+    for (name, wake) in records::wakeable(&store.range(records::NODES).await?) {
+        cluster.remember_wakeable(&name, wake);
+    }
     let remembered = store.range(catalog::PREFIX).await?;
     for mut m in scanned {
         if let Some(kv) = remembered.iter().find(|kv| kv.key == catalog::key(&m.name)) {
@@ -104,6 +110,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         rescan_interval: config.rescan_interval,
         max_message_size: config.max_message_bytes(),
         max_in_flight_bytes: config.max_in_flight_bytes(),
+        wake_timeout: config.wake_timeout,
         tls,
     };
     Ok(Scheduler::with_digests(

@@ -16,6 +16,16 @@ pub const PLACEMENTS: &str = "/herd/placements/";
 pub struct NodeRecord {
     pub address: String,
     pub draining: bool,
+    /// How to wake the node's machine (its agent's --wake-mac): a restarted scheduler
+    /// can wake a node that went to sleep before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<WakeRecord>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WakeRecord {
+    pub mac: String,
+    pub address: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -30,6 +40,10 @@ pub fn wanted(c: &ClusterModel) -> BTreeMap<String, Vec<u8>> {
         let r = NodeRecord {
             address: n.address.clone(),
             draining: n.draining,
+            wake: c.wake_target(&n.name).map(|w| WakeRecord {
+                mac: w.mac,
+                address: w.address,
+            }),
         };
         if let Ok(v) = serde_json::to_vec(&r) {
             out.insert(format!("{NODES}{}", n.name), v);
@@ -47,6 +61,25 @@ pub fn wanted(c: &ClusterModel) -> BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// The nodes the store says can be woken, and how: (name, how).
+pub fn wakeable(records: &[crate::store::KeyValue]) -> Vec<(String, herd_proto::herd::WakeOnLan)> {
+    records
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key.strip_prefix(NODES)?;
+            let record: NodeRecord = serde_json::from_slice(&kv.value).ok()?;
+            let wake = record.wake?;
+            Some((
+                name.to_string(),
+                herd_proto::herd::WakeOnLan {
+                    mac: wake.mac,
+                    address: wake.address,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Writes what changed since the store last heard.

@@ -65,6 +65,7 @@ impl Scheduler {
         let mut changes = self.changes();
         let mut asked = false;
         let mut looked_on_disk = false;
+        let mut waited_on_wake = false;
         loop {
             let pick = self
                 .lock()
@@ -79,6 +80,20 @@ impl Scheduler {
                         return Err(e);
                     }
                     continue;
+                }
+                // No node up can hold the model: one asleep may, once woken. Once it
+                // has joined, placement is asked again (its last answer predates the
+                // join).
+                Err(e @ SchedulerError::Unplaceable(_)) => {
+                    if self.wake_for(model).await {
+                        waited_on_wake = true;
+                        Pick::Wait
+                    } else if std::mem::take(&mut waited_on_wake) {
+                        asked = false;
+                        continue;
+                    } else {
+                        return Err(e);
+                    }
                 }
                 other => other?,
             };
@@ -96,9 +111,17 @@ impl Scheduler {
                 }
                 Pick::Wait => {}
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
+            // A wake sends its packet again now and then, whether or not anything changes
+            // meanwhile (a cluster whose only node sleeps hears nothing).
+            let until = if waited_on_wake {
+                deadline.min(Instant::now() + crate::model::RESEND_EVERY)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(until, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(SchedulerError::Stopping),
+                Err(_) if until < deadline => {}
                 Err(_) => {
                     return Err(SchedulerError::NoReplicaYet {
                         model: model.to_string(),
@@ -121,7 +144,9 @@ impl Scheduler {
     ) -> Result<ModelInferResponse, SchedulerError> {
         let started = Instant::now();
         let model = request.model_name.clone();
-        let deadline = started + timeout.unwrap_or(self.settings.load_timeout);
+        // Without a deadline of its own, a request may wait out a wake as well as a load.
+        let waits = self.settings.load_timeout.max(self.settings.wake_timeout);
+        let deadline = started + timeout.unwrap_or(waits);
         let attempt = Attempt {
             request: &request,
             deadline,

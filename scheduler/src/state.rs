@@ -34,6 +34,8 @@ pub struct Settings {
     pub max_message_size: usize,
     /// Bytes of requests the gateway holds at once (--max-in-flight-bytes).
     pub max_in_flight_bytes: usize,
+    /// How long a request waits for a node it woke to join (--wake-timeout).
+    pub wake_timeout: Duration,
     /// The cluster CA and this scheduler's certificate; `None`: plain text (--tls off).
     pub tls: Option<std::sync::Arc<crate::cluster_tls::ClusterTls>>,
 }

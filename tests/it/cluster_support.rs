@@ -73,6 +73,7 @@ pub fn scheduler_config(
         load_timeout: Duration::from_secs(30),
         target_ongoing_requests: 2.0,
         upscale_delay: Duration::from_secs(3600),
+        wake_timeout: Duration::from_secs(120),
         model_defaults: Default::default(),
         // Tests read the repository again through rescan::once, not on a timer.
         rescan_interval: Duration::ZERO,
@@ -185,6 +186,17 @@ impl TestCluster {
     }
 
     pub async fn spawn_agent(&self, name: &str, limit: &str, token: &str) -> AgentProcess {
+        self.spawn_agent_with(name, limit, token, &[]).await
+    }
+
+    /// As `spawn_agent`, with more flags.
+    pub async fn spawn_agent_with(
+        &self,
+        name: &str,
+        limit: &str,
+        token: &str,
+        more: &[&str],
+    ) -> AgentProcess {
         let data_dir = self.data.path().join(format!("agent-{name}"));
         let mut child = Command::new(HERD)
             .args([
@@ -204,6 +216,7 @@ impl TestCluster {
             ])
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(more)
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -26,3 +26,4 @@ mod storage;
 mod support;
 mod tls;
 mod ttl;
+mod wake;

@@ -18,6 +18,8 @@ mod plan;
 mod replicas;
 mod routing;
 mod scaling;
+mod waking;
+pub use waking::{WakePlan, RESEND_EVERY};
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +54,10 @@ pub struct ClusterModel {
     /// When liveness was last checked: a scheduler that was stalled (paused, swapped
     /// out) heard nothing meanwhile, and that silence is its own, not the nodes'.
     last_liveness_check: Instant,
+    /// How to wake nodes the store remembers from before this start (until they join).
+    wakeable: BTreeMap<String, herd_proto::herd::WakeOnLan>,
+    /// Wakes in progress, by node.
+    waking: BTreeMap<String, waking::Waking>,
 }
 
 impl ClusterModel {
@@ -69,6 +75,8 @@ impl ClusterModel {
             down_after,
             learn_until: now + down_after,
             last_liveness_check: now,
+            wakeable: BTreeMap::new(),
+            waking: BTreeMap::new(),
         }
     }
 

@@ -107,6 +107,7 @@ impl ClusterModel {
         let what = if rejoin { "joined again" } else { "joined" };
         self.events
             .push("joined", name, "", format!("{what} from {address}"));
+        self.woke(name, now);
         Ok(vec![Action::Reconcile])
     }
 

@@ -827,3 +827,77 @@ fn the_hedge_delay_follows_the_model_s_measured_latency() {
         "4 x 800 ms is past the keepalive: it decides"
     );
 }
+
+fn wake(mac: &str) -> herd_proto::herd::WakeOnLan {
+    herd_proto::herd::WakeOnLan {
+        mac: mac.to_string(),
+        address: "192.168.1.255:9".to_string(),
+    }
+}
+
+#[test]
+fn only_a_down_node_that_said_how_is_woken_and_a_packet_is_sent_again_while_it_sleeps() {
+    let (mut c, t) = cluster(&[], vec![]);
+    let mut gpu = status(200 * MIB, &[]);
+    gpu.wake = Some(wake("aa:bb:cc:dd:ee:ff"));
+    c.join("gpu", "gpu:8002", gpu.clone(), t).expect("join");
+    c.join("small", "small:8002", status(200 * MIB, &[]), t)
+        .expect("join");
+    let timeout = Duration::from_secs(120);
+    // Up, it needs no wake.
+    assert_eq!(c.plan_wake(t, timeout), WakePlan::default());
+
+    check_liveness_until(&mut c, t, t + DOWN_AFTER * 2);
+    let t = t + DOWN_AFTER * 2;
+    assert!(c.node("gpu").is_some_and(|n| n.down));
+    assert_eq!(c.sleeping_wakeable(), vec!["gpu".to_string()]);
+    let plan = c.plan_wake(t, timeout);
+    assert!(plan.waiting);
+    assert_eq!(
+        plan.send,
+        vec![("gpu".to_string(), wake("aa:bb:cc:dd:ee:ff"))]
+    );
+    c.wake_sent("gpu", &wake("aa:bb:cc:dd:ee:ff"), "model 'm' needs it", t);
+    assert_eq!(messages(&c, "wake").len(), 1);
+
+    // Another request meanwhile waits without a second packet, until one is due.
+    let plan = c.plan_wake(t + Duration::from_secs(1), timeout);
+    assert!(plan.waiting && plan.send.is_empty(), "{plan:?}");
+    let later = t + RESEND_EVERY;
+    assert_eq!(c.plan_wake(later, timeout).send.len(), 1);
+    c.wake_sent(
+        "gpu",
+        &wake("aa:bb:cc:dd:ee:ff"),
+        "model 'm' needs it",
+        later,
+    );
+    assert_eq!(messages(&c, "wake").len(), 1, "one event per wake");
+
+    // It joins: the wake ends, with how long it took.
+    c.join("gpu", "gpu:8002", gpu, t + Duration::from_secs(40))
+        .expect("join");
+    let woke = messages(&c, "woke");
+    assert_eq!(woke, vec!["joined 40.0 s after its wake began".to_string()]);
+    assert!(!c.waking_now());
+}
+
+#[test]
+fn a_wake_that_runs_out_ends_and_a_node_known_only_from_the_store_can_be_woken() {
+    let (mut c, t) = cluster(&[], vec![]);
+    c.remember_wakeable("asleep", wake("01:02:03:04:05:06"));
+    assert_eq!(c.sleeping_wakeable(), vec!["asleep".to_string()]);
+    let timeout = Duration::from_secs(120);
+    let plan = c.plan_wake(t, timeout);
+    assert_eq!(plan.send.len(), 1);
+    c.wake_sent("asleep", &wake("01:02:03:04:05:06"), "by hand", t);
+    assert!(c.waking_now());
+    // Past the timeout the wake is over; the next request begins another.
+    let plan = c.plan_wake(t + timeout, timeout);
+    assert!(plan.waiting && plan.send.len() == 1, "{plan:?}");
+    // Once it joins, what it reports is what counts: without --wake-mac it is not
+    // wakeable any more.
+    c.join("asleep", "asleep:8002", status(200 * MIB, &[]), t + timeout)
+        .expect("join");
+    assert!(c.wake_target("asleep").is_none());
+    assert!(c.sleeping_wakeable().is_empty());
+}

@@ -1,0 +1,131 @@
+//! Wake-on-LAN against a real cluster: a request for a model no node up can hold wakes
+//! the sleeping node that said how (the magic packet is caught on a loopback UDP
+//! port), waits for it to join and is served; `herd nodes wake` sends the packet by
+//! hand and says why it cannot for a node that never said how.
+
+use std::time::Duration;
+
+use herd_core::wake::{magic_packet, Mac};
+use herd_scheduler::config::PolicyArg;
+use tokio::net::UdpSocket;
+
+use crate::cluster_support::*;
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+const MAC: &str = "aa:bb:cc:dd:ee:01";
+
+/// The next datagram on `socket`, within [`LONG`].
+async fn next_packet(socket: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(LONG, socket.recv(&mut buf))
+        .await
+        .expect("a packet within 60 s")
+        .expect("recv");
+    buf[..n].to_vec()
+}
+
+fn expected_packet() -> Vec<u8> {
+    magic_packet(MAC.parse::<Mac>().expect("a MAC")).to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_wakes_the_sleeping_node_it_needs_and_is_served_when_it_joins() {
+    let mut cluster = TestCluster::start(&[], &[], PolicyArg::Spread).await;
+    let catcher = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let at = catcher.local_addr().expect("addr").to_string();
+    let flags = ["--wake-mac", MAC, "--wake-address", &at];
+    let gpu = cluster.spawn_agent_with("gpu", "1GiB", TOKEN, &flags).await;
+    cluster.agents.push(gpu);
+    cluster.wait_for_nodes(1).await;
+
+    // The node goes to sleep: its agent stops answering.
+    let mut asleep = cluster.agents.remove(0);
+    asleep.child.kill().await.expect("kill");
+    let s = cluster.scheduler.clone();
+    eventually("the node is down", LONG, || {
+        s.lock().node("gpu").is_some_and(|n| n.down)
+    })
+    .await;
+
+    let mut client = cluster.client().await;
+    let request = tokio::spawn(async move { client.model_infer(mlp_request(2, 0.5)).await });
+    assert_eq!(next_packet(&catcher).await, expected_packet());
+    let waking = cluster.events("wake", "");
+    assert_eq!(waking.len(), 1, "{waking:?}");
+    assert!(
+        waking[0].message.contains(MAC) && waking[0].message.contains("model 'tiny_mlp' needs it"),
+        "{}",
+        waking[0].message
+    );
+    assert!(!request.is_finished(), "the request waits for the wake");
+
+    // The machine wakes: its agent starts and joins again.
+    let woken = cluster.spawn_agent_with("gpu", "1GiB", TOKEN, &flags).await;
+    cluster.agents.push(woken);
+    let answer = tokio::time::timeout(LONG, request)
+        .await
+        .expect("served within 60 s of the join")
+        .expect("the task")
+        .expect("the request is served once the node is back");
+    assert_eq!(answer.into_inner().model_name, "tiny_mlp");
+    let woke = cluster.events("woke", "");
+    assert_eq!(woke.len(), 1, "{woke:?}");
+    assert!(
+        woke[0].message.contains("after its wake began"),
+        "{}",
+        woke[0].message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herd_nodes_wake_sends_the_packet_by_hand_or_says_why_not() {
+    let mut cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    let catcher = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let at = catcher.local_addr().expect("addr").to_string();
+    let flags = ["--wake-mac", MAC, "--wake-address", &at];
+    let box_ = cluster.spawn_agent_with("box", "1GiB", TOKEN, &flags).await;
+    cluster.agents.push(box_);
+    cluster.wait_for_nodes(2).await;
+
+    let token = cluster.join_token();
+    let wake = |node: &str| {
+        herd(&[
+            "nodes",
+            "wake",
+            node,
+            "--scheduler",
+            &cluster.addr,
+            "--token",
+            &token,
+        ])
+        .output()
+    };
+    let out = wake("box").await.expect("run herd nodes wake");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("for box ({MAC}) to {at}")));
+    assert_eq!(next_packet(&catcher).await, expected_packet());
+
+    let out = wake("a").await.expect("run herd nodes wake");
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("did not say how to wake it") && said.contains("--wake-mac"),
+        "{said}"
+    );
+    let out = wake("nowhere").await.expect("run herd nodes wake");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node named \"nowhere\""));
+
+    // A MAC that is not one is refused at the agent's start.
+    let out = herd(&["agent", "--scheduler", &cluster.addr, "--wake-mac", "nope"])
+        .output()
+        .await
+        .expect("run herd agent");
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a MAC address"));
+}
