@@ -96,6 +96,13 @@ impl Admin for FakeScheduler {
         }))
     }
 
+    async fn wake_node(
+        &self,
+        _: Request<herd_proto::herd::WakeNodeRequest>,
+    ) -> Result<Response<herd_proto::herd::WakeNodeResponse>, Status> {
+        Err(Status::unimplemented("the dashboard does not ask"))
+    }
+
     async fn rescan(
         &self,
         _: Request<herd_proto::herd::RescanRequest>,
