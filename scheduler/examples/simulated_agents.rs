@@ -101,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             models: held,
             file_digests: vec![digest.clone()],
             instance: format!("sim-{i}"),
+            wake: None,
         };
         let server = tonic::transport::Server::builder()
             .add_service(AgentServer::new(Simulated(status.clone())))
