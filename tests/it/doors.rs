@@ -113,6 +113,8 @@ const TABLE: &[Row] = &[
     ("/herd.v1.Admin/Watch", Token, Token),
     ("/herd.v1.Admin/ExplainModel", Token, Token),
     ("/herd.v1.Admin/Rescan", Token, Token),
+    // It sends packets onto the network on the caller's word.
+    ("/herd.v1.Admin/WakeNode", Token, Token),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
