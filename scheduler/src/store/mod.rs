@@ -140,6 +140,19 @@ pub trait Store: Send + Sync + 'static {
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>, StoreError>;
 
+    /// Puts only while `fence_key` exists with create_revision `fence` (a revision > 0), in
+    /// one transaction; Ok(None) when it does not. A leader passes its leadership key and
+    /// the revision that created it: once that key is gone (its lease ended) or belongs to
+    /// another (created again), the leader's writes are refused, so a deposed leader that
+    /// has not noticed yet cannot overwrite its successor's.
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError>;
+
     /// Ok(None) when there was no such key.
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
 
