@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod gateway;
 mod http;
 pub mod joins;
+pub mod leader;
 mod links;
 pub mod metrics;
 pub mod model;

@@ -32,7 +32,7 @@ pub mod etcd_url;
 #[cfg(test)]
 pub(crate) mod conformance;
 #[cfg(test)]
-mod etcd_tests;
+pub(crate) mod etcd_tests;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
