@@ -590,6 +590,10 @@ impl Store for EmbeddedStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.shared.read().revision)
     }
+
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Maps an error to [`StoreError::Io`], saying what failed.

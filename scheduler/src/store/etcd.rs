@@ -306,6 +306,10 @@ impl Store for EtcdStore {
             .await?;
         header_revision(response.header())
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 /// The watch's events one by one, in the order etcd sends them (revision order). Ends on

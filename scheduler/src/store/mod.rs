@@ -169,4 +169,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's current revision (the revision of the last write; 0 before any).
     async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether other schedulers may use this store at the same time (etcd), so that they
+    /// must elect a leader; the embedded store is one process's own.
+    fn shared(&self) -> bool;
 }
