@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod gateway;
 mod http;
 pub mod joins;
+pub mod leader;
 mod links;
 pub mod metrics;
 pub mod model;
@@ -233,6 +234,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // Several schedulers on one etcd elect one to place; the embedded store has one.
+    let election = if scheduler.store.shared() {
+        let address = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let me = leader::Candidate::new(address);
+        leader::Election::start(scheduler.store.clone(), me, leader::TTL).await
+    } else {
+        leader::Election::sole()
+    };
     let mut stop_http = stop_rx.clone();
     let http_tls = match &scheduler.settings.tls {
         Some(tls) => Some(
@@ -243,17 +252,22 @@ pub async fn serve(
     };
     let http_server = herd_core::kserve_http::serve(
         http,
-        http::router(scheduler.clone(), require_token_for_inference),
+        http::router(
+            scheduler.clone(),
+            require_token_for_inference,
+            election.role(),
+        ),
         http_tls,
         async move {
             let _ = stop_http.wait_for(|s| *s).await;
         },
     );
-    let placement = tokio::spawn(reconcile::run(scheduler.clone()));
+    let placement = tokio::spawn(reconcile::run(scheduler.clone(), election.role()));
     let rescans = (!scheduler.settings.rescan_interval.is_zero()).then(|| {
         tokio::spawn(rescan::run(
             scheduler.clone(),
             scheduler.settings.rescan_interval,
+            election.role(),
         ))
     });
     let mut stop_grpc = stop_rx;
@@ -284,6 +298,8 @@ pub async fn serve(
     if let Some(rescans) = rescans {
         rescans.abort();
     }
+    // A follower takes over now rather than when the lease would have ended.
+    election.resign().await;
     result
 }
 

@@ -1,11 +1,10 @@
-//! Prometheus metrics on the HTTP port, with Triton's names where they apply, and
-//! /health. Values are the agents' cumulative counters as last reported, summed over
+//! Prometheus metrics on the HTTP port, with Triton's names where they apply. Values are the agents' cumulative counters as last reported, summed over
 //! nodes, read fresh on every scrape.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -195,14 +194,9 @@ async fn metrics(State(scheduler): State<Arc<Scheduler>>) -> impl IntoResponse {
     )
 }
 
-async fn health() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
-}
-
 pub fn router(scheduler: Arc<Scheduler>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/health", get(health))
         .with_state(scheduler)
 }
 

@@ -5,15 +5,21 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::leader::Role;
 use crate::model::Action;
 use crate::placement::solve;
 use crate::state::Scheduler;
 
-/// Runs until the process ends: on every wake-up, and at least every report interval.
-pub async fn run(scheduler: Arc<Scheduler>) {
+/// Runs until the process ends: on every wake-up, and at least every report interval,
+/// while this scheduler is leader (a follower places nothing and writes no records).
+pub async fn run(scheduler: Arc<Scheduler>, mut role: watch::Receiver<Role>) {
     loop {
+        if role.wait_for(Role::is_leader).await.is_err() {
+            return;
+        }
         let _ = tokio::time::timeout(
             scheduler.settings.report_interval,
             scheduler.reconcile.notified(),

@@ -231,6 +231,49 @@ macro_rules! store_conformance_suite {
             }
 
             #[tokio::test]
+            async fn put_fenced_writes_only_while_the_fence_key_has_that_life() {
+                let store = $make.await;
+                let fence = store
+                    .put_if("/leader", b"a".to_vec(), 0, None)
+                    .await
+                    .expect("put_if")
+                    .expect("created");
+                let written = store
+                    .put_fenced("/data", b"1".to_vec(), "/leader", fence)
+                    .await
+                    .expect("put_fenced")
+                    .expect("the fence holds");
+                let kv = store.get("/data").await.expect("get").expect("key");
+                assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"1"[..], written));
+
+                // Rewriting the fence key keeps its life (create_revision): still fenced in.
+                store.put("/leader", b"a2".to_vec(), None).await.expect("put");
+                let again = store.put_fenced("/data", b"2".to_vec(), "/leader", fence).await;
+                assert!(again.expect("put_fenced").is_some());
+
+                // Deleted and created again by another: the old token is stale, and its
+                // writes change nothing; the new one's pass.
+                store.delete("/leader").await.expect("delete");
+                let gone = store.put_fenced("/data", b"3".to_vec(), "/leader", fence).await;
+                assert_eq!(gone.expect("put_fenced"), None);
+                let next = store
+                    .put_if("/leader", b"b".to_vec(), 0, None)
+                    .await
+                    .expect("put_if")
+                    .expect("created");
+                let stale = store.put_fenced("/data", b"4".to_vec(), "/leader", fence).await;
+                assert_eq!(stale.expect("put_fenced"), None);
+                assert_eq!(store.get("/data").await.expect("get").expect("key").value, b"2");
+                let fresh = store.put_fenced("/data", b"5".to_vec(), "/leader", next).await;
+                assert!(fresh.expect("put_fenced").is_some());
+
+                // No token matches a missing key, 0 included.
+                let none = store.put_fenced("/other", b"x".to_vec(), "/missing", 0).await;
+                assert_eq!(none.expect("put_fenced"), None);
+                assert_eq!(store.get("/other").await.expect("get"), None);
+            }
+
+            #[tokio::test]
             async fn put_with_unknown_lease_fails() {
                 let store = $make.await;
                 let lease = store.grant_lease(TTL).await.expect("grant");

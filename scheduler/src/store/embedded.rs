@@ -108,7 +108,36 @@ enum Change {
     Delete { key: String, revision: Revision },
 }
 
+/// What a put compares before it writes, as an etcd transaction's `when`.
+#[derive(Clone, Copy)]
+enum Condition<'a> {
+    Always,
+    /// The key's mod_revision is this (0: the key does not exist).
+    ModRevision(Revision),
+    /// Another key exists with this create_revision.
+    Fence {
+        key: &'a str,
+        create_revision: Revision,
+    },
+}
+
 impl State {
+    fn holds(&self, key: &str, condition: Condition<'_>) -> bool {
+        match condition {
+            Condition::Always => true,
+            Condition::ModRevision(expected) => {
+                self.keys.get(key).map_or(0, |kv| kv.mod_revision) == expected
+            }
+            Condition::Fence {
+                key,
+                create_revision,
+            } => self
+                .keys
+                .get(key)
+                .is_some_and(|kv| kv.create_revision == create_revision),
+        }
+    }
+
     fn lease_alive(&self, lease: LeaseId, now: Instant) -> bool {
         self.leases.get(&lease).is_some_and(|l| l.alive(now))
     }
@@ -277,17 +306,15 @@ impl Shared {
         self: &Arc<Self>,
         key: &str,
         value: Vec<u8>,
-        expected: Option<Revision>,
+        condition: Condition<'_>,
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>, StoreError> {
         let writer = self.lock_writer().await;
         let kv = {
             let state = self.read();
             let current = state.keys.get(key);
-            if let Some(expected) = expected {
-                if current.map_or(0, |kv| kv.mod_revision) != expected {
-                    return Ok(None);
-                }
+            if !state.holds(key, condition) {
+                return Ok(None);
             }
             if let Some(id) = lease {
                 if !state.lease_alive(id, Instant::now()) {
@@ -508,7 +535,10 @@ impl Store for EmbeddedStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
-        let revision = self.shared.put(key, value, None, lease).await?;
+        let revision = self
+            .shared
+            .put(key, value, Condition::Always, lease)
+            .await?;
         revision.ok_or_else(|| StoreError::Io("unconditional put was not applied".to_owned()))
     }
 
@@ -519,7 +549,22 @@ impl Store for EmbeddedStore {
         expected: Revision,
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>, StoreError> {
-        self.shared.put(key, value, Some(expected), lease).await
+        let condition = Condition::ModRevision(expected);
+        self.shared.put(key, value, condition, lease).await
+    }
+
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        let condition = Condition::Fence {
+            key: fence_key,
+            create_revision: fence,
+        };
+        self.shared.put(key, value, condition, None).await
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
@@ -544,6 +589,10 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.shared.read().revision)
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 }
 

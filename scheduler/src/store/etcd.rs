@@ -217,6 +217,29 @@ impl Store for EtcdStore {
         header_revision(response.header()).map(Some)
     }
 
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        // A missing key has create_revision 0: a fence of 0 would let anyone write.
+        if fence <= 0 {
+            return Ok(None);
+        }
+        let compare = Compare::create_revision(self.full(fence_key), CompareOp::Equal, fence);
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(self.full(key), value, None)]);
+        let mut kv = self.client.kv_client();
+        let response = self.call(None, kv.txn(txn)).await?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        header_revision(response.header()).map(Some)
+    }
+
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         let mut kv = self.client.kv_client();
         let response = self.call(None, kv.delete(self.full(key), None)).await?;
@@ -282,6 +305,10 @@ impl Store for EtcdStore {
             .call(None, kv.get(self.full(""), Some(options)))
             .await?;
         header_revision(response.header())
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

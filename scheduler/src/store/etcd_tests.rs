@@ -28,8 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const STARTUP: Duration = Duration::from_secs(30);
 
 /// A running etcd; dropping it stops it.
-struct Etcd {
-    endpoint: String,
+pub(crate) struct Etcd {
+    pub(crate) endpoint: String,
     /// Kept open for as long as etcd should run: its end stops it.
     _lifeline: ChildStdin,
     _shell: Child,
@@ -40,11 +40,21 @@ static NEXT_PREFIX: AtomicUsize = AtomicUsize::new(0);
 
 /// A store on the shared etcd, under a prefix no other test uses: it starts empty.
 async fn etcd_store_for_test() -> EtcdStore {
+    let mut stores = etcd_stores_for_test(1).await;
+    stores.pop().expect("one store")
+}
+
+/// `n` clients of the shared etcd under one prefix no other test uses, as `n` schedulers
+/// sharing a cluster's state would be.
+pub(crate) async fn etcd_stores_for_test(n: usize) -> Vec<EtcdStore> {
     let etcd = ETCD.get_or_init(start).await;
     let prefix = format!("/test/{}/", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
-    EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), &prefix, TIMEOUT)
-        .await
-        .expect("connect to the test etcd")
+    let mut stores = Vec::with_capacity(n);
+    for _ in 0..n {
+        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), &prefix, TIMEOUT);
+        stores.push(store.await.expect("connect to the test etcd"));
+    }
+    stores
 }
 
 /// A loopback port free now. etcd binds it a moment later; another process taking it in
@@ -55,7 +65,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts an etcd of its own, for a test that stops it; the others share one.
-async fn start() -> Etcd {
+pub(crate) async fn start() -> Etcd {
     match Command::new("etcd").arg("--version").output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!("`etcd --version` failed: {out:?}; run scripts/setup.sh"),

@@ -32,7 +32,7 @@ pub mod etcd_url;
 #[cfg(test)]
 pub(crate) mod conformance;
 #[cfg(test)]
-mod etcd_tests;
+pub(crate) mod etcd_tests;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
@@ -140,6 +140,19 @@ pub trait Store: Send + Sync + 'static {
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>, StoreError>;
 
+    /// Puts only while `fence_key` exists with create_revision `fence` (a revision > 0), in
+    /// one transaction; Ok(None) when it does not. A leader passes its leadership key and
+    /// the revision that created it: once that key is gone (its lease ended) or belongs to
+    /// another (created again), the leader's writes are refused, so a deposed leader that
+    /// has not noticed yet cannot overwrite its successor's.
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError>;
+
     /// Ok(None) when there was no such key.
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
 
@@ -156,4 +169,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's current revision (the revision of the last write; 0 before any).
     async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether other schedulers may use this store at the same time (etcd), so that they
+    /// must elect a leader; the embedded store is one process's own.
+    fn shared(&self) -> bool;
 }
