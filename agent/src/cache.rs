@@ -151,6 +151,9 @@ struct Inner {
     stats: Mutex<HashMap<String, Arc<ModelStats>>>,
     unloading: Mutex<HashSet<String>>,
     loads: AtomicU64,
+    /// Every model's leases together: whether the node as a whole is idle, and since
+    /// when (the agent's --sleep-after).
+    node_activity: Mutex<Activity>,
 }
 
 #[derive(Clone)]
@@ -190,6 +193,7 @@ impl ModelCache {
                 stats: Mutex::new(HashMap::new()),
                 unloading: Mutex::new(HashSet::new()),
                 loads: AtomicU64::new(0),
+                node_activity: Mutex::new(Activity::new(Instant::now())),
             }),
         }
     }
@@ -285,6 +289,21 @@ impl ModelCache {
         self.inner.loads.load(Ordering::Relaxed)
     }
 
+    /// How long no model has been held (no request queued, running or waiting for a
+    /// load) on this node; `None` while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        let activity = *lock(&self.inner.node_activity);
+        (activity.leases == 0).then(|| activity.idle_since.elapsed())
+    }
+
+    /// Starts the node's idle clock again, as if a request had just finished.
+    pub fn touch(&self) {
+        let mut activity = lock(&self.inner.node_activity);
+        if activity.leases == 0 {
+            activity.idle_since = Instant::now();
+        }
+    }
+
     /// Takes a hold on a model, finding it in the repository if it is not in memory.
     pub fn lease(&self, name: &str) -> Result<Lease, AgentError> {
         let mut slots = lock(&self.inner.slots);
@@ -311,6 +330,7 @@ impl ModelCache {
             }
         };
         slot.activity.send_modify(Activity::lease);
+        lock(&self.inner.node_activity).lease();
         Ok(Lease {
             slot,
             inner: self.inner.clone(),
@@ -473,6 +493,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let now = Instant::now();
         self.slot.activity.send_modify(|a| a.release(now));
+        lock(&self.inner.node_activity).release(now);
     }
 }
 

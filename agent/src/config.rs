@@ -65,6 +65,16 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_WAKE_ADDRESS", default_value = herd_core::wake::DEFAULT_ADDRESS, requires = "wake_mac")]
     pub wake_address: String,
 
+    /// Put the machine to sleep once no request has been on this node for this long
+    /// ("30m"): the agent tells the scheduler (an event), then runs --sleep-command.
+    #[arg(long, env = "HERD_SLEEP_AFTER", value_parser = humantime::parse_duration, requires = "sleep_command")]
+    pub sleep_after: Option<std::time::Duration>,
+
+    /// What --sleep-after runs, through `sh -c` ("systemctl suspend"); the idle clock
+    /// starts again when it returns.
+    #[arg(long, env = "HERD_SLEEP_COMMAND", requires = "sleep_after")]
+    pub sleep_command: Option<String>,
+
     /// Address the scheduler uses to reach this agent (HOST:PORT); the scheduler calls
     /// it back at join and refuses a wrong one. Default: --listen, or when that is
     /// 0.0.0.0, this machine's address on the route to the scheduler (worked out again

@@ -108,6 +108,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
         file_digests,
         instance: agent.instance.clone(),
         wake: agent.wake.get().cloned(),
+        sleeping: agent.sleeping.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -23,6 +23,7 @@ mod runner;
 mod scheduler_link;
 mod service;
 mod session;
+mod sleep;
 mod stats;
 mod trace;
 mod validate;
@@ -84,6 +85,10 @@ pub struct Agent {
     /// How the scheduler wakes this machine from sleep (--wake-mac), told in every
     /// status.
     pub wake: std::sync::OnceLock<herd_proto::herd::WakeOnLan>,
+    /// About to sleep (--sleep-after), told in every status meanwhile.
+    pub sleeping: std::sync::atomic::AtomicBool,
+    /// Whether the last report the scheduler took said `sleeping`.
+    pub reported_sleeping: tokio::sync::watch::Sender<bool>,
 }
 
 /// What an agent needs besides its inference engine; tests build it directly.
@@ -139,6 +144,8 @@ impl Agent {
             require_token_for_inference: options.require_token_for_inference.into(),
             scheduler: Mutex::new(None),
             wake: std::sync::OnceLock::new(),
+            sleeping: std::sync::atomic::AtomicBool::new(false),
+            reported_sleeping: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -289,6 +296,12 @@ pub async fn run(
             address: config.wake_address.clone(),
         });
         tracing::info!(mac = %mac, address = %config.wake_address, "the scheduler may wake this machine with Wake-on-LAN");
+    }
+    if let (Some(after), Some(command)) = (config.sleep_after, config.sleep_command.clone()) {
+        tokio::spawn(sleep::run(
+            agent.clone(),
+            sleep::SleepPolicy { after, command },
+        ));
     }
     let budget = agent.cache.budget();
     tracing::info!(

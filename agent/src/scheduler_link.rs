@@ -127,6 +127,7 @@ async fn session(agent: &Arc<Agent>, link: &Link, address: &str) -> Result<(), t
     loop {
         ticks.tick().await;
         let status = status_now(agent).await?;
+        let sleeping = status.sleeping;
         client
             .report(ReportRequest {
                 name: agent.name.clone(),
@@ -134,6 +135,7 @@ async fn session(agent: &Arc<Agent>, link: &Link, address: &str) -> Result<(), t
                 status: Some(status),
             })
             .await?;
+        agent.reported_sleeping.send_replace(sleeping);
     }
 }
 

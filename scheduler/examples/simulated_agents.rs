@@ -102,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             file_digests: vec![digest.clone()],
             instance: format!("sim-{i}"),
             wake: None,
+            sleeping: false,
         };
         let server = tonic::transport::Server::builder()
             .add_service(AgentServer::new(Simulated(status.clone())))

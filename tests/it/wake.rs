@@ -51,6 +51,11 @@ async fn a_request_wakes_the_sleeping_node_it_needs_and_is_served_when_it_joins(
     let mut client = cluster.client().await;
     let request = tokio::spawn(async move { client.model_infer(mlp_request(2, 0.5)).await });
     assert_eq!(next_packet(&catcher).await, expected_packet());
+    // Recorded once the packet is out, which the catcher may see first.
+    eventually("the wake event", LONG, || {
+        !cluster.events("wake", "").is_empty()
+    })
+    .await;
     let waking = cluster.events("wake", "");
     assert_eq!(waking.len(), 1, "{waking:?}");
     assert!(
@@ -128,4 +133,39 @@ async fn herd_nodes_wake_sends_the_packet_by_hand_or_says_why_not() {
         .expect("run herd agent");
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a MAC address"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_tells_the_scheduler_then_runs_its_sleep_command() {
+    let mut cluster = TestCluster::start(&[], &[], PolicyArg::Spread).await;
+    let slept = cluster.data.path().join("slept");
+    let command = format!("touch '{}'", slept.display());
+    let flags = [
+        "--wake-mac",
+        MAC,
+        "--sleep-after",
+        "300ms",
+        "--sleep-command",
+        &command,
+    ];
+    let idle = cluster
+        .spawn_agent_with("idle", "1GiB", TOKEN, &flags)
+        .await;
+    cluster.agents.push(idle);
+    cluster.wait_for_nodes(1).await;
+    eventually("the sleep command ran", LONG, || slept.exists()).await;
+    // The scheduler heard it first, from the report the agent waited for.
+    let sleeping = cluster.events("sleeping", "");
+    assert!(
+        !sleeping.is_empty(),
+        "no sleeping event before the command ran"
+    );
+    assert!(
+        sleeping[0]
+            .message
+            .contains("going to sleep; a request that needs it wakes it"),
+        "{}",
+        sleeping[0].message
+    );
+    assert_eq!(sleeping[0].node, "idle");
 }

@@ -129,6 +129,7 @@ impl ClusterModel {
             return Reported::Unknown;
         };
         let was_down = n.down;
+        let falls_asleep = status.sleeping && !n.status.sleeping;
         n.status = status.clone();
         n.last_report = now;
         n.down = false;
@@ -136,6 +137,19 @@ impl ClusterModel {
         n.suspect = false;
         if was_down {
             self.events.push("up", name, "", "reports again");
+        }
+        if falls_asleep {
+            let how = if status.wake.as_ref().is_some_and(|w| !w.mac.is_empty()) {
+                "; a request that needs it wakes it"
+            } else {
+                " (it gave no --wake-mac: it stays down until it wakes by itself)"
+            };
+            self.events.push(
+                "sleeping",
+                name,
+                "",
+                format!("idle for its --sleep-after: going to sleep{how}"),
+            );
         }
         self.sync_replicas(name, &status, now);
         // A node back up offers room again.
