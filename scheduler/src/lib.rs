@@ -55,7 +55,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         source,
     })?;
     let given = config.given_token()?;
-    let token = token::load_or_create(given, &data_dir)?;
+    let token = token::load_or_create(given, &data_dir, config.tls_on())?;
     // A state file that cannot be read is moved aside there and the state starts empty
     // (it is soft); only one that cannot be opened at all stops the start, as does an
     // etcd (--store) that does not answer in time.
