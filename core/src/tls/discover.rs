@@ -15,16 +15,11 @@ use super::{CaPin, TlsError};
 
 /// How long the connection and the handshake may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// A probe only improves an error message: it must not hold up what follows for long.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The PEM of the CA that `pin` names, as `addr` (HOST:PORT or a URL) presents it in
 /// its chain, with the server verified as `name` under it.
 pub async fn fetch_ca(addr: &str, pin: &CaPin, name: &str) -> Result<String, TlsError> {
-    let host_port = addr
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+    let host_port = host_port(addr);
     let unreachable = |reason: String| TlsError::Unreachable {
         addr: host_port.to_string(),
         reason,
@@ -37,12 +32,7 @@ pub async fn fetch_ca(addr: &str, pin: &CaPin, name: &str) -> Result<String, Tls
         pin: *pin,
         found: Mutex::new(None),
     });
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| not_pinned(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    let config = client_config(verifier.clone()).map_err(|e| not_pinned(e.to_string()))?;
     let name = server_name(name).map_err(not_pinned)?;
     let handshake = async {
         let tcp = TcpStream::connect(host_port)
@@ -65,82 +55,22 @@ pub async fn fetch_ca(addr: &str, pin: &CaPin, name: &str) -> Result<String, Tls
     Ok(pem::encode(&pem::Pem::new("CERTIFICATE", der)))
 }
 
-/// Whether `addr` answers a TLS handshake with a certificate: a plain-text client that
-/// failed there can then say what to give instead of "connection reset".
-pub async fn serves_tls(addr: &str) -> bool {
-    let host_port = addr
-        .trim_start_matches("https://")
+/// HOST:PORT of an address that may be a URL.
+pub(super) fn host_port(addr: &str) -> &str {
+    addr.trim_start_matches("https://")
         .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let verifier = Arc::new(Presented::default());
-    let Ok(config) = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-    else {
-        return false;
-    };
-    let config = config
+        .trim_end_matches('/')
+}
+
+/// A client that checks the server's certificate with `verifier` alone.
+pub(super) fn client_config(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    let Ok(name) = server_name(super::SCHEDULER_NAME) else {
-        return false;
-    };
-    let probe = async {
-        let tcp = TcpStream::connect(host_port).await.ok()?;
-        let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await;
-        Some(())
-    };
-    let _ = tokio::time::timeout(PROBE_TIMEOUT, probe).await;
-    verifier
-        .presented
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Refuses every server, noting that one presented a certificate.
-#[derive(Debug, Default)]
-struct Presented {
-    presented: std::sync::atomic::AtomicBool,
-}
-
-impl ServerCertVerifier for Presented {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.presented
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Err(rustls::Error::General("a probe only".into()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("a probe only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("a probe only".into()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 #[derive(Debug)]

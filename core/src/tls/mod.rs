@@ -17,12 +17,14 @@
 mod ca;
 mod discover;
 mod pin;
+mod probe;
 mod refusal;
 mod trust;
 
 pub use ca::{ClusterCa, Identity, Request};
-pub use discover::{fetch_ca, serves_tls};
+pub use discover::fetch_ca;
 pub use pin::{CaPin, JoinToken};
+pub use probe::serves_tls;
 pub use refusal::{handshake_refusal, Refusal};
 pub use trust::{http_server_config, read_ca_file, tonic_client, tonic_server, Trust};
 
