@@ -124,7 +124,8 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
 }
 
 /// The secret agents authenticate with (a join token given to the scheduler counts
-/// for its secret, and must pin this cluster's CA), and the CA unless --tls off.
+/// for its secret, and must pin this cluster's CA), and the CA unless TLS is off
+/// (--tls off, or --tls auto with every port on loopback).
 async fn secret_and_tls(
     config: &SchedulerConfig,
     data_dir: &std::path::Path,
@@ -152,7 +153,7 @@ async fn secret_and_tls(
     let tls = cluster_tls::ClusterTls::load_or_create(store).await?;
     if given.pin.is_some_and(|pin| pin != tls.ca.pin()) {
         return Err(StartError::Tls(
-            "the given token pins another cluster's CA than the one in the store".into(),
+            "the given token pins a CA other than the one in the store (another cluster's?)".into(),
         ));
     }
     let path = cluster_tls::write_client_files(data_dir, &tls, &given.secret)?;
