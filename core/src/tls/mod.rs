@@ -45,7 +45,8 @@ pub enum TlsError {
     CaFile { path: String, reason: String },
     #[error(
         "{addr} did not prove it belongs to the cluster the token names: {reason} \
-         (a token from another cluster, a tampered token, or a server that is not herd's)"
+         (a token from another cluster, a tampered token, a scheduler serving plain text, or a \
+         server that is not herd's)"
     )]
     NotPinned { addr: String, reason: String },
 }
