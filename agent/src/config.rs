@@ -36,7 +36,8 @@ pub struct AgentConfig {
     #[arg(long, env = "HERD_SCHEDULER")]
     pub scheduler: Option<String>,
 
-    /// The cluster token (kept in the scheduler's data directory, DATA_DIR/token). With
+    /// The cluster token: the join token (herd1.…, the scheduler's DATA_DIR/join-token,
+    /// which also pins its CA) when the scheduler serves TLS, else DATA_DIR/token. With
     /// --scheduler, it is required to join; the agent also requires it of calls to its
     /// herd.v1 service and of repository load and unload calls. A token on the command
     /// line shows in `ps`: prefer --token-file or HERD_TOKEN.

@@ -17,8 +17,9 @@ pub struct ConnectArgs {
     )]
     pub scheduler: String,
 
-    /// Cluster token, sent as `authorization: Bearer <token>` with every request. A
-    /// token on the command line shows in `ps`: prefer --token-file or HERD_TOKEN.
+    /// Cluster token, sent as `authorization: Bearer <token>` with every request. A join
+    /// token (herd1.…, the scheduler's DATA_DIR/join-token) also pins the cluster CA for
+    /// TLS. A token on the command line shows in `ps`: prefer --token-file or HERD_TOKEN.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
