@@ -12,6 +12,7 @@ pub mod events;
 mod executor;
 pub mod explain;
 pub mod exposition;
+mod fenced;
 pub mod gateway;
 mod http;
 pub mod joins;
@@ -195,7 +196,7 @@ impl Scheduler {
         let record = self.lock().model(model).map(catalog::Record::of);
         if let Some(record) = record {
             if let Ok(value) = serde_json::to_vec(&record) {
-                if let Err(e) = self.store.put(&catalog::key(model), value, None).await {
+                if let Err(e) = self.write_state(&catalog::key(model), value).await {
                     tracing::warn!(model, error = %e, "cannot record the catalog entry");
                 }
             }
@@ -242,6 +243,11 @@ pub async fn serve(
         leader::Election::start(scheduler.store.clone(), me, leader::TTL).await
     } else {
         leader::Election::sole()
+    };
+    let roles = {
+        let scheduler = scheduler.clone();
+        let roles = election.role();
+        tokio::spawn(async move { scheduler.follow_roles(roles).await })
     };
     let mut stop_http = stop_rx.clone();
     let http_tls = match &scheduler.settings.tls {
@@ -301,6 +307,7 @@ pub async fn serve(
     }
     // A follower takes over now rather than when the lease would have ended.
     election.resign().await;
+    roles.abort();
     result
 }
 

@@ -82,8 +82,12 @@ pub fn wakeable(records: &[crate::store::KeyValue]) -> Vec<(String, herd_proto::
         .collect()
 }
 
-/// Writes what changed since the store last heard.
+/// Writes what changed since the store last heard; only the leader does (its puts
+/// fenced, see `fenced.rs`; its deletes of placements are not).
 pub async fn sync(scheduler: &Scheduler) {
+    if !scheduler.role().is_leader() {
+        return;
+    }
     let wanted = wanted(&scheduler.lock());
     for prefix in [NODES, PLACEMENTS] {
         let stored = match scheduler.store.range(prefix).await {
@@ -104,7 +108,7 @@ pub async fn sync(scheduler: &Scheduler) {
         {
             let same = stored.iter().any(|kv| &kv.key == key && &kv.value == value);
             if !same {
-                if let Err(e) = scheduler.store.put(key, value.clone(), None).await {
+                if let Err(e) = scheduler.write_state(key, value.clone()).await {
                     tracing::warn!(key, error = %e, "cannot write a cluster record");
                 }
             }

@@ -64,6 +64,8 @@ pub struct Scheduler {
     /// Model file digests by path, so that reading the repository again hashes only
     /// files that changed.
     pub digests: Arc<crate::rescan::DigestCache>,
+    /// This scheduler's part in the election (see `serve`): what it may write.
+    role: watch::Sender<crate::leader::Role>,
 }
 
 impl Scheduler {
@@ -95,6 +97,8 @@ impl Scheduler {
             repository,
             grpc_metrics: herd_core::layers::GrpcMetrics::new(),
             digests,
+            // The sole scheduler of a store until an election says otherwise.
+            role: watch::Sender::new(crate::leader::Role::Leader { revision: 0 }),
         })
     }
 
@@ -105,6 +109,21 @@ impl Scheduler {
 
     pub(crate) fn links(&self) -> MutexGuard<'_, Links> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This scheduler's part in the election now.
+    pub fn role(&self) -> crate::leader::Role {
+        self.role.borrow().clone()
+    }
+
+    /// Follows the election's roles until it ends.
+    pub(crate) async fn follow_roles(&self, mut roles: watch::Receiver<crate::leader::Role>) {
+        loop {
+            self.role.send_replace(roles.borrow_and_update().clone());
+            if roles.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn notify(&self) {
