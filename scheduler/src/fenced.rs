@@ -25,6 +25,19 @@ pub fn write_kind(role: &Role, shared: bool) -> WriteKind {
 }
 
 impl Scheduler {
+    /// Deletes `key` as this scheduler's role allows; whether it was deleted.
+    pub async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
+        match write_kind(&self.role(), self.store.shared()) {
+            WriteKind::Skip => Ok(false),
+            WriteKind::Plain => self.store.delete(key).await.map(|r| r.is_some()),
+            WriteKind::Fenced(fence) => Ok(self
+                .store
+                .delete_fenced(key, leader::KEY, fence)
+                .await?
+                .is_some()),
+        }
+    }
+
     /// Writes `key` as this scheduler's role allows; whether it was written.
     pub async fn write_state(&self, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
         match write_kind(&self.role(), self.store.shared()) {
@@ -138,6 +151,7 @@ mod tests {
             .write_state("/herd/x", b"deposed".to_vec())
             .await
             .expect("no error"));
+        assert!(!scheduler.delete_state("/herd/x").await.expect("no error"));
         let kept = store.get("/herd/x").await.expect("get").expect("kept");
         assert_eq!(kept.value, b"leader".to_vec());
         drop(roles);

@@ -82,8 +82,8 @@ pub fn wakeable(records: &[crate::store::KeyValue]) -> Vec<(String, herd_proto::
         .collect()
 }
 
-/// Writes what changed since the store last heard; only the leader does (its puts
-/// fenced, see `fenced.rs`; its deletes of placements are not).
+/// Writes what changed since the store last heard; only the leader does, its writes
+/// fenced (see `fenced.rs`).
 pub async fn sync(scheduler: &Scheduler) {
     if !scheduler.role().is_leader() {
         return;
@@ -99,7 +99,7 @@ pub async fn sync(scheduler: &Scheduler) {
         };
         for kv in &stored {
             if !wanted.contains_key(&kv.key) && kv.key.starts_with(PLACEMENTS) {
-                let _ = scheduler.store.delete(&kv.key).await;
+                let _ = scheduler.delete_state(&kv.key).await;
             }
         }
         for (key, value) in wanted

@@ -274,6 +274,35 @@ macro_rules! store_conformance_suite {
             }
 
             #[tokio::test]
+            async fn delete_fenced_deletes_only_while_the_fence_holds() {
+                let store = $make.await;
+                let fence = store
+                    .put_if("/leader", b"a".to_vec(), 0, None)
+                    .await
+                    .expect("put_if")
+                    .expect("created");
+                store.put("/old", b"1".to_vec(), None).await.expect("put");
+                store.put("/kept", b"1".to_vec(), None).await.expect("put");
+                let deleted = store.delete_fenced("/old", "/leader", fence).await;
+                assert!(deleted.expect("delete_fenced").is_some());
+                assert_eq!(store.get("/old").await.expect("get"), None);
+                // Nothing to delete is no revision either.
+                let absent = store.delete_fenced("/old", "/leader", fence).await;
+                assert_eq!(absent.expect("delete_fenced"), None);
+
+                // Another took the fence key: the old token deletes nothing.
+                store.delete("/leader").await.expect("delete");
+                store
+                    .put_if("/leader", b"b".to_vec(), 0, None)
+                    .await
+                    .expect("put_if")
+                    .expect("created");
+                let stale = store.delete_fenced("/kept", "/leader", fence).await;
+                assert_eq!(stale.expect("delete_fenced"), None);
+                assert!(store.get("/kept").await.expect("get").is_some());
+            }
+
+            #[tokio::test]
             async fn put_with_unknown_lease_fails() {
                 let store = $make.await;
                 let lease = store.grant_lease(TTL).await.expect("grant");

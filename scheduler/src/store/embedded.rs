@@ -340,11 +340,15 @@ impl Shared {
         Ok(Some(revision))
     }
 
-    async fn delete(self: &Arc<Self>, key: &str) -> Result<Option<Revision>, StoreError> {
+    async fn delete(
+        self: &Arc<Self>,
+        key: &str,
+        condition: Condition<'_>,
+    ) -> Result<Option<Revision>, StoreError> {
         let writer = self.lock_writer().await;
         let revision = {
             let state = self.read();
-            if !state.keys.contains_key(key) {
+            if !state.keys.contains_key(key) || !state.holds(key, condition) {
                 return Ok(None);
             }
             state.revision + 1
@@ -568,7 +572,20 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
-        self.shared.delete(key).await
+        self.shared.delete(key, Condition::Always).await
+    }
+
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        let condition = Condition::Fence {
+            key: fence_key,
+            create_revision: fence,
+        };
+        self.shared.delete(key, condition).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {

@@ -240,6 +240,32 @@ impl Store for EtcdStore {
         header_revision(response.header()).map(Some)
     }
 
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        // As in put_fenced: a missing key has create_revision 0.
+        if fence <= 0 {
+            return Ok(None);
+        }
+        let compare = Compare::create_revision(self.full(fence_key), CompareOp::Equal, fence);
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::delete(self.full(key), None)]);
+        let mut kv = self.client.kv_client();
+        let response = self.call(None, kv.txn(txn)).await?;
+        let deleted = response
+            .op_responses()
+            .iter()
+            .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+        if !response.succeeded() || !deleted {
+            return Ok(None);
+        }
+        header_revision(response.header()).map(Some)
+    }
+
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         let mut kv = self.client.kv_client();
         let response = self.call(None, kv.delete(self.full(key), None)).await?;

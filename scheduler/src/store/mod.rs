@@ -153,6 +153,16 @@ pub trait Store: Send + Sync + 'static {
         fence: Revision,
     ) -> Result<Option<Revision>, StoreError>;
 
+    /// Deletes `key` only while `fence_key` exists with create_revision `fence`, as
+    /// [`Store::put_fenced`] puts; Ok(None) when the fence does not hold or there was no
+    /// such key.
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        fence_key: &str,
+        fence: Revision,
+    ) -> Result<Option<Revision>, StoreError>;
+
     /// Ok(None) when there was no such key.
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
 
