@@ -245,7 +245,7 @@ pub async fn run(
         None => None,
     };
     let trust = herd_core::tls::Trust::from_parts(ca_file, token.as_ref());
-    // With a scheduler to trust, the agent serves TLS with a certificate it gives.
+    // With a scheduler to trust, the agent serves TLS with the certificate it gives.
     let certified = match &config.scheduler {
         Some(scheduler) if trust.is_tls() => {
             tracing::info!(
