@@ -200,3 +200,42 @@ async fn serving_line(child: &mut tokio::process::Child, marker: &str) -> String
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     line
 }
+
+/// A TLS handshake begun and left: a record header announcing a ClientHello of 512
+/// bytes, then 40 of them and silence.
+async fn stalled_handshake(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    bytes.resize(5 + 40, 0);
+    stream.write_all(&bytes).await.expect("write");
+    stream
+}
+
+/// Whether the server closes `stream` within a minute.
+async fn closed_by_the_server(mut stream: tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LONG, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    read.await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_begun_and_left_is_closed_on_both_ports() {
+    let cluster = TestCluster::start(&["1GiB"], &[], PolicyArg::Spread).await;
+    let grpc = stalled_handshake(&cluster.addr).await;
+    let http = stalled_handshake(&cluster.http_addr).await;
+    let (grpc, http) = tokio::join!(closed_by_the_server(grpc), closed_by_the_server(http));
+    assert!(grpc, "the gRPC port kept a stalled TLS handshake open");
+    assert!(http, "the HTTP port kept a stalled TLS handshake open");
+    // And serves on.
+    let out = models_list(&cluster, &["--token", &cluster.join_token()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -9,8 +9,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// A handshake not done by then is a socket left open, not a client.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::HANDSHAKE_TIMEOUT;
 
 pub async fn serve(
     listener: TcpListener,

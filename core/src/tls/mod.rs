@@ -28,6 +28,10 @@ pub use probe::serves_tls;
 pub use refusal::{handshake_refusal, Refusal};
 pub use trust::{http_server_config, read_ca_file, tonic_client, tonic_server, Trust};
 
+/// How long a server waits for a client's TLS handshake to end: a socket that began one
+/// and went quiet is closed then, not held.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The name every scheduler's certificate carries and clients check.
 pub const SCHEDULER_NAME: &str = "scheduler.herd";
 /// The name every agent's certificate carries and the scheduler checks.

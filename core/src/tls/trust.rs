@@ -58,12 +58,16 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<String, TlsError> {
     }
 }
 
-/// A tonic server presenting `identity`.
+/// A tonic server presenting `identity`. A handshake must end within
+/// [`super::HANDSHAKE_TIMEOUT`]: one begun and left (a ClientHello, then silence) is past
+/// what the connection limits count as saying hello, and tonic waits for ever by default.
 pub fn tonic_server(identity: &Identity) -> ServerTlsConfig {
-    ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-        &identity.chain_pem,
-        &identity.key_pem,
-    ))
+    ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.chain_pem,
+            &identity.key_pem,
+        ))
+        .timeout(super::HANDSHAKE_TIMEOUT)
 }
 
 /// A tonic client that trusts only `ca_pem` and expects the server to be `name`.
