@@ -10,12 +10,14 @@ pub mod error;
 pub mod fixtures;
 pub mod table;
 pub mod tensor;
+pub mod trust;
 pub mod view;
 pub mod why;
 
-pub use client::{local_ca, trusted_ca, Client, ConnectOptions};
+pub use client::{Client, ConnectOptions};
 pub use error::ClientError;
 pub use tensor::{NamedTensor, TensorData, TensorError};
+pub use trust::{local_ca, trusted_ca};
 
 // Types of these crates appear in this API (`TensorData` holds ndarray arrays,
 // `to_json` returns a `serde_json::Value`).

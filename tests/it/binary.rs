@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -30,26 +29,8 @@ impl AgentProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("start herd agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
         // The agent logs its bound address once it serves.
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read agent log") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                {
-                    if line.contains("agent serving") {
-                        return addr.to_string();
-                    }
-                }
-            }
-            panic!("herd agent exited before serving");
-        })
-        .await
-        .expect("herd agent serves within 60 s");
-        // Keep draining its log so that the agent never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = crate::cluster_support::serving_addr(&mut child, "agent serving").await;
         AgentProcess {
             child,
             addr,

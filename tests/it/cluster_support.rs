@@ -355,27 +355,32 @@ impl Drop for TestCluster {
 
 /// Reads a child's log until the line that says it serves, and returns its addr=.
 pub async fn serving_addr(child: &mut Child, marker: &str) -> String {
+    let line = log_line(child, |l| l.contains(marker) && l.contains("addr=")).await;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("addr= on the line")
+        .to_string()
+}
+
+/// Reads a child's log until a line `wanted` takes (within 60 s), returns it, and reads
+/// the rest in the background so that the child never blocks on a full pipe.
+pub async fn log_line(child: &mut Child, wanted: impl Fn(&str) -> bool) -> String {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
         let mut seen = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(marker) {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                {
-                    return addr.to_string();
-                }
+            if wanted(&line) {
+                return line;
             }
             seen.push(line);
         }
-        panic!("the process exited before serving:\n{}", seen.join("\n"));
+        panic!("the process exited before that line:\n{}", seen.join("\n"));
     })
     .await
-    .expect("serves within 60 s");
+    .expect("the line within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr
+    line
 }
 
 /// A TLS connection to `addr`, a server named `name` with a certificate from `ca_pem`.

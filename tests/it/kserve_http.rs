@@ -5,7 +5,6 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use herd_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -14,7 +13,6 @@ use herd_proto::inference::{ModelInferRequest, RepositoryModelUnloadRequest};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -188,15 +186,6 @@ fn b_values() -> Vec<i64> {
     (0..12).map(|i| i - 6).collect()
 }
 
-fn i64_bytes(values: &[i64]) -> Bytes {
-    Bytes::from(
-        values
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    )
-}
-
 /// tiny_multi's request over gRPC with raw tensors.
 fn multi_request(
     a: (&str, &str, &[i64], Bytes),
@@ -214,6 +203,14 @@ fn multi_request(
         raw_input_contents: vec![a.3.clone(), b.3.clone()],
         ..Default::default()
     }
+}
+
+/// tiny_multi's usual request: a = 0, 0.25, ..., b = -6, ..., 5, both [3, 4].
+fn usual_request() -> ModelInferRequest {
+    multi_request(
+        ("a", "FP32", &[3, 4], f32_bytes(&a_values())),
+        ("b", "INT64", &[3, 4], i64_bytes(&b_values())),
+    )
 }
 
 /// The same request over HTTP: binary inputs, in order.
@@ -236,10 +233,7 @@ async fn json_and_binary_inference_over_http_equal_grpc_on_an_agent() {
     let repo = repository();
     let agent = HttpAgent::start(token_options(&repo), GatedLoader::plain()).await;
     let mut client = agent.client().await;
-    let request = multi_request(
-        ("a", "FP32", &[3, 4], f32_bytes(&a_values())),
-        ("b", "INT64", &[3, 4], i64_bytes(&b_values())),
-    );
+    let request = usual_request();
     let grpc = client
         .model_infer(request.clone())
         .await
@@ -519,10 +513,7 @@ async fn inference_needs_the_token_over_http_where_it_does_over_grpc() {
     };
     let agent = HttpAgent::start(options, GatedLoader::plain()).await;
     let mut client = agent.client().await;
-    let request = multi_request(
-        ("a", "FP32", &[3, 4], f32_bytes(&a_values())),
-        ("b", "INT64", &[3, 4], i64_bytes(&b_values())),
-    );
+    let request = usual_request();
     let grpc = client
         .model_infer(request.clone())
         .await
@@ -638,23 +629,13 @@ async fn the_stock_tritonclient_http_works_against_herd_agent_http() {
         .kill_on_drop(true)
         .spawn()
         .expect("start herd agent");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     // The agent logs its bound HTTP address (http=) on the line that says it serves.
-    let http = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("agent serving") {
-                return line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("http="))
-                    .expect("http= on the serving line")
-                    .to_string();
-            }
-        }
-        panic!("herd agent exited before serving");
-    })
-    .await
-    .expect("herd agent serves within 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let line = crate::cluster_support::log_line(&mut child, |l| l.contains("agent serving")).await;
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http= on the serving line")
+        .to_string();
     tritonclient_http_check(&http, None, None).await;
     drop(child);
 }
@@ -701,10 +682,7 @@ async fn kserve_http_on_the_scheduler_answers_for_the_cluster() {
 
     // Refusals read as over the gateway's gRPC.
     let mut client = cluster.client().await;
-    let mut unknown = multi_request(
-        ("a", "FP32", &[3, 4], f32_bytes(&a_values())),
-        ("b", "INT64", &[3, 4], i64_bytes(&b_values())),
-    );
+    let mut unknown = usual_request();
     unknown.model_name = "no_such_model".into();
     let grpc = client
         .model_infer(unknown.clone())

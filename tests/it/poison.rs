@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use bytes::Bytes;
 use herd_agent::{Loader, ModelSettings, ProcessLoader};
 use herd_proto::inference::ModelInferRequest;
 use tonic::Code;
@@ -35,15 +34,6 @@ fn embed_repository() -> tempfile::TempDir {
         b"max_batch_size = 32\nmax_batch_delay = \"3ms\"\n",
     );
     repo
-}
-
-fn i64_bytes(values: &[i64]) -> Bytes {
-    Bytes::from(
-        values
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    )
 }
 
 fn embed_request(ids: [i64; 4]) -> ModelInferRequest {

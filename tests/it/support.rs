@@ -243,6 +243,15 @@ pub fn f32_bytes(values: &[f32]) -> Bytes {
     )
 }
 
+pub fn i64_bytes(values: &[i64]) -> Bytes {
+    Bytes::from(
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+}
+
 pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)

@@ -141,7 +141,7 @@ async fn the_ca_file_or_the_join_token_lets_tools_and_agents_in() {
         .arg(cluster.data.path().join("by-file"))
         .spawn()
         .expect("start herd agent");
-    let serving = serving_line(&mut agent, "joined the cluster").await;
+    let serving = log_line(&mut agent, |l| l.contains("joined the cluster")).await;
     assert!(serving.contains("joined the cluster"), "{serving}");
     cluster.wait_for_nodes(2).await;
 
@@ -178,27 +178,6 @@ async fn with_tls_off_the_cluster_speaks_plain_text_and_leaves_no_ca_files() {
         .await
         .expect("live");
     assert!(live.into_inner().live);
-}
-
-/// Reads a child's log until a line containing `marker`; returns it.
-async fn serving_line(child: &mut tokio::process::Child, marker: &str) -> String {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let stderr = child.stderr.take().expect("stderr piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let line = tokio::time::timeout(LONG, async {
-        let mut seen = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(marker) {
-                return line;
-            }
-            seen.push(line);
-        }
-        panic!("the process exited before {marker:?}:\n{}", seen.join("\n"));
-    })
-    .await
-    .expect("within 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    line
 }
 
 /// A TLS handshake begun and left: a record header announcing a ClientHello of 512

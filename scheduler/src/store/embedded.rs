@@ -564,11 +564,11 @@ impl Store for EmbeddedStore {
         fence_key: &str,
         fence: Revision,
     ) -> Result<Option<Revision>, StoreError> {
-        let condition = Condition::Fence {
+        let fence = Condition::Fence {
             key: fence_key,
             create_revision: fence,
         };
-        self.shared.put(key, value, condition, None).await
+        self.shared.put(key, value, fence, None).await
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
@@ -581,11 +581,11 @@ impl Store for EmbeddedStore {
         fence_key: &str,
         fence: Revision,
     ) -> Result<Option<Revision>, StoreError> {
-        let condition = Condition::Fence {
+        let fence = Condition::Fence {
             key: fence_key,
             create_revision: fence,
         };
-        self.shared.delete(key, condition).await
+        self.shared.delete(key, fence).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {

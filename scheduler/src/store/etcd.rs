@@ -60,6 +60,25 @@ impl EtcdStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Runs `op` in one transaction only while `fence_key` exists with create_revision
+    /// `fence`; the answer when it ran, `None` when the fence did not hold.
+    async fn fenced(
+        &self,
+        fence_key: &str,
+        fence: Revision,
+        op: TxnOp,
+    ) -> Result<Option<etcd_client::TxnResponse>, StoreError> {
+        // A missing key has create_revision 0: a fence of 0 would let anyone through.
+        if fence <= 0 {
+            return Ok(None);
+        }
+        let compare = Compare::create_revision(self.full(fence_key), CompareOp::Equal, fence);
+        let txn = Txn::new().when([compare]).and_then([op]);
+        let mut kv = self.client.kv_client();
+        let response = self.call(None, kv.txn(txn)).await?;
+        Ok(response.succeeded().then_some(response))
+    }
+
     /// Runs one call under the timeout and says what went wrong in the trait's terms. Only
     /// calls that name a lease pass it: a NOT_FOUND from them is that lease.
     async fn call<T>(
@@ -224,19 +243,10 @@ impl Store for EtcdStore {
         fence_key: &str,
         fence: Revision,
     ) -> Result<Option<Revision>, StoreError> {
-        // A missing key has create_revision 0: a fence of 0 would let anyone write.
-        if fence <= 0 {
+        let op = TxnOp::put(self.full(key), value, None);
+        let Some(response) = self.fenced(fence_key, fence, op).await? else {
             return Ok(None);
-        }
-        let compare = Compare::create_revision(self.full(fence_key), CompareOp::Equal, fence);
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([TxnOp::put(self.full(key), value, None)]);
-        let mut kv = self.client.kv_client();
-        let response = self.call(None, kv.txn(txn)).await?;
-        if !response.succeeded() {
-            return Ok(None);
-        }
+        };
         header_revision(response.header()).map(Some)
     }
 
@@ -246,21 +256,15 @@ impl Store for EtcdStore {
         fence_key: &str,
         fence: Revision,
     ) -> Result<Option<Revision>, StoreError> {
-        // As in put_fenced: a missing key has create_revision 0.
-        if fence <= 0 {
+        let op = TxnOp::delete(self.full(key), None);
+        let Some(response) = self.fenced(fence_key, fence, op).await? else {
             return Ok(None);
-        }
-        let compare = Compare::create_revision(self.full(fence_key), CompareOp::Equal, fence);
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([TxnOp::delete(self.full(key), None)]);
-        let mut kv = self.client.kv_client();
-        let response = self.call(None, kv.txn(txn)).await?;
+        };
         let deleted = response
             .op_responses()
             .iter()
             .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
-        if !response.succeeded() || !deleted {
+        if !deleted {
             return Ok(None);
         }
         header_revision(response.header()).map(Some)
