@@ -224,6 +224,27 @@ mod tests {
         let err = Cli::try_parse_from(args).err().expect("needs --wake-mac");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(err.to_string().contains("--wake-mac"), "{err}");
+        // --sleep-after and --sleep-command come together.
+        let args = [
+            "herd-agent",
+            "--scheduler",
+            "s:8001",
+            "--sleep-after",
+            "30m",
+        ];
+        let err = Cli::try_parse_from(args)
+            .err()
+            .expect("needs --sleep-command");
+        assert!(err.to_string().contains("--sleep-command"), "{err}");
+        let args = [
+            "herd-agent",
+            "--scheduler",
+            "s:8001",
+            "--sleep-after",
+            "soon",
+        ];
+        let err = Cli::try_parse_from(args).err().expect("not a duration");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]
