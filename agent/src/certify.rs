@@ -34,14 +34,15 @@ pub struct CertifyRefused {
     pub reason: String,
 }
 
-/// Asks until the scheduler answers; a refusal ends it.
+/// Asks the schedulers in turn (they share one CA) until one answers; a refusal ends it.
 pub async fn certify(
-    scheduler: &str,
+    schedulers: &[String],
     secret: Option<&str>,
     trust: &Trust,
 ) -> Result<Certified, CertifyRefused> {
     let mut backoff = Duration::from_millis(100);
-    loop {
+    for scheduler in schedulers.iter().cycle() {
+        let scheduler = scheduler.as_str();
         match attempt(scheduler, secret, trust).await {
             Ok(certified) => return Ok(certified),
             Err(Failure::Refused(reason)) => {
@@ -57,6 +58,10 @@ pub async fn certify(
             }
         }
     }
+    Err(CertifyRefused {
+        scheduler: String::new(),
+        reason: "no scheduler address given".into(),
+    })
 }
 
 enum Failure {

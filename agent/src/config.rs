@@ -31,7 +31,9 @@ pub struct AgentConfig {
     )]
     pub model_repository: Option<PathBuf>,
 
-    /// Join the cluster of the scheduler at HOST:PORT. Without it the agent serves
+    /// Join the cluster of the scheduler at HOST:PORT; several schedulers of one
+    /// cluster (sharing an etcd) as a list, A,B,C: the agent reports to each of them,
+    /// so every one sees it live and any one can take over. Without it the agent serves
     /// its repository alone.
     #[arg(long, env = "HERD_SCHEDULER")]
     pub scheduler: Option<String>,
@@ -162,6 +164,18 @@ impl AgentConfig {
 
     /// Refuses settings that would be silently ignored: in a cluster the scheduler
     /// sends each model's settings, so per-model default flags have no effect there.
+    /// The schedulers of --scheduler, a comma-separated list; empty without one.
+    pub fn schedulers(&self) -> Vec<String> {
+        self.scheduler
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn check(&self) -> Result<(), ConfigError> {
         let flags = self.model_defaults.given();
         if self.scheduler.is_some() && !flags.is_empty() {
@@ -200,6 +214,15 @@ mod tests {
     fn parse(args: &[&str]) -> AgentConfig {
         let args = std::iter::once("herd-agent").chain(args.iter().copied());
         Cli::try_parse_from(args).expect("valid flags").agent
+    }
+
+    #[test]
+    fn several_schedulers_come_as_a_list() {
+        assert!(parse(&["--model-repository", "m"]).schedulers().is_empty());
+        assert_eq!(
+            parse(&["--scheduler", "a:1, b:2,,"]).schedulers(),
+            vec!["a:1".to_string(), "b:2".to_string()]
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub struct Agent {
     /// the scheduler says so at join.
     pub require_token_for_inference: herd_core::layers::auth::TokenSwitch,
     /// The scheduler's connection once joined: model files are fetched through it.
-    scheduler: Mutex<Option<SchedulerRpc>>,
+    /// Connections to the schedulers it has joined, by address, latest last: model
+    /// files come from the latest (all of one cluster serve the same repository).
+    scheduler: Mutex<Vec<(String, SchedulerRpc)>>,
     /// How the scheduler wakes this machine from sleep (--wake-mac), told in every
     /// status.
     pub wake: std::sync::OnceLock<herd_proto::herd::WakeOnLan>,
@@ -142,7 +144,7 @@ impl Agent {
             max_message_size: options.max_message_size,
             token: options.token,
             require_token_for_inference: options.require_token_for_inference.into(),
-            scheduler: Mutex::new(None),
+            scheduler: Mutex::new(Vec::new()),
             wake: std::sync::OnceLock::new(),
             sleeping: std::sync::atomic::AtomicBool::new(false),
             reported_sleeping: tokio::sync::watch::Sender::new(false),
@@ -150,14 +152,23 @@ impl Agent {
     }
 
     pub fn scheduler_client(&self) -> Option<SchedulerRpc> {
-        self.scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let clients = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        clients.last().map(|(_, c)| c.clone())
     }
 
-    pub fn set_scheduler_client(&self, client: SchedulerRpc) {
-        *self.scheduler.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+    /// The scheduler at `address` was joined.
+    pub fn set_scheduler_client(&self, address: &str, client: SchedulerRpc) {
+        let mut clients = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|(a, _)| a != address);
+        clients.push((address.to_string(), client));
+    }
+
+    /// The scheduler at `address` stopped answering: files come from another.
+    pub fn forget_scheduler_client(&self, address: &str) {
+        let mut clients = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() > 1 {
+            clients.retain(|(a, _)| a != address);
+        }
     }
 }
 
@@ -246,15 +257,15 @@ pub async fn run(
     };
     let trust = herd_core::tls::Trust::from_parts(ca_file, token.as_ref());
     // With a scheduler to trust, the agent serves TLS with the certificate it gives.
-    let certified = match &config.scheduler {
-        Some(scheduler) if trust.is_tls() => {
-            tracing::info!(
-                scheduler,
-                "getting this agent's certificate from the scheduler"
-            );
-            Some(certify::certify(scheduler, config.token.as_deref(), &trust).await?)
-        }
-        _ => None,
+    let schedulers = config.schedulers();
+    let certified = if !schedulers.is_empty() && trust.is_tls() {
+        tracing::info!(
+            scheduler = %schedulers.join(","),
+            "getting this agent's certificate from the scheduler"
+        );
+        Some(certify::certify(&schedulers, config.token.as_deref(), &trust).await?)
+    } else {
+        None
     };
     let options = AgentOptions::from_config(&config);
     let local = listener.local_addr().map_err(RunError::Address)?;
@@ -337,20 +348,24 @@ pub async fn run(
             r = http_server => r.map_err(|e| RunError::Http(http_addr.unwrap_or(local), e)),
         }
     };
-    match config.scheduler {
-        None => server.await,
-        Some(scheduler) => {
-            let link = Link {
-                scheduler,
-                token: config.token.clone(),
-                advertise: config.advertise.clone(),
-                listen: local,
-                ca_pem: certified.as_ref().map(|c| c.ca_pem.clone()),
-            };
-            tokio::select! {
-                served = server => served,
-                joined = join_and_report(agent, link) => Ok(joined?),
-            }
-        }
+    if schedulers.is_empty() {
+        return server.await;
+    }
+    // One session per scheduler: each reports to it on its own, so a scheduler that
+    // dies or is cut off takes nothing from the others. A refusal from any ends the
+    // agent (a wrong token or a taken name is so for all of them).
+    let sessions = schedulers.into_iter().map(|scheduler| {
+        let link = Link {
+            scheduler,
+            token: config.token.clone(),
+            advertise: config.advertise.clone(),
+            listen: local,
+            ca_pem: certified.as_ref().map(|c| c.ca_pem.clone()),
+        };
+        Box::pin(join_and_report(agent.clone(), link))
+    });
+    tokio::select! {
+        served = server => served,
+        (joined, _, _) = futures::future::select_all(sessions) => Ok(joined?),
     }
 }

@@ -65,7 +65,11 @@ pub async fn join_and_report(agent: Arc<Agent>, link: Link) -> Result<(), JoinRe
                 continue;
             }
         };
-        match session(&agent, &link, &address).await {
+        let ended = session(&agent, &link, &address).await;
+        if ended.is_err() {
+            agent.forget_scheduler_client(&link.scheduler);
+        }
+        match ended {
             Err(status) if is_refusal(status.code()) => {
                 return Err(JoinRefused {
                     scheduler: link.scheduler.clone(),
@@ -112,7 +116,7 @@ async fn session(agent: &Arc<Agent>, link: &Link, address: &str) -> Result<(), t
         })
         .await?
         .into_inner();
-    agent.set_scheduler_client(client.clone());
+    agent.set_scheduler_client(&link.scheduler, client.clone());
     // Before "joined" is logged: from then on, the agent's port holds to the
     // scheduler's rule. Never turned off here: the agent's own flag may have set it.
     if joined.require_token_for_inference && !agent.require_token_for_inference.is_required() {
@@ -185,44 +189,20 @@ async fn connect(link: &Link) -> Result<SchedulerRpc, tonic::Status> {
 
 /// The address the scheduler should call this agent at: `--advertise`, else the
 /// listening address, else (listening on every interface) this host's address on the
-/// route to the scheduler. No route is an error, not loopback: a scheduler on another
-/// host cannot call 127.0.0.1 back, and would reach whatever listens on its own host.
+/// route to the scheduler.
 fn advertised(link: &Link) -> Result<String, String> {
     if let Some(a) = &link.advertise {
         return Ok(a.clone());
     }
-    if !link.listen.ip().is_unspecified() {
-        return Ok(link.listen.to_string());
-    }
-    let scheduler = link
-        .scheduler
-        .trim_start_matches("http://")
-        .trim_start_matches("https://");
-    let host = scheduler
-        .rsplit_once(':')
-        .map_or(scheduler, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    // A UDP "connect" sends nothing; it only picks the route.
-    let bind = if host.contains(':') {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let ip = std::net::UdpSocket::bind(bind)
-        .and_then(|s| {
-            s.connect((host, 9))?;
-            s.local_addr()
-        })
+    herd_core::route::toward(&link.scheduler, link.listen)
+        .map(|a| a.to_string())
         .map_err(|e| {
             format!(
                 "cannot work out this node's address toward the scheduler at {}: {e} \
                  (is the network up?); give one with --advertise HOST:PORT",
                 link.scheduler
             )
-        })?
-        .ip();
-    Ok(std::net::SocketAddr::new(ip, link.listen.port()).to_string())
+        })
 }
 
 #[cfg(test)]

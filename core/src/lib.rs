@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod paths;
 pub mod priority;
 pub mod repository;
+pub mod route;
 pub mod settings;
 pub mod settings_change;
 pub mod tensor;

@@ -268,6 +268,7 @@ mod routing {
             max_in_flight_bytes: usize::MAX,
             wake_timeout: Duration::from_secs(120),
             tls: None,
+            advertise: Default::default(),
         };
         let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());
         let _guard = runtime.enter();

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SchedulerError;
 use crate::events::now_ms;
+use crate::forward::{election_deadline, forwarded, was_forwarded, LeaderAdmin, Route};
 use crate::model::{ClusterModel, ReplicaState};
 use crate::state::Scheduler;
 
@@ -22,6 +23,19 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(scheduler: Arc<Scheduler>) -> AdminService {
         AdminService { scheduler }
+    }
+
+    /// The leader's admin service when this scheduler does not lead: calls that change
+    /// the cluster are made there.
+    async fn leader<T>(&self, request: &Request<T>) -> Result<Option<LeaderAdmin>, Status> {
+        let route = self
+            .scheduler
+            .leader_route(was_forwarded(request), election_deadline())
+            .await?;
+        Ok(match route {
+            Route::Here => None,
+            Route::Leader(link) => Some(link.admin),
+        })
     }
 }
 
@@ -195,6 +209,11 @@ impl Admin for AdminService {
         &self,
         request: Request<AdminLoadRequest>,
     ) -> Result<Response<AdminLoadResponse>, Status> {
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .load_model(forwarded(request.into_inner(), None))
+                .await;
+        }
         let nodes = load(&self.scheduler, &request.into_inner().model).await?;
         Ok(Response::new(AdminLoadResponse { nodes }))
     }
@@ -203,6 +222,11 @@ impl Admin for AdminService {
         &self,
         request: Request<AdminUnloadRequest>,
     ) -> Result<Response<AdminUnloadResponse>, Status> {
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .unload_model(forwarded(request.into_inner(), None))
+                .await;
+        }
         let nodes = unload(&self.scheduler, &request.into_inner().model).await?;
         Ok(Response::new(AdminUnloadResponse { nodes }))
     }
@@ -211,6 +235,11 @@ impl Admin for AdminService {
         &self,
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .drain_node(forwarded(request.into_inner(), None))
+                .await;
+        }
         let node = request.into_inner().node;
         let (moved_models, actions) = self.scheduler.lock().drain(&node)?;
         self.scheduler.execute(actions);
@@ -221,13 +250,28 @@ impl Admin for AdminService {
         &self,
         request: Request<WakeNodeRequest>,
     ) -> Result<Response<WakeNodeResponse>, Status> {
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .wake_node(forwarded(request.into_inner(), None))
+                .await;
+        }
         let node = request.into_inner().node;
         let wake = self.scheduler.wake_node(&node).await?;
         Ok(Response::new(WakeNodeResponse { wake: Some(wake) }))
     }
 
-    async fn rescan(&self, _: Request<RescanRequest>) -> Result<Response<RescanResponse>, Status> {
-        let changed = crate::rescan::once(&self.scheduler).await as u32;
+    async fn rescan(
+        &self,
+        request: Request<RescanRequest>,
+    ) -> Result<Response<RescanResponse>, Status> {
+        // Every scheduler reads its own copy of the repository; the leader's reading
+        // is the one that loads and unloads.
+        let leader = self.leader(&request).await?;
+        let mut changed = crate::rescan::once(&self.scheduler).await as u32;
+        if let Some(mut leader) = leader {
+            let there = leader.rescan(forwarded(RescanRequest {}, None)).await?;
+            changed = changed.max(there.into_inner().changed);
+        }
         tracing::info!(changed, "model repository read again on request");
         Ok(Response::new(RescanResponse { changed }))
     }

@@ -41,26 +41,8 @@ impl AgentLink {
         let bad_address = |e: tonic::transport::Error| {
             SchedulerError::BadAgentAddress(format!("agent address {address:?}: {e}"))
         };
-        let url = herd_proto::grpc_url(address);
-        let endpoint = match ca_pem {
-            Some(ca) => {
-                Endpoint::from_shared(url.replacen("http://", "https://", 1)).and_then(|e| {
-                    e.tls_config(herd_core::tls::tonic_client(ca, herd_core::tls::AGENT_NAME))
-                })
-            }
-            None => Endpoint::from_shared(url),
-        };
-        let channel = endpoint
-            .map_err(bad_address)?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            // A link cut without a reset (a dead switch port, a host gone) shows only
-            // as silence: a ping after a second without a frame, unanswered for two
-            // more, fails the calls in flight on it as UNAVAILABLE, which the gateway
-            // retries on another replica. Ten seconds left requests hanging that long.
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .connect_lazy();
+        let channel =
+            lazy_channel(address, ca_pem, herd_core::tls::AGENT_NAME).map_err(bad_address)?;
         let token = SendToken::new(token).map_err(|e| SchedulerError::Token(e.to_string()))?;
         Ok(AgentLink {
             agent: AgentClient::with_interceptor(channel.clone(), token.clone())
@@ -71,4 +53,30 @@ impl AgentLink {
                 .max_encoding_message_size(max),
         })
     }
+}
+
+/// A channel to a herd server (an agent, or a scheduler: `name` is what its
+/// certificate must say) that connects on its first call and again after a drop. With
+/// `ca_pem`, over TLS verified with it.
+pub(crate) fn lazy_channel(
+    address: &str,
+    ca_pem: Option<&str>,
+    name: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let url = herd_proto::grpc_url(address);
+    let endpoint = match ca_pem {
+        Some(ca) => Endpoint::from_shared(url.replacen("http://", "https://", 1))
+            .and_then(|e| e.tls_config(herd_core::tls::tonic_client(ca, name))),
+        None => Endpoint::from_shared(url),
+    }?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        // A link cut without a reset (a dead switch port, a host gone) shows only
+        // as silence: a ping after a second without a frame, unanswered for two
+        // more, fails the calls in flight on it as UNAVAILABLE, which the gateway
+        // retries on another replica. Ten seconds left requests hanging that long.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .connect_lazy())
 }

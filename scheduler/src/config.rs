@@ -30,6 +30,12 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
 
+    /// Address the other schedulers of the cluster (--store etcd://…) forward calls to
+    /// while this one leads, HOST:PORT. Default: the --listen address, or, listening
+    /// on every interface, this host's address on the route to etcd.
+    #[arg(long, env = "HERD_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
     /// Address for HTTP: /metrics (Prometheus), /health and KServe v2 HTTP/REST
     /// (Triton's /v2/... routes, under the same token rules as gRPC).
     #[arg(long, env = "HERD_HTTP", default_value = "127.0.0.1:8000")]

@@ -62,6 +62,13 @@ pub enum SchedulerError {
     BadPriority(String),
     #[error("the scheduler is stopping")]
     Stopping,
+    /// Only the leader places: the caller takes the call there (see `forward.rs`).
+    #[error("{}", crate::forward::NOT_LEADER)]
+    ToLeader,
+    #[error(
+        "no scheduler leads the cluster now (an election is under way); ask again in a few seconds"
+    )]
+    NoLeader,
     #[error("the request's deadline ({0} ms) passed")]
     DeadlineExceeded(u128),
     #[error("the replica's sender stopped")]
@@ -127,7 +134,12 @@ impl SchedulerError {
             NotWakeable(_) => Code::FailedPrecondition,
             WakeFailed { .. } => Code::Unavailable,
             LoadFailed(_) => Code::FailedPrecondition,
-            NoReplicaYet { .. } | StillLearning | Stopping | SenderStopped => Code::Unavailable,
+            NoReplicaYet { .. }
+            | StillLearning
+            | Stopping
+            | SenderStopped
+            | ToLeader
+            | NoLeader => Code::Unavailable,
             DeadlineExceeded(_) => Code::DeadlineExceeded,
             ShortAnswer | File(_) | Token(_) => Code::Internal,
             Agent { code, .. } | UnloadFailed { code, .. } => *code,

@@ -18,7 +18,18 @@ impl Scheduler {
     /// Carries out `actions`, then tells watchers the model changed.
     pub fn execute(self: &Arc<Self>, actions: Vec<Action>) {
         let mut reconcile = false;
+        // Only the leader loads, unloads and reconfigures: a follower's model (from the
+        // same reports) may come to the same conclusions, and must not act on them.
+        let leads = self.role().is_leader();
         for action in actions {
+            let acts_on_agents = matches!(
+                action,
+                Action::Load { .. } | Action::Unload { .. } | Action::Reconfigure { .. }
+            );
+            if acts_on_agents && !leads {
+                tracing::debug!(?action, "not the leader: left to it");
+                continue;
+            }
             match action {
                 Action::Load {
                     model,

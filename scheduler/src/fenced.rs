@@ -94,6 +94,7 @@ mod tests {
             max_in_flight_bytes: usize::MAX,
             wake_timeout: Duration::from_secs(1),
             tls: None,
+            advertise: Default::default(),
         };
         let model =
             crate::model::ClusterModel::new(tokio::time::Instant::now(), Duration::from_secs(1), 3);

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::SchedulerError;
+use crate::forward::{election_deadline, forwarded, was_forwarded, LeaderInference, Route};
 use crate::model::ReplicaState;
 use crate::state::Scheduler;
 
@@ -33,6 +34,22 @@ impl Gateway {
             "model load and unload calls",
         );
         Gateway { scheduler, admin }
+    }
+
+    /// The leader's inference service when this scheduler does not lead.
+    async fn leader<T>(&self, request: &Request<T>) -> Result<Option<LeaderInference>, Status> {
+        self.leader_of(was_forwarded(request)).await
+    }
+
+    async fn leader_of(&self, forwarded: bool) -> Result<Option<LeaderInference>, Status> {
+        let route = self
+            .scheduler
+            .leader_route(forwarded, election_deadline())
+            .await?;
+        Ok(match route {
+            Route::Here => None,
+            Route::Leader(link) => Some(link.inference),
+        })
     }
 
     fn deadline(&self) -> Instant {
@@ -121,8 +138,17 @@ impl GrpcInferenceService for Gateway {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let forwarded_here = was_forwarded(&request);
         let r = request.into_inner();
-        let picked = self.scheduler.pick(&r.name, None, self.deadline()).await?;
+        let picked = match self.scheduler.pick(&r.name, None, self.deadline()).await {
+            Err(SchedulerError::ToLeader) if !forwarded_here => {
+                let Some(mut leader) = self.leader_of(false).await? else {
+                    return Err(SchedulerError::ToLeader.into());
+                };
+                return leader.model_metadata(forwarded(r, None)).await;
+            }
+            picked => picked?,
+        };
         let mut inference = picked.link.inference.clone();
         inference.model_metadata(r).await
     }
@@ -141,11 +167,12 @@ impl GrpcInferenceService for Gateway {
             .map(|v| v.as_bytes());
         let class = priority::of(named, &request.get_ref().parameters)
             .map_err(SchedulerError::BadPriority)?;
+        let forwarded = crate::forward::was_forwarded(&request);
         let request = request.into_inner();
         let span = tracing::info_span!("request", request_id = %id, model = %request.model_name, priority = class.as_str());
         let response = self
             .scheduler
-            .infer(request, timeout, id.as_str(), class)
+            .infer(request, timeout, id.as_str(), class, forwarded)
             .instrument(span)
             .await?;
         Ok(Response::new(response))
@@ -155,8 +182,17 @@ impl GrpcInferenceService for Gateway {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
+        let forwarded_here = was_forwarded(&request);
         let r = request.into_inner();
-        let picked = self.scheduler.pick(&r.name, None, self.deadline()).await?;
+        let picked = match self.scheduler.pick(&r.name, None, self.deadline()).await {
+            Err(SchedulerError::ToLeader) if !forwarded_here => {
+                let Some(mut leader) = self.leader_of(false).await? else {
+                    return Err(SchedulerError::ToLeader.into());
+                };
+                return leader.model_config(forwarded(r, None)).await;
+            }
+            picked => picked?,
+        };
         let mut inference = picked.link.inference.clone();
         inference.model_config(r).await
     }
@@ -266,6 +302,11 @@ impl GrpcInferenceService for Gateway {
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         self.admin.check(&request)?;
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .repository_model_load(forwarded(request.into_inner(), None))
+                .await;
+        }
         crate::admin::load(&self.scheduler, &request.into_inner().model_name).await?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
@@ -275,6 +316,11 @@ impl GrpcInferenceService for Gateway {
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         self.admin.check(&request)?;
+        if let Some(mut leader) = self.leader(&request).await? {
+            return leader
+                .repository_model_unload(forwarded(request.into_inner(), None))
+                .await;
+        }
         crate::admin::unload(&self.scheduler, &request.into_inner().model_name).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }

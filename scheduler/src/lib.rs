@@ -3,6 +3,7 @@
 
 pub mod address_proof;
 pub mod admin;
+pub mod advertise;
 pub mod agent_link;
 pub mod catalog;
 pub mod cluster_tls;
@@ -13,6 +14,7 @@ mod executor;
 pub mod explain;
 pub mod exposition;
 mod fenced;
+pub mod forward;
 pub mod gateway;
 mod http;
 pub mod joins;
@@ -114,6 +116,10 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         max_in_flight_bytes: config.max_in_flight_bytes(),
         wake_timeout: config.wake_timeout,
         tls,
+        advertise: advertise::Advertise::new(
+            config.advertise.clone(),
+            config.store.as_ref().map_or(&[][..], |s| &s.endpoints),
+        ),
     };
     Ok(Scheduler::with_digests(
         cluster,
@@ -238,7 +244,11 @@ pub async fn serve(
     });
     // Several schedulers on one etcd elect one to place; the embedded store has one.
     let election = if scheduler.store.shared() {
-        let address = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let address = grpc
+            .local_addr()
+            .map(|a| scheduler.settings.advertise.address(a))
+            .unwrap_or_default();
+        tracing::info!(advertise = %address, "campaigning to lead the cluster");
         let me = leader::Candidate::new(address);
         leader::Election::start(scheduler.store.clone(), me, leader::TTL).await
     } else {
@@ -274,7 +284,6 @@ pub async fn serve(
         tokio::spawn(rescan::run(
             scheduler.clone(),
             scheduler.settings.rescan_interval,
-            election.role(),
         ))
     });
     let mut stop_grpc = stop_rx;

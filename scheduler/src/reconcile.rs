@@ -13,19 +13,20 @@ use crate::model::Action;
 use crate::placement::solve;
 use crate::state::Scheduler;
 
-/// Runs until the process ends: on every wake-up, and at least every report interval,
-/// while this scheduler is leader (a follower places nothing and writes no records).
+/// Runs until the process ends: on every wake-up, on a change of role, and at least
+/// every report interval. Every scheduler marks silent nodes down (followers route
+/// too); only the leader places and writes records.
 pub async fn run(scheduler: Arc<Scheduler>, mut role: watch::Receiver<Role>) {
     loop {
-        if role.wait_for(Role::is_leader).await.is_err() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(scheduler.settings.report_interval) => {}
+            _ = scheduler.reconcile.notified() => {}
+            changed = role.changed() => if changed.is_err() { return },
         }
-        let _ = tokio::time::timeout(
-            scheduler.settings.report_interval,
-            scheduler.reconcile.notified(),
-        )
-        .await;
         scheduler.check_liveness();
+        if !role.borrow_and_update().is_leader() {
+            continue;
+        }
         let settings = &scheduler.settings;
         let scaled = scheduler.lock().scale(
             settings.target_ongoing_requests,

@@ -127,17 +127,11 @@ pub async fn once(scheduler: &Arc<Scheduler>) -> usize {
     changed
 }
 
-/// Rescans every `interval` until the process ends, while this scheduler is leader.
-pub async fn run(
-    scheduler: Arc<Scheduler>,
-    interval: Duration,
-    mut role: tokio::sync::watch::Receiver<crate::leader::Role>,
-) {
+/// Rescans every `interval` until the process ends. Followers too: each scheduler
+/// routes from its own catalog; what a change loads or unloads is the leader's to do.
+pub async fn run(scheduler: Arc<Scheduler>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        if role.wait_for(crate::leader::Role::is_leader).await.is_err() {
-            return;
-        }
         let changed = once(&scheduler).await;
         if changed > 0 {
             tracing::info!(changed, "model repository changed");

@@ -15,6 +15,7 @@ use herd_core::priority::Priority;
 
 use crate::agent_link::AgentLink;
 use crate::error::SchedulerError;
+use crate::forward::{forwarded, leader_gone, LeaderLink, Route};
 use crate::model::Pick;
 use crate::sender::{BatchSender, SendError};
 use crate::state::Scheduler;
@@ -70,6 +71,16 @@ impl Scheduler {
             let pick = self
                 .lock()
                 .pick(model, avoid, asked, Instant::now(), &mut rand::rng());
+            // Only the leader places (or wakes): a follower with no ready replica hands
+            // the call to it.
+            if !self.role().is_leader()
+                && matches!(
+                    pick,
+                    Ok(Pick::Asked | Pick::Wait) | Err(SchedulerError::Unplaceable(_))
+                )
+            {
+                return Err(SchedulerError::ToLeader);
+            }
             let pick = match pick {
                 // A model directory added since the last rescan loads on its first
                 // request. The answer stays NOT_FOUND naming only the model: a reason
@@ -141,6 +152,7 @@ impl Scheduler {
         timeout: Option<Duration>,
         request_id: &str,
         priority: Priority,
+        forwarded: bool,
     ) -> Result<ModelInferResponse, SchedulerError> {
         let started = Instant::now();
         let model = request.model_name.clone();
@@ -153,6 +165,7 @@ impl Scheduler {
             timed: timeout.is_some(),
             request_id,
             priority,
+            forwarded,
         };
         let routed = self.route(&attempt);
         // The caller's deadline bounds the whole request, load and retry included.
@@ -170,9 +183,41 @@ impl Scheduler {
         result.map_err(SendError::into_inner)
     }
 
+    /// Here when a replica is ready (or this scheduler leads), else at the leader; a
+    /// leader lost under a forwarded request is waited out and the request sent again,
+    /// here or at the next leader.
+    async fn route(
+        self: &Arc<Self>,
+        attempt: &Attempt<'_>,
+    ) -> Result<ModelInferResponse, SendError> {
+        loop {
+            match self.route_here(attempt).await {
+                Err(SendError::Answer(SchedulerError::ToLeader)) => {}
+                done => return done,
+            }
+            let route = self
+                .leader_route(attempt.forwarded, attempt.deadline)
+                .await
+                .map_err(SendError::Answer)?;
+            let Route::Leader(leader) = route else {
+                continue;
+            };
+            debug!(leader = %leader.address, "no ready replica here; forwarded to the leader");
+            match attempt.forward(&leader).await {
+                Ok(answer) => return Ok(answer),
+                Err(status) if leader_gone(&status) => {
+                    if !self.leader_moved(&leader.address, attempt.deadline).await {
+                        return Err(SendError::Answer(SchedulerError::agent(&status)));
+                    }
+                }
+                Err(status) => return Err(SendError::Answer(SchedulerError::agent(&status))),
+            }
+        }
+    }
+
     /// The first attempt, a second one if the first is overdue, a retry if the first
     /// fails on the way.
-    async fn route(
+    async fn route_here(
         self: &Arc<Self>,
         attempt: &Attempt<'_>,
     ) -> Result<ModelInferResponse, SendError> {
@@ -314,9 +359,30 @@ struct Attempt<'a> {
     timed: bool,
     request_id: &'a str,
     priority: Priority,
+    /// Another scheduler sent it here: it is not sent on.
+    forwarded: bool,
 }
 
 impl Attempt<'_> {
+    /// Sends the request to the leader's gateway, with what is left of its deadline
+    /// and its class.
+    async fn forward(&self, leader: &LeaderLink) -> Result<ModelInferResponse, tonic::Status> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let mut request = forwarded(self.request.clone(), Some(remaining));
+        if let Ok(v) = self.request_id.parse() {
+            request
+                .metadata_mut()
+                .insert(herd_core::layers::request_id::REQUEST_ID_HEADER, v);
+        }
+        if let Ok(v) = self.priority.as_str().parse() {
+            request
+                .metadata_mut()
+                .insert(herd_core::priority::HEADER, v);
+        }
+        let mut inference = leader.inference.clone();
+        Ok(inference.model_infer(request).await?.into_inner())
+    }
+
     async fn send(&self, picked: &Picked) -> Result<ModelInferResponse, SendError> {
         let remaining = self
             .timed

@@ -38,6 +38,8 @@ pub struct Settings {
     pub wake_timeout: Duration,
     /// The cluster CA and this scheduler's certificate; `None`: plain text (--tls off).
     pub tls: Option<std::sync::Arc<crate::cluster_tls::ClusterTls>>,
+    /// What this scheduler tells its peers to call it at (--advertise).
+    pub advertise: crate::advertise::Advertise,
 }
 
 impl Settings {
@@ -66,6 +68,8 @@ pub struct Scheduler {
     pub digests: Arc<crate::rescan::DigestCache>,
     /// This scheduler's part in the election (see `serve`): what it may write.
     role: watch::Sender<crate::leader::Role>,
+    /// The link a follower forwards to the leader on.
+    pub(crate) leader_links: crate::forward::LeaderLinks,
 }
 
 impl Scheduler {
@@ -99,6 +103,7 @@ impl Scheduler {
             digests,
             // The sole scheduler of a store until an election says otherwise.
             role: watch::Sender::new(crate::leader::Role::Leader { revision: 0 }),
+            leader_links: Default::default(),
         })
     }
 
@@ -114,6 +119,11 @@ impl Scheduler {
     /// This scheduler's part in the election now.
     pub fn role(&self) -> crate::leader::Role {
         self.role.borrow().clone()
+    }
+
+    /// This scheduler's part in the election, as it changes.
+    pub fn roles(&self) -> watch::Receiver<crate::leader::Role> {
+        self.role.subscribe()
     }
 
     /// Follows the election's roles until it ends.

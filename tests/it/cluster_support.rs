@@ -66,6 +66,7 @@ pub fn scheduler_config(
         require_token_for_inference: false,
         data_dir: Some(data.join("scheduler")),
         store: None,
+        advertise: None,
         report_interval: Duration::from_millis(100),
         down_after: 3,
         policy,

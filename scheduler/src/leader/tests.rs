@@ -9,7 +9,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Candidate, Election, Role, KEY};
-use crate::store::etcd_tests::{etcd_stores_for_test, start};
+use crate::store::etcd_tests::etcd_stores_for_test;
+use crate::store::test_etcd::start;
 use crate::store::{EmbeddedStore, EtcdStore, Revision, Store};
 
 /// Short, to keep the tests short, and above etcd's minimum TTL.

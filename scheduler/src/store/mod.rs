@@ -33,6 +33,8 @@ pub mod etcd_url;
 pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod etcd_tests;
+#[cfg(any(test, feature = "testing"))]
+pub mod test_etcd;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
