@@ -8,7 +8,9 @@ use herd_client::{Client, ClientError, ConnectOptions};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// The scheduler (or an agent serving alone), HOST:PORT.
+    /// The scheduler (or an agent serving alone), HOST:PORT; or several schedulers of
+    /// one cluster separated by commas (A:8001,B:8001): a request whose scheduler is
+    /// gone goes to the next one.
     #[arg(
         long,
         env = "HERD_SCHEDULER",

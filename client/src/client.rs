@@ -2,6 +2,7 @@
 //! cluster token on every request, per-request deadlines, and errors that say what
 //! failed and where.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +24,13 @@ use herd_proto::inference::{
 };
 use herd_proto::DataType;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use herd_core::tls::{JoinToken, Trust};
+use herd_core::tls::JoinToken;
 
+use crate::connect::Dial;
 use crate::error::{connect_reason, ClientError};
+use crate::failover::{self, Failover};
 use crate::tensor::{NamedTensor, TensorData};
 
 /// How to connect.
@@ -74,115 +77,93 @@ type Transport = InterceptedService<Channel, SendToken>;
 
 struct Target {
     role: String,
-    addr: String,
     timeout: Option<Duration>,
 }
 
-/// A cheap-to-clone handle on one server connection (HTTP/2, multiplexed: clones share
-/// it).
-#[derive(Clone)]
-pub struct Client {
-    target: Arc<Target>,
+/// One server of the address list: its address and the clients on its channel.
+struct Server {
+    addr: String,
     inference: GrpcInferenceServiceClient<Transport>,
     admin: AdminClient<Transport>,
 }
 
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// A cheap-to-clone handle on the connections to one or several servers of a cluster
+/// (HTTP/2, multiplexed: clones share them). Calls go to the server that last
+/// answered, and to the next ones while the servers tried are gone (see
+/// [`crate::failover`]).
+#[derive(Clone)]
+pub struct Client {
+    target: Arc<Target>,
+    servers: Arc<Failover<Server>>,
+}
+
 impl Client {
-    /// Connects to `addr` (HOST:PORT or a URL) with default options.
+    /// Connects to `addr` (HOST:PORT or a URL, or several separated by commas) with
+    /// default options.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         Client::connect_with(addr, ConnectOptions::default()).await
     }
 
-    /// Connects to `addr` (HOST:PORT or a URL). Over TLS when the options give a CA
-    /// or a join token and the address is not an `http://` URL.
-    pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        let url = herd_proto::grpc_url(addr);
-        let address_error = |reason: String| ClientError::Address {
-            role: options.role.clone(),
-            addr: addr.to_string(),
-            reason,
-        };
-        let token = options.token.as_deref().map(JoinToken::parse);
-        let trust = if addr.starts_with("http://") {
-            Trust::Plain
-        } else {
-            Trust::from_parts(options.ca_pem.clone(), token.as_ref())
-        };
-        if addr.starts_with("https://") && !trust.is_tls() {
-            return Err(ClientError::Tls {
+    /// Connects to the first server of `addrs` that answers: HOST:PORT or a URL, or
+    /// several separated by commas, all servers of one cluster (schedulers sharing one
+    /// store). The others are connected at their first call. Over TLS when the options
+    /// give a CA or a join token and the address is not an `http://` URL.
+    pub async fn connect_with(addrs: &str, options: ConnectOptions) -> Result<Client, ClientError> {
+        let list = failover::addresses(addrs);
+        if list.is_empty() {
+            return Err(ClientError::Address {
                 role: options.role.clone(),
-                addr: addr.to_string(),
-                reason:
-                    "nothing to verify the server with: give the join token (herd1.…) or --ca-cert"
-                        .into(),
+                addr: addrs.to_string(),
+                reason: "no address: expected HOST:PORT, or several separated by commas"
+                    .to_string(),
             });
         }
-        let name = if options.role == "agent" {
-            herd_core::tls::AGENT_NAME
-        } else {
-            herd_core::tls::SCHEDULER_NAME
-        };
-        let ca = trust
-            .ca_pem(addr, name)
-            .await
-            .map_err(|e| ClientError::Tls {
-                role: options.role.clone(),
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        let endpoint = match &ca {
-            Some(ca) => Endpoint::from_shared(url.replacen("http://", "https://", 1))
-                .and_then(|e| e.tls_config(herd_core::tls::tonic_client(ca, name))),
-            None => Endpoint::from_shared(url),
-        }
-        .map_err(|e| address_error(e.to_string()))?;
-        if endpoint.uri().host().is_none() {
-            return Err(address_error("expected HOST:PORT".to_string()));
-        }
+        let token = options.token.as_deref().map(JoinToken::parse);
         let secret = token.as_ref().map(|t| t.secret.as_str());
         let auth = SendToken::new(secret).map_err(|_| {
             ClientError::Token("it must be printable ASCII without newlines".into())
         })?;
-        // A server serving TLS would answer plain text by closing the connection, which
-        // says nothing of what to do.
-        if ca.is_none() && herd_core::tls::serves_tls(addr).await {
-            return Err(ClientError::Tls {
-                role: options.role.clone(),
-                addr: addr.to_string(),
-                reason: "it serves TLS and this client has nothing to verify it with: give the \
-                         join token (herd1.…, the scheduler's DATA_DIR/join-token) or --ca-cert \
-                         DATA_DIR/ca.pem"
-                    .into(),
-            });
-        }
-        let channel = endpoint
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                role: options.role.clone(),
-                addr: addr.to_string(),
-                reason: connect_reason(&e),
-            })?;
-        let transport = InterceptedService::new(channel, auth);
+        let dial = Dial {
+            role: &options.role,
+            ca_pem: options.ca_pem.clone(),
+            token: token.as_ref(),
+            connect_timeout: options.connect_timeout,
+        };
+        let connected = dial.channels(&list).await?;
+        let servers = connected
+            .channels
+            .into_iter()
+            .map(|(addr, channel)| {
+                let transport = InterceptedService::new(channel, auth.clone());
+                Server {
+                    addr,
+                    inference: GrpcInferenceServiceClient::new(transport.clone())
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                    admin: AdminClient::new(transport)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                }
+            })
+            .collect();
         Ok(Client {
             target: Arc::new(Target {
                 role: options.role,
-                addr: addr.to_string(),
                 timeout: options.timeout,
             }),
-            inference: GrpcInferenceServiceClient::new(transport.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            admin: AdminClient::new(transport)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            servers: Arc::new(Failover::new(servers, connected.answered)),
         })
     }
 
+    /// The address of the server in use: the one that last answered.
     pub fn addr(&self) -> &str {
-        &self.target.addr
+        &self.servers.get(self.servers.preferred_index()).addr
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -193,9 +174,32 @@ impl Client {
         request
     }
 
-    /// The error for a status the server answered with.
+    /// Sends `message` with this client's deadline, failing over while servers are
+    /// gone; on failure, the server that gave the last error and that error.
+    async fn unary<M, T, F, Fut>(&self, message: M, send: F) -> Result<T, (usize, tonic::Status)>
+    where
+        M: Clone,
+        F: Fn(&Server, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.servers
+            .call(message, |server, m| send(server, self.request(m)))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The error for a status the server in use answered with.
     pub fn error(&self, status: tonic::Status) -> ClientError {
-        let (role, addr) = (self.target.role.clone(), self.target.addr.clone());
+        self.error_from(self.addr(), status)
+    }
+
+    fn error_at(&self, (server, status): (usize, tonic::Status)) -> ClientError {
+        self.error_from(&self.servers.get(server).addr, status)
+    }
+
+    /// The error for a status that the server at `addr` answered with.
+    fn error_from(&self, addr: &str, status: tonic::Status) -> ClientError {
+        let (role, addr) = (self.target.role.clone(), addr.to_string());
         match status.code() {
             tonic::Code::Unauthenticated => ClientError::Unauthenticated {
                 role,
@@ -219,40 +223,30 @@ impl Client {
         }
     }
 
-    /// As `error`, noting that an agent serving alone has no admin service.
-    fn admin_error(&self, status: tonic::Status) -> ClientError {
-        match self.error(status) {
-            ClientError::Rpc {
-                role, addr, status, ..
-            } if status.code() == tonic::Code::Unimplemented => ClientError::Rpc {
-                role,
-                addr,
-                status,
-                hint: " (is this an agent? cluster commands need the scheduler's address)"
-                    .to_string(),
-            },
-            other => other,
-        }
+    /// As `error_at`, noting that an agent serving alone has no admin service.
+    fn admin_error_at(&self, failed: (usize, tonic::Status)) -> ClientError {
+        admin_hint(self.error_at(failed))
     }
 
     fn malformed(&self, reason: impl ToString) -> ClientError {
         ClientError::Response {
             role: self.target.role.clone(),
-            addr: self.target.addr.clone(),
+            addr: self.addr().to_string(),
             reason: reason.to_string(),
         }
     }
 
     pub async fn metadata(&self, model: &str) -> Result<ModelMetadataResponse, ClientError> {
-        let request = self.request(ModelMetadataRequest {
+        let message = ModelMetadataRequest {
             name: model.to_string(),
             version: String::new(),
-        });
-        let mut c = self.inference.clone();
-        Ok(c.model_metadata(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner())
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.inference.clone();
+            async move { c.model_metadata(r).await }
+        })
+        .await
+        .map_err(|e| self.error_at(e))
     }
 
     /// Sends one inference request as it is.
@@ -260,12 +254,12 @@ impl Client {
         &self,
         request: ModelInferRequest,
     ) -> Result<ModelInferResponse, ClientError> {
-        let request = self.request(request);
-        let mut c = self.inference.clone();
-        Ok(c.model_infer(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner())
+        self.unary(request, |s, r| {
+            let mut c = s.inference.clone();
+            async move { c.model_infer(r).await }
+        })
+        .await
+        .map_err(|e| self.error_at(e))
     }
 
     /// Runs `model` on typed inputs and returns its outputs, typed, in the order the
@@ -281,62 +275,66 @@ impl Client {
 
     /// The model's statistics (Triton's ModelStatistics), zero when it has none.
     pub async fn statistics(&self, model: &str) -> Result<ModelStatistics, ClientError> {
-        let request = self.request(ModelStatisticsRequest {
+        let message = ModelStatisticsRequest {
             name: model.to_string(),
             version: String::new(),
-        });
-        let mut c = self.inference.clone();
-        let response = c
-            .model_statistics(request)
+        };
+        let response = self
+            .unary(message, |s, r| {
+                let mut c = s.inference.clone();
+                async move { c.model_statistics(r).await }
+            })
             .await
-            .map_err(|s| self.error(s))?;
-        Ok(response
-            .into_inner()
-            .model_stats
-            .into_iter()
-            .next()
-            .unwrap_or_default())
+            .map_err(|e| self.error_at(e))?;
+        Ok(response.model_stats.into_iter().next().unwrap_or_default())
     }
 
+    // The admin calls below are idempotent enough to send again to another scheduler
+    // when one is gone: loading a loaded model, unloading an unloaded one, draining a
+    // drained node or waking an awake one changes nothing.
+
     pub async fn list_models(&self) -> Result<ListModelsResponse, ClientError> {
-        let mut c = self.admin.clone();
-        Ok(c.list_models(self.request(ListModelsRequest {}))
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner())
+        self.unary(ListModelsRequest {}, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.list_models(r).await }
+        })
+        .await
+        .map_err(|e| self.admin_error_at(e))
     }
 
     pub async fn list_nodes(&self) -> Result<ListNodesResponse, ClientError> {
-        let mut c = self.admin.clone();
-        Ok(c.list_nodes(self.request(ListNodesRequest {}))
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner())
+        self.unary(ListNodesRequest {}, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.list_nodes(r).await }
+        })
+        .await
+        .map_err(|e| self.admin_error_at(e))
     }
 
     /// Places and loads `model`; answers with the nodes that hold it once one is ready.
     pub async fn load_model(&self, model: &str) -> Result<Vec<String>, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(AdminLoadRequest {
+        let message = AdminLoadRequest {
             model: model.to_string(),
-        });
-        Ok(c.load_model(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner()
-            .nodes)
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.load_model(r).await }
+        })
+        .await
+        .map(|response| response.nodes)
+        .map_err(|e| self.admin_error_at(e))
     }
 
     /// Has the scheduler read its model repository now; answers how many models were
     /// added or changed.
     pub async fn rescan(&self) -> Result<u32, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(herd_proto::herd::RescanRequest {});
-        Ok(c.rescan(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner()
-            .changed)
+        self.unary(herd_proto::herd::RescanRequest {}, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.rescan(r).await }
+        })
+        .await
+        .map(|response| response.changed)
+        .map_err(|e| self.admin_error_at(e))
     }
 
     /// Why `model` is where it is, or nowhere (one replica needing `memory` bytes if
@@ -346,65 +344,90 @@ impl Client {
         model: &str,
         memory: Option<u64>,
     ) -> Result<herd_proto::herd::ExplainModelResponse, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(herd_proto::herd::ExplainModelRequest {
+        let message = herd_proto::herd::ExplainModelRequest {
             model: model.to_string(),
             memory_bytes: memory.unwrap_or(0),
-        });
-        Ok(c.explain_model(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner())
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.explain_model(r).await }
+        })
+        .await
+        .map_err(|e| self.admin_error_at(e))
     }
 
     /// Unloads every replica of `model`; answers with the nodes it left.
     pub async fn unload_model(&self, model: &str) -> Result<Vec<String>, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(AdminUnloadRequest {
+        let message = AdminUnloadRequest {
             model: model.to_string(),
-        });
-        Ok(c.unload_model(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner()
-            .nodes)
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.unload_model(r).await }
+        })
+        .await
+        .map(|response| response.nodes)
+        .map_err(|e| self.admin_error_at(e))
     }
 
     pub async fn drain_node(&self, node: &str) -> Result<DrainNodeResponse, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(DrainNodeRequest {
+        let message = DrainNodeRequest {
             node: node.to_string(),
-        });
-        Ok(c.drain_node(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner())
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.drain_node(r).await }
+        })
+        .await
+        .map_err(|e| self.admin_error_at(e))
     }
 
     /// Sends the Wake-on-LAN packet for `node` (one that said how: --wake-mac).
     pub async fn wake_node(&self, node: &str) -> Result<WakeNodeResponse, ClientError> {
-        let mut c = self.admin.clone();
-        let request = self.request(WakeNodeRequest {
+        let message = WakeNodeRequest {
             node: node.to_string(),
-        });
-        Ok(c.wake_node(request)
-            .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner())
+        };
+        self.unary(message, |s, r| {
+            let mut c = s.admin.clone();
+            async move { c.wake_node(r).await }
+        })
+        .await
+        .map_err(|e| self.admin_error_at(e))
     }
 
-    /// The cluster now, then on every change. The stream has no deadline.
+    /// The cluster now, then on every change. The stream has no deadline. It fails
+    /// over only while opening: once open, a lost stream is the caller's to reopen.
     pub async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Result<ClusterUpdate, ClientError>> + use<>, ClientError> {
-        let mut c = self.admin.clone();
-        let stream = c
-            .watch(tonic::Request::new(WatchRequest {}))
+        let (server, stream) = self
+            .servers
+            .call(WatchRequest {}, |s, message| {
+                let (mut c, server) = (s.admin.clone(), s.addr.clone());
+                async move {
+                    let response = c.watch(tonic::Request::new(message)).await?;
+                    Ok((server, response.into_inner()))
+                }
+            })
             .await
-            .map_err(|s| self.admin_error(s))?
-            .into_inner();
+            .map_err(|e| self.admin_error_at(e))?;
         let this = self.clone();
-        Ok(stream.map(move |item| item.map_err(|s| this.admin_error(s))))
+        Ok(stream.map(move |item| item.map_err(|s| admin_hint(this.error_from(&server, s)))))
+    }
+}
+
+/// Notes on an UNIMPLEMENTED answer that an agent serving alone has no admin service.
+fn admin_hint(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Rpc {
+            role, addr, status, ..
+        } if status.code() == tonic::Code::Unimplemented => ClientError::Rpc {
+            role,
+            addr,
+            status,
+            hint: " (is this an agent? cluster commands need the scheduler's address)".to_string(),
+        },
+        other => other,
     }
 }
 

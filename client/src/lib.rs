@@ -5,7 +5,9 @@
 //! Runtime inside.
 
 pub mod client;
+mod connect;
 pub mod error;
+pub mod failover;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod table;

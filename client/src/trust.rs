@@ -4,9 +4,10 @@
 use crate::error::ClientError;
 
 /// The CA a client trusts: --ca-cert, else none when the join token pins one, else
-/// the local scheduler's (see [`local_ca`]).
+/// the local scheduler's (see [`local_ca`]) when one of `addrs` (an address, or several
+/// separated by commas) is on this host.
 pub fn trusted_ca(
-    addr: &str,
+    addrs: &str,
     ca_cert: Option<&std::path::Path>,
     token: Option<&str>,
 ) -> Result<Option<String>, ClientError> {
@@ -24,11 +25,13 @@ pub fn trusted_ca(
             });
     }
     let pinned = token.is_some_and(|t| herd_core::tls::JoinToken::parse(t).pin.is_some());
-    Ok(if pinned || addr.starts_with("http://") {
-        None
-    } else {
-        local_ca(addr)
-    })
+    if pinned {
+        return Ok(None);
+    }
+    Ok(crate::failover::addresses(addrs)
+        .iter()
+        .filter(|addr| !addr.starts_with("http://"))
+        .find_map(|addr| local_ca(addr)))
 }
 
 /// The CA of the scheduler `herd up`/`herd scheduler` keeps in the default data

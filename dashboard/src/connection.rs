@@ -46,18 +46,25 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    /// `address` is HOST:PORT or a URL; the token, when given, must be printable ASCII.
+    /// `address` is HOST:PORT or a URL, or several separated by commas (schedulers of
+    /// one cluster, tried in turn); the token, when given, must be printable ASCII.
     ///
     /// Both are checked here, before the terminal is taken over, although the client
     /// checks them again on every connect: `herd_client` has no way to check them
     /// without connecting.
     pub fn new(address: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let url = herd_proto::grpc_url(address);
-        let uri: tonic::transport::Uri = url
-            .parse()
-            .map_err(|e| anyhow::anyhow!("bad scheduler address {address:?}: {e}"))?;
-        if uri.host().is_none() {
+        let addresses = herd_client::failover::addresses(address);
+        if addresses.is_empty() {
             anyhow::bail!("bad scheduler address {address:?}: expected HOST:PORT");
+        }
+        for one in &addresses {
+            let url = herd_proto::grpc_url(one);
+            let uri: tonic::transport::Uri = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad scheduler address {one:?}: {e}"))?;
+            if uri.host().is_none() {
+                anyhow::bail!("bad scheduler address {one:?}: expected HOST:PORT");
+            }
         }
         let token = token.filter(|t| !t.is_empty());
         if let Some(t) = token {
@@ -223,6 +230,9 @@ mod tests {
         assert!(Target::new("127.0.0.1:8001", None).is_ok());
         assert!(Target::new("http://sched:8001", Some("abc")).is_ok());
         assert!(Target::new("127.0.0.1:8001", Some("bad\ntoken")).is_err());
+        assert!(Target::new("10.0.0.1:8001, 10.0.0.2:8001", None).is_ok());
+        assert!(Target::new("10.0.0.1:8001,no such:8001", None).is_err());
+        assert!(Target::new(" , ", None).is_err());
         let t = Target::new("h:1", Some("secret")).expect("target");
         assert!(!format!("{t:?}").contains("secret"));
     }

@@ -12,6 +12,7 @@ mod cluster_support;
 mod connections;
 mod dash;
 mod doors;
+mod failover_client;
 mod hosts;
 mod kserve_http;
 mod limits;
