@@ -28,7 +28,9 @@ pub struct Link {
     pub ca_pem: Option<String>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Short: a restarted scheduler learns what the cluster holds from agents' reports for
+/// only a few report intervals before it may lead, and a connection attempt is cheap.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Why a plain-text agent cannot join a scheduler that serves TLS.
 const TLS_WANTED: &str = "the scheduler serves TLS and this agent has nothing to verify it with: \

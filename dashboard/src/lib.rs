@@ -36,7 +36,8 @@ const FRAME: Duration = Duration::from_millis(250);
 /// `herd dash`'s settings.
 #[derive(clap::Args, Clone)]
 pub struct DashConfig {
-    /// The scheduler's admin gRPC address (HOST:PORT or a URL).
+    /// The scheduler's admin gRPC address (HOST:PORT or a URL); or several schedulers of
+    /// one cluster separated by commas (A:8001,B:8001), tried in turn when one is gone.
     #[arg(long, env = "HERD_SCHEDULER", default_value = "127.0.0.1:8001")]
     pub scheduler: String,
     /// The cluster token, sent as `authorization: Bearer <token>`. A token on the

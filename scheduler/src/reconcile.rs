@@ -21,7 +21,14 @@ pub async fn run(scheduler: Arc<Scheduler>, mut role: watch::Receiver<Role>) {
         tokio::select! {
             _ = tokio::time::sleep(scheduler.settings.report_interval) => {}
             _ = scheduler.reconcile.notified() => {}
-            changed = role.changed() => if changed.is_err() { return },
+            changed = role.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if role.borrow().is_leader() {
+                    scheduler.lock().learn_again(Instant::now());
+                }
+            }
         }
         scheduler.check_liveness();
         if !role.borrow_and_update().is_leader() {

@@ -84,6 +84,13 @@ impl ClusterModel {
         self.down_after
     }
 
+    /// Placement waits again as after a start: a scheduler that has just become leader
+    /// may not yet have heard from every agent (one reconnecting to it after its own
+    /// restart), and placing now could load again what such an agent holds.
+    pub fn learn_again(&mut self, now: Instant) {
+        self.learn_until = self.learn_until.max(now + self.down_after);
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values()
     }

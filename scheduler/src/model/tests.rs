@@ -338,6 +338,24 @@ fn draining_moves_replicas_to_another_node() {
 }
 
 #[test]
+fn a_scheduler_that_becomes_leader_learns_again_before_it_places() {
+    let t0 = Instant::now();
+    let mut c = ClusterModel::new(t0, REPORT, 3);
+    c.add_model(catalog_model("m", pinned(1)), false);
+    let later = t0 + DOWN_AFTER * 4;
+    assert!(c.snapshot(Policy::Spread, 0.0, later).is_some());
+    c.learn_again(later);
+    assert!(
+        c.snapshot(Policy::Spread, 0.0, later + DOWN_AFTER / 2)
+            .is_none(),
+        "an agent may still be reconnecting to the new leader"
+    );
+    assert!(c
+        .snapshot(Policy::Spread, 0.0, later + DOWN_AFTER)
+        .is_some());
+}
+
+#[test]
 fn a_restarted_scheduler_adopts_what_agents_report_and_loads_nothing_again() {
     let t0 = Instant::now();
     let mut c = ClusterModel::new(t0, REPORT, 3);
