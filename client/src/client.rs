@@ -193,7 +193,12 @@ impl Client {
         self.error_from(self.addr(), status)
     }
 
+    /// A server gone after the others were tried is every server's failure: the error
+    /// names them all, not only the last.
     fn error_at(&self, (server, status): (usize, tonic::Status)) -> ClientError {
+        if self.servers.len() > 1 && crate::failover::server_gone(&status) {
+            return self.error_from(&self.servers.list(), status);
+        }
         self.error_from(&self.servers.get(server).addr, status)
     }
 

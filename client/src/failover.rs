@@ -72,6 +72,16 @@ impl<S: Display> Failover<S> {
         &self.servers[index]
     }
 
+    /// Every server, as the list was given ("A,B").
+    pub fn list(&self) -> String {
+        let names: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        names.join(",")
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
     /// Sends `message` to the preferred server, and to the next ones while each is
     /// gone. The first that answers — success or any other error — becomes the
     /// preferred one. On failure: the index of the server that gave the last error,

@@ -94,6 +94,12 @@ impl Forwarder {
         }
     }
 
+    /// Closes every connection and the listener, as a scheduler killed between calls.
+    async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Lets the next bytes from a client (a request, as the client is kept busy)
     /// reach the scheduler, then closes everything before its answer can come back.
     async fn cut(self) {
@@ -204,4 +210,30 @@ async fn a_scheduler_gone_mid_request_costs_no_request() {
         result.unwrap_or_else(|e| panic!("a request failed: {e}"));
     }
     while senders.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scheduler_gone_is_an_error_naming_them_all() {
+    let cluster = TestCluster::start(&["200MiB"], &[], PolicyArg::Spread).await;
+    let (a, b) = (
+        Forwarder::start(&cluster.addr).await,
+        Forwarder::start(&cluster.addr).await,
+    );
+    let (first, second) = (a.addr.clone(), b.addr.clone());
+    let client = connect(&cluster, &format!("{first},{second}")).await;
+    client
+        .infer_request(mlp_request(1, 0.0))
+        .await
+        .expect("served through the first");
+    a.close().await;
+    b.close().await;
+    let err = client
+        .infer_request(mlp_request(1, 1.0))
+        .await
+        .expect_err("nobody left");
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{first},{second}")),
+        "both named: {err}"
+    );
 }
