@@ -16,9 +16,11 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::agent_link::InferenceRpc;
 use crate::error::SchedulerError;
 use crate::forward::{election_deadline, forwarded, was_forwarded, LeaderInference, Route};
 use crate::model::ReplicaState;
+use crate::router::Picked;
 use crate::state::Scheduler;
 
 pub struct Gateway {
@@ -50,6 +52,30 @@ impl Gateway {
             Route::Here => None,
             Route::Leader(link) => Some(link.inference),
         })
+    }
+
+    /// Who answers a metadata or config call for model `name`: the agent of a ready
+    /// replica (picked, and held while the call runs), or the leader, the call marked
+    /// forwarded, when this follower sees none ready.
+    async fn describer<M>(
+        &self,
+        name: &str,
+        request: Request<M>,
+    ) -> Result<(InferenceRpc, Request<M>, Option<Picked>), Status> {
+        let forwarded_here = was_forwarded(&request);
+        match self.scheduler.pick(name, None, self.deadline()).await {
+            Err(SchedulerError::ToLeader) if !forwarded_here => {
+                let Some(leader) = self.leader_of(false).await? else {
+                    return Err(SchedulerError::ToLeader.into());
+                };
+                Ok((leader, forwarded(request.into_inner(), None), None))
+            }
+            picked => {
+                let picked = picked?;
+                let inference = picked.link.inference.clone();
+                Ok((inference, Request::new(request.into_inner()), Some(picked)))
+            }
+        }
     }
 
     fn deadline(&self) -> Instant {
@@ -138,19 +164,9 @@ impl GrpcInferenceService for Gateway {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
-        let forwarded_here = was_forwarded(&request);
-        let r = request.into_inner();
-        let picked = match self.scheduler.pick(&r.name, None, self.deadline()).await {
-            Err(SchedulerError::ToLeader) if !forwarded_here => {
-                let Some(mut leader) = self.leader_of(false).await? else {
-                    return Err(SchedulerError::ToLeader.into());
-                };
-                return leader.model_metadata(forwarded(r, None)).await;
-            }
-            picked => picked?,
-        };
-        let mut inference = picked.link.inference.clone();
-        inference.model_metadata(r).await
+        let name = request.get_ref().name.clone();
+        let (mut to, request, _picked) = self.describer(&name, request).await?;
+        to.model_metadata(request).await
     }
 
     async fn model_infer(
@@ -182,19 +198,9 @@ impl GrpcInferenceService for Gateway {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
-        let forwarded_here = was_forwarded(&request);
-        let r = request.into_inner();
-        let picked = match self.scheduler.pick(&r.name, None, self.deadline()).await {
-            Err(SchedulerError::ToLeader) if !forwarded_here => {
-                let Some(mut leader) = self.leader_of(false).await? else {
-                    return Err(SchedulerError::ToLeader.into());
-                };
-                return leader.model_config(forwarded(r, None)).await;
-            }
-            picked => picked?,
-        };
-        let mut inference = picked.link.inference.clone();
-        inference.model_config(r).await
+        let name = request.get_ref().name.clone();
+        let (mut to, request, _picked) = self.describer(&name, request).await?;
+        to.model_config(request).await
     }
 
     async fn model_statistics(

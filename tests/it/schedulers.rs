@@ -278,6 +278,17 @@ async fn one_scheduler_leads_and_a_follower_hands_what_needs_placing_to_it() {
             && ready_on(&follower.addr, "tiny_mlp").await.is_empty()
     })
     .await;
+
+    // Metadata of a model now cold, asked of the follower: the leader places it again
+    // and the agent answers.
+    let metadata = client(&follower.addr)
+        .await
+        .metadata("tiny_mlp")
+        .await
+        .expect("metadata through the follower");
+    assert_eq!(metadata.name, "tiny_mlp");
+    assert_eq!(metadata.inputs.len(), 1, "{metadata:?}");
+    assert_eq!(loads(&cluster.agent_log, "tiny_mlp"), 2);
     drop(cluster.repo);
     drop(cluster.data);
 }
