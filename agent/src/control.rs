@@ -180,6 +180,42 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    /// Fetches the files beside an Immich model and reads its processing, before the
+    /// model loads: a missing tokenizer fails the load, not each request.
+    async fn immich_recipe(
+        &self,
+        model: &str,
+        stage: &herd_proto::herd::ImmichStage,
+        model_path: &std::path::Path,
+    ) -> Result<(), AgentError> {
+        let mut files = std::collections::HashMap::new();
+        for side in &stage.files {
+            if !valid_digest(&side.digest) {
+                return Err(AgentError::InvalidInput(format!(
+                    "load {model}: digest {:?} of {} is not a sha256 in hex",
+                    side.digest, side.name
+                )));
+            }
+            let (path, _) = self.file(&side.digest, side.file_bytes).await?;
+            files.insert(side.name.clone(), path);
+        }
+        let stage = stage.clone();
+        let model_path = model_path.to_path_buf();
+        let recipe =
+            tokio::task::spawn_blocking(move || crate::immich::recipe(&stage, &files, &model_path))
+                .await
+                .map_err(|e| AgentError::task("reading an Immich model's files", e))??;
+        tracing::info!(
+            model,
+            stage = recipe.kind.as_str(),
+            "immich processing ready"
+        );
+        self.agent.recipes.insert(model, recipe);
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl AgentRpc for ControlService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<AgentStatus>, Status> {
@@ -207,6 +243,9 @@ impl AgentRpc for ControlService {
             .into());
         }
         let (path, fetched) = self.file(&source.digest, source.file_bytes).await?;
+        if let Some(stage) = &source.immich {
+            self.immich_recipe(&source.name, stage, &path).await?;
+        }
         let files = ModelFiles {
             name: source.name.clone(),
             version: source.version,
@@ -270,6 +309,9 @@ impl AgentRpc for ControlService {
                     })
                     .flatten();
                 let priority = herd_core::priority::Priority::from_u32(item.priority);
+                if crate::immich::stage_of(&request).is_some() {
+                    return crate::immich::infer(&agent, request, id, deadline, priority).await;
+                }
                 crate::service::infer(&agent, request, id, deadline, priority).await
             }
         });

@@ -14,9 +14,11 @@ mod fake;
 mod files;
 mod http;
 mod idle;
+mod immich;
 mod isolate;
 mod memory;
 mod onnx;
+mod onnx_metadata;
 mod probe;
 mod process;
 mod runner;
@@ -91,6 +93,8 @@ pub struct Agent {
     pub sleeping: std::sync::atomic::AtomicBool,
     /// Whether the last report the scheduler took said `sleeping`.
     pub reported_sleeping: tokio::sync::watch::Sender<bool>,
+    /// Immich's processing for the models of an Immich cache loaded here.
+    pub(crate) recipes: immich::Recipes,
 }
 
 /// What an agent needs besides its inference engine; tests build it directly.
@@ -148,6 +152,7 @@ impl Agent {
             wake: std::sync::OnceLock::new(),
             sleeping: std::sync::atomic::AtomicBool::new(false),
             reported_sleeping: tokio::sync::watch::Sender::new(false),
+            recipes: Default::default(),
         })
     }
 

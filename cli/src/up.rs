@@ -27,6 +27,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let scheduler = herd_scheduler::start(&config.scheduler).await?;
+    let immich = herd_scheduler::bind_immich(&config.scheduler).await?;
     let scheduler_addr = grpc.local_addr()?;
     let agent_listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -79,6 +80,10 @@ pub async fn run(
         ca_pem: certified.as_ref().map(|(_, ca)| ca.clone()),
     };
     tracing::info!(addr = %scheduler_addr, agent = %agent_addr, "herd up: scheduler and local agent serving");
+    let mut stop_immich = stop_rx.clone();
+    let immich = herd_scheduler::serve_immich(scheduler.clone(), immich, async move {
+        let _ = stop_immich.wait_for(|s| *s).await;
+    });
     let mut stop_scheduler = stop_rx;
     let served = herd_scheduler::serve(
         scheduler,
@@ -90,7 +95,7 @@ pub async fn run(
         },
     );
     tokio::select! {
-        r = served => Ok(r?),
+        (r, i) = async { tokio::join!(served, immich) } => Ok(r.and(i)?),
         r = agent_server => r.context("local agent"),
         r = herd_agent::join_and_report(agent, link) => Ok(r?),
     }

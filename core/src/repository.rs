@@ -102,6 +102,11 @@ impl Repository {
         &self.root
     }
 
+    /// The settings a model without herd.toml gets.
+    pub fn defaults(&self) -> &ModelSettings {
+        &self.defaults
+    }
+
     /// Names of the models in the repository, sorted. Folders without a version
     /// holding a model.onnx are not models and are left out.
     pub fn names(&self) -> Vec<String> {

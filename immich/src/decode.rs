@@ -67,7 +67,8 @@ mod tests {
     fn png(width: u32, height: u32) -> Vec<u8> {
         let img = RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("png");
         out.into_inner()
     }
 

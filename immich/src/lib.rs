@@ -11,5 +11,6 @@ pub mod decode;
 pub mod entries;
 pub mod faces;
 pub mod ocr;
+pub mod stage;
 
 pub use image::RgbImage;

@@ -269,6 +269,7 @@ mod routing {
             wake_timeout: Duration::from_secs(120),
             tls: None,
             advertise: Default::default(),
+            immich_models: None,
         };
         let scheduler = Scheduler::new(model, settings, store, dir.to_path_buf());
         let _guard = runtime.enter();

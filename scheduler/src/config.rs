@@ -46,6 +46,19 @@ pub struct SchedulerConfig {
     #[arg(long, env = "HERD_MODEL_REPOSITORY")]
     pub model_repository: PathBuf,
 
+    /// Serve Immich's machine-learning API (GET /ping, POST /predict) on this address,
+    /// so that an Immich server's IMMICH_MACHINE_LEARNING_URL can point at herd.
+    /// Immich's own port is 3003 (0.0.0.0:3003 for another machine's Immich). Off
+    /// unless given.
+    #[arg(long, env = "HERD_IMMICH_LISTEN", value_name = "ADDR")]
+    pub immich_listen: Option<SocketAddr>,
+
+    /// An Immich model cache (DIR/<task>/<modelName>/<type>/model.onnx, as Immich's
+    /// ML container keeps it in /cache): its models join the catalog as
+    /// immich.<task>.<type>.<modelName>, placed, batched and unloaded like any other.
+    #[arg(long, env = "HERD_IMMICH_MODELS", value_name = "DIR")]
+    pub immich_models: Option<PathBuf>,
+
     /// The cluster token agents and admin tools must present. Default: the one kept in
     /// the data directory (DATA_DIR/token), generated on first start. A token on the
     /// command line shows in `ps`: prefer --token-file or HERD_TOKEN.

@@ -95,6 +95,7 @@ mod tests {
             wake_timeout: Duration::from_secs(1),
             tls: None,
             advertise: Default::default(),
+            immich_models: None,
         };
         let model =
             crate::model::ClusterModel::new(tokio::time::Instant::now(), Duration::from_secs(1), 3);

@@ -17,6 +17,7 @@ mod fenced;
 pub mod forward;
 pub mod gateway;
 mod http;
+pub mod immich;
 pub mod joins;
 pub mod leader;
 mod links;
@@ -74,9 +75,12 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         herd_core::Repository::new(config.model_repository.clone(), model_defaults.clone());
     let digests = Arc::new(rescan::DigestCache::default());
     let scan_digests = digests.clone();
-    let scanned = tokio::task::spawn_blocking(move || rescan::scan(&repository, &scan_digests))
-        .await
-        .map_err(|e| StartError::Repository(e.to_string()))?;
+    let immich_models = config.immich_models.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        rescan::scan_all(&repository, immich_models.as_deref(), &scan_digests)
+    })
+    .await
+    .map_err(|e| StartError::Repository(e.to_string()))?;
     // Nodes that said how to wake them, so that one asleep since before this start
     // can be woken too.
     for (name, wake) in records::wakeable(&store.range(records::NODES).await?) {
@@ -120,6 +124,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
             config.advertise.clone(),
             config.store.as_ref().map_or(&[][..], |s| &s.endpoints),
         ),
+        immich_models: config.immich_models.clone(),
     };
     Ok(Scheduler::with_digests(
         cluster,
@@ -320,6 +325,46 @@ pub async fn serve(
     result
 }
 
+/// Listens on --immich-listen when it is given.
+pub async fn bind_immich(config: &SchedulerConfig) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = config.immich_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        StartError::Http(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} for the Immich API (--immich-listen): {e}"),
+        ))
+    })?;
+    Ok(Some(listener))
+}
+
+/// Serves Immich's machine-learning API on `listener` until `shutdown`; without a
+/// listener it waits for `shutdown` alone, so that callers can always select on it.
+pub async fn serve_immich(
+    scheduler: Arc<Scheduler>,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let Some(listener) = listener else {
+        shutdown.await;
+        return Ok(());
+    };
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        immich_models = ?scheduler.settings.immich_models,
+        "immich machine-learning API serving"
+    );
+    let predict = Arc::new(immich::pipeline::ClusterPredict::new(
+        scheduler,
+        herd_immich::decode::DEFAULT_MAX_PIXELS,
+    ));
+    let router = immich::http::router(predict, &immich::http::ImmichHttpConfig::default());
+    immich::http::serve(listener, router, shutdown)
+        .await
+        .map_err(StartError::Http)
+}
+
 /// Runs `herd scheduler`.
 pub async fn run(
     config: SchedulerConfig,
@@ -328,18 +373,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let scheduler = start(&config).await?;
+    let immich = bind_immich(&config).await?;
     tracing::info!(
         addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = scheduler.settings.tls.is_some(),
         "scheduler serving"
     );
-    serve(
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let immich = serve_immich(scheduler.clone(), immich, stopped(stop_rx.clone()));
+    let served = serve(
         scheduler,
         grpc,
         http,
         config.require_token_for_inference,
-        shutdown,
-    )
-    .await
+        stopped(stop_rx),
+    );
+    let (served, immich) = tokio::join!(served, immich);
+    served.and(immich)
 }

@@ -91,6 +91,20 @@ pub fn scan(repo: &Repository, digests: &DigestCache) -> Vec<CatalogModel> {
         .collect()
 }
 
+/// The repository's models and those of the Immich model cache, when there is one.
+pub fn scan_all(
+    repo: &Repository,
+    immich: Option<&std::path::Path>,
+    digests: &DigestCache,
+) -> Vec<CatalogModel> {
+    let mut models = scan(repo, digests);
+    if let Some(dir) = immich {
+        let digest = |p: &std::path::Path| digests.digest(p);
+        models.extend(crate::immich::cache::scan(dir, repo.defaults(), &digest));
+    }
+    models
+}
+
 fn repository(scheduler: &Scheduler) -> Repository {
     Repository::new(
         scheduler.repository.clone(),
@@ -103,7 +117,9 @@ fn repository(scheduler: &Scheduler) -> Repository {
 pub async fn once(scheduler: &Arc<Scheduler>) -> usize {
     let repo = repository(scheduler);
     let digests = scheduler.digests.clone();
-    let read_all = tokio::task::spawn_blocking(move || scan(&repo, &digests)).await;
+    let immich = scheduler.settings.immich_models.clone();
+    let read_all =
+        tokio::task::spawn_blocking(move || scan_all(&repo, immich.as_deref(), &digests)).await;
     let Ok(models) = read_all else {
         return 0;
     };
@@ -144,6 +160,26 @@ pub async fn run(scheduler: Arc<Scheduler>, interval: Duration) {
 pub async fn find_new(scheduler: &Scheduler, model: &str) -> Result<(), SchedulerError> {
     if scheduler.lock().model(model).is_some() {
         return Ok(());
+    }
+    if model.starts_with("immich.") {
+        if let Some(dir) = scheduler.settings.immich_models.clone() {
+            // Added a moment ago to the Immich cache: read it again, models are few.
+            let repo = repository(scheduler);
+            let digests = scheduler.digests.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let digest = |p: &std::path::Path| digests.digest(p);
+                crate::immich::cache::scan(&dir, repo.defaults(), &digest)
+            })
+            .await
+            .map_err(|e| SchedulerError::NotInRepository(e.to_string()))?;
+            let mut c = scheduler.lock();
+            for m in found {
+                if m.name == model && c.model(model).is_none() {
+                    c.add_model(m, true);
+                    return Ok(());
+                }
+            }
+        }
     }
     let repo = repository(scheduler);
     let digests = scheduler.digests.clone();

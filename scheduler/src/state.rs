@@ -40,6 +40,8 @@ pub struct Settings {
     pub tls: Option<std::sync::Arc<crate::cluster_tls::ClusterTls>>,
     /// What this scheduler tells its peers to call it at (--advertise).
     pub advertise: crate::advertise::Advertise,
+    /// The Immich model cache (--immich-models), read with the repository.
+    pub immich_models: Option<std::path::PathBuf>,
 }
 
 impl Settings {

@@ -734,6 +734,7 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
                 digest: "../../etc/passwd".into(),
                 file_bytes: 1,
                 settings: None,
+                immich: None,
             }),
         })
         .await

@@ -61,6 +61,8 @@ pub fn scheduler_config(
         listen: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
         model_repository: repo.to_path_buf(),
+        immich_listen: None,
+        immich_models: None,
         token: Some(TOKEN.into()),
         token_file: None,
         require_token_for_inference: false,

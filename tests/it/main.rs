@@ -14,6 +14,7 @@ mod dash;
 mod doors;
 mod failover_client;
 mod hosts;
+mod immich;
 mod kserve_http;
 mod limits;
 mod netbed;

@@ -46,6 +46,8 @@ pub struct CatalogModel {
     pub short_logged: Option<String>,
     /// Why its last load failed; the next request tries again.
     pub load_error: Option<String>,
+    /// A model of the Immich model cache: its processing and the files beside it.
+    pub immich: Option<crate::immich::cache::ImmichSource>,
 }
 
 impl CatalogModel {
@@ -72,6 +74,7 @@ impl CatalogModel {
             unplaceable: None,
             short_logged: None,
             load_error: None,
+            immich: None,
         }
     }
 
@@ -205,6 +208,8 @@ impl ClusterModel {
         let Some(m) = self.models.get_mut(&new.name) else {
             return actions;
         };
+        // Files beside an Immich model are read at load: the next load takes them.
+        m.immich = new.immich.clone();
         if m.digest == new.digest && m.version == new.version {
             return actions;
         }
@@ -247,8 +252,12 @@ impl ClusterModel {
     pub fn file_with_digest(&self, digest: &str) -> Result<&Path, SchedulerError> {
         self.models
             .values()
-            .find(|m| m.digest == digest)
-            .map(|m| m.path.as_path())
+            .find_map(|m| {
+                if m.digest == digest {
+                    return Some(m.path.as_path());
+                }
+                m.immich.as_ref()?.file_with_digest(digest)
+            })
             .ok_or_else(|| SchedulerError::UnknownDigest(digest.to_string()))
     }
 

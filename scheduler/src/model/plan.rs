@@ -288,6 +288,7 @@ impl ClusterModel {
             digest: m.digest.clone(),
             file_bytes: m.file_bytes,
             settings: Some(super::catalog::settings_message(&settings)),
+            immich: m.immich.as_ref().map(|i| i.stage.clone()),
         };
         self.replicas.insert(
             key.clone(),
