@@ -97,3 +97,4 @@ model ocr_rec rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv
 model ocr_cls rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx 'max_batch_size = 32'
 
 log "done: ONNX Runtime, models and Python client are in $cache"
+bash "$repo/scripts/setup_immich.sh"

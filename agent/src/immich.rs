@@ -320,10 +320,19 @@ impl Run<'_> {
                 let max_resolution = number("maxResolution", 736.0).clamp(32.0, 8192.0) as u32;
                 let (pixels, size) = blocking(move || {
                     let image = decode_image(&input)?;
+                    let size = image.dimensions();
+                    // Immich finds no text in an image under 32 pixels on a side.
+                    if size.0 < 32 || size.1 < 32 {
+                        return Ok((None, size));
+                    }
                     let pixels = ocr::detection_input(&image, max_resolution);
-                    Ok((pixels.insert_axis(Axis(0)).into_dyn(), image.dimensions()))
+                    Ok((Some(pixels.insert_axis(Axis(0)).into_dyn()), size))
                 })
                 .await?;
+                let Some(pixels) = pixels else {
+                    result.boxes = Some(Vec::new());
+                    return Ok(result);
+                };
                 let out = self.run_one(pixels).await?;
                 let boxes = blocking(move || {
                     let prob = f32_array(out.first().ok_or_else(no_output)?)?;

@@ -39,7 +39,7 @@ pub async fn run(
             .name
             .clone()
             .unwrap_or_else(herd_core::paths::default_name),
-        model_repository: config.scheduler.model_repository.clone(),
+        model_repository: config.scheduler.repository_dir(),
         model_defaults: config.scheduler.model_defaults.settings(),
         memory_limit: config.node.memory_limit.map(|b| b.as_u64()),
         // One --max-message-size for the gateway and the agent behind it.

@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageReader, Limits, RgbImage};
+use image::{ImageFormat, ImageReader, Limits, RgbImage};
 
 /// Most pixels an image may have by default: 100 megapixels, above any camera's
 /// original and far above Immich's 1440 px previews; PIL's own bomb limit is 179 M.
@@ -39,6 +39,11 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         });
     }
     let mut reader = reader(bytes)?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Corrupt(
+            "the JPEG is cut short (no end-of-image marker after its last scan)".into(),
+        ));
+    }
     // A second guard inside the decoder: what it allocates is bounded too (an
     // animated or layered file can state one size and hold more).
     let mut limits = Limits::default();
@@ -48,6 +53,19 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         .decode()
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     Ok(image.into_rgb8())
+}
+
+/// PIL refuses a JPEG cut short ("image file is truncated"), where the decoder under
+/// `image` fills the missing rows with grey. Entropy-coded data stuffs every 0xFF, so
+/// the last start-of-scan marker is the image's last scan (an EXIF thumbnail's markers
+/// come before it), and a whole file has the end-of-image marker after it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const SOS: [u8; 2] = [0xFF, 0xDA];
+    const EOI: [u8; 2] = [0xFF, 0xD9];
+    bytes
+        .windows(2)
+        .rposition(|w| w == SOS)
+        .is_some_and(|scan| bytes[scan..].windows(2).any(|w| w == EOI))
 }
 
 fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, DecodeError> {
@@ -95,6 +113,34 @@ mod tests {
             decode_rgb(cut, DEFAULT_MAX_PIXELS),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn refuses_a_jpeg_cut_short_but_reads_a_whole_one() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).expect("jpeg");
+        let bytes = out.into_inner();
+        assert_eq!(
+            decode_rgb(&bytes, DEFAULT_MAX_PIXELS)
+                .expect("whole")
+                .dimensions(),
+            (64, 48)
+        );
+        // Bytes after the end-of-image marker are tolerated, as PIL does.
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"trailing bytes");
+        assert!(decode_rgb(&trailing, DEFAULT_MAX_PIXELS).is_ok());
+        for cut in [bytes.len() - 2, bytes.len() * 3 / 4, bytes.len() / 2] {
+            assert!(
+                matches!(
+                    decode_rgb(&bytes[..cut], DEFAULT_MAX_PIXELS),
+                    Err(DecodeError::Corrupt(_))
+                ),
+                "cut at {cut} of {}",
+                bytes.len()
+            );
+        }
     }
 
     #[test]

@@ -43,8 +43,13 @@ pub struct SchedulerConfig {
 
     /// Model repository, in Triton's layout (DIR/<name>/<version>/model.onnx with
     /// optional DIR/<name>/herd.toml); agents fetch files from here by digest.
-    #[arg(long, env = "HERD_MODEL_REPOSITORY")]
-    pub model_repository: PathBuf,
+    /// Needed unless --immich-models gives the models.
+    #[arg(
+        long,
+        env = "HERD_MODEL_REPOSITORY",
+        required_unless_present = "immich_models"
+    )]
+    pub model_repository: Option<PathBuf>,
 
     /// Serve Immich's machine-learning API (GET /ping, POST /predict) on this address,
     /// so that an Immich server's IMMICH_MACHINE_LEARNING_URL can point at herd.
@@ -150,6 +155,12 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The model repository; without one (an Immich cache alone) an empty path, where
+    /// no model is found.
+    pub fn repository_dir(&self) -> PathBuf {
+        self.model_repository.clone().unwrap_or_default()
+    }
+
     /// The token given by --token or --token-file; `None`: the one kept in the data
     /// directory.
     pub fn given_token(&self) -> Result<Option<String>, herd_core::auth::TokenFileError> {

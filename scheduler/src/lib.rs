@@ -71,8 +71,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         config.down_after,
     );
     let model_defaults = config.model_defaults.settings();
-    let repository =
-        herd_core::Repository::new(config.model_repository.clone(), model_defaults.clone());
+    let repository = herd_core::Repository::new(config.repository_dir(), model_defaults.clone());
     let digests = Arc::new(rescan::DigestCache::default());
     let scan_digests = digests.clone();
     let immich_models = config.immich_models.clone();
@@ -98,7 +97,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
     tracing::info!(
         models = cluster.models().count(),
         remembered = remembered.len(),
-        repository = %config.model_repository.display(),
+        repository = %config.repository_dir().display(),
         data_dir = %data_dir.display(),
         "catalog ready"
     );
@@ -130,7 +129,7 @@ pub async fn start(config: &SchedulerConfig) -> Result<Arc<Scheduler>, StartErro
         cluster,
         settings,
         store,
-        config.model_repository.clone(),
+        config.repository_dir(),
         digests,
     ))
 }

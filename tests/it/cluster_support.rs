@@ -60,7 +60,7 @@ pub fn scheduler_config(
     SchedulerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
-        model_repository: repo.to_path_buf(),
+        model_repository: Some(repo.to_path_buf()),
         immich_listen: None,
         immich_models: None,
         token: Some(TOKEN.into()),

@@ -255,14 +255,20 @@ async fn immichs_faults_get_immichs_status_codes() {
 
     let not_image = work.path().join("not-an-image.jpg");
     std::fs::write(&not_image, b"plain text, not a JPEG").expect("write");
-    let (astronaut, _, _) = images(work.path());
-    let bytes = std::fs::read(&astronaut).expect("read the photo");
-    let truncated = work.path().join("truncated.jpg");
-    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let (astronaut, _, text) = images(work.path());
+    let cut = |from: &Path, to: &str| {
+        let bytes = std::fs::read(from).expect("read the image");
+        let path = work.path().join(to);
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+        path
+    };
+    let truncated = cut(&astronaut, "truncated.jpg");
+    let truncated_png = cut(&text, "truncated.png");
     let p = |p: &Path| p.to_string_lossy().into_owned();
     let cases = json!([
         {"image": p(&not_image), "entries": clip_visual(), "want": 400},
         {"image": p(&truncated), "entries": clip_visual(), "want": 400},
+        {"image": p(&truncated_png), "entries": ocr(), "want": 400},
         {"raw_entries": "{not json", "text": "x", "want": 422},
         {"text": "x", "entries": {"clip": {"textual": {}}}, "want": 422},
         {"entries": clip_visual(), "want": 400},

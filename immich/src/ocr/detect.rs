@@ -75,7 +75,7 @@ fn detection_size(width: u32, height: u32, max_resolution: u32) -> (u32, u32) {
 /// 2×2 dilation, contours, minimum-area rectangles of at least 3 pixels, "fast" score (the
 /// mean probability inside the rectangle) of at least `min_score`, unclip ratio 1.6, short
 /// side of at least 5, mapped to `original_size` (width, height), rounded, clipped to the
-/// image, and sorted into reading order.
+/// image, and ordered as Immich orders them (see `sort_reading_order`).
 ///
 /// Deviations, each tiny: a NaN score counts as too low (Python would keep the box); the
 /// rectangle is filled with imageproc's scanline rather than `cv2.fillPoly`, which can
@@ -439,25 +439,32 @@ fn order_points_clockwise(points: [[f32; 2]; 4]) -> [[f32; 2]; 4] {
     [left[0], right[0], right[1], left[1]]
 }
 
-/// RapidOCR 3.x's `TextDetector.sorted_boxes`: stably by the top-left corner's y; a new
-/// line wherever that y jumps by 10 or more from the previous box's; then by line and,
-/// within a line, by the top-left corner's x (both stable).
+/// Immich's `TextDetector.sorted_boxes` (v2.4.1), with its two quirks kept so that the
+/// answers match Immich's: it indexes the line ids twice (`line_ids[y_order]`), so lines
+/// can come out of reading order (with OpenCV's contour order, often the bottom line
+/// first); and it reorders the boxes but not their scores, so the i-th score stays the
+/// i-th box found's.
 fn sort_reading_order(boxes: &mut [TextBox]) {
-    boxes.sort_by(|a, b| a.points[0][1].total_cmp(&b.points[0][1]));
-    let mut line = 0usize;
-    let mut keyed: Vec<(usize, TextBox)> = Vec::with_capacity(boxes.len());
-    let mut previous_y = None;
-    for text_box in boxes.iter() {
-        let y = text_box.points[0][1];
-        if previous_y.is_some_and(|p: f32| y - p >= LINE_GAP) {
-            line += 1;
-        }
-        previous_y = Some(y);
-        keyed.push((line, text_box.clone()));
+    let n = boxes.len();
+    let y = |i: usize| boxes[i].points[0][1];
+    let x = |i: usize| boxes[i].points[0][0];
+    // Stable sorts, as numpy's `kind="stable"`.
+    let mut y_order: Vec<usize> = (0..n).collect();
+    y_order.sort_by(|&a, &b| y(a).total_cmp(&y(b)));
+    let mut line_ids = vec![0u32; n];
+    for k in 1..n {
+        let gap = (y(y_order[k]) - y(y_order[k - 1])).abs();
+        line_ids[k] = line_ids[k - 1] + u32::from(gap >= LINE_GAP);
     }
-    keyed.sort_by(|(la, a), (lb, b)| la.cmp(lb).then(a.points[0][0].total_cmp(&b.points[0][0])));
-    for (slot, (_, text_box)) in boxes.iter_mut().zip(keyed) {
-        *slot = text_box;
+    let key = |k: usize| f64::from(line_ids[y_order[k]]) * 1e6 + f64::from(x(y_order[k]));
+    let mut final_order: Vec<usize> = (0..n).collect();
+    final_order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
+    let points: Vec<[[f32; 2]; 4]> = final_order
+        .iter()
+        .map(|&k| boxes[y_order[k]].points)
+        .collect();
+    for (text_box, points) in boxes.iter_mut().zip(points) {
+        text_box.points = points;
     }
 }
 
@@ -505,21 +512,35 @@ mod tests {
     }
 
     #[test]
-    fn two_rectangles_become_two_boxes_in_reading_order() {
+    fn three_rectangles_become_three_boxes() {
         // A 100×60 map of a 200×120 image: a box on the second line, then two on the first,
         // the right one listed first by the detector.
         let mut map = Array2::<f32>::zeros((60, 100));
         fill(&mut map, 10..40, 10..20, 1.0);
         fill(&mut map, 60..90, 12..22, 1.0);
         fill(&mut map, 20..70, 40..50, 1.0);
-        let boxes = detection_boxes(map.view(), (200, 120), 0.5);
+        let mut boxes = detection_boxes(map.view(), (200, 120), 0.5);
         assert_eq!(boxes.len(), 3, "{boxes:?}");
+        // Found bottom first (OpenCV's contour order): the scores stay in that order. The
+        // fast score averages over the dilated rectangle, whose last row and column are
+        // the dilation's zeros: 30·10 ones in 31·11 pixels.
+        let scores: Vec<f32> = boxes.iter().map(|b| b.score).collect();
+        for (got, want) in scores
+            .iter()
+            .zip([500.0 / 561.0, 300.0 / 341.0, 300.0 / 341.0])
+        {
+            assert!((got - want).abs() < 1e-6, "{boxes:?}");
+        }
+        // Geometry in reading order (Immich's own order is checked on its own below).
+        boxes.sort_by(|a, b| {
+            let key = |t: &TextBox| ((t.points[0][1] / 20.0).floor(), t.points[0][0]);
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         let lefts: Vec<f32> = boxes.iter().map(|b| b.points[0][0]).collect();
         let tops: Vec<f32> = boxes.iter().map(|b| b.points[0][1]).collect();
         assert!(lefts[0] < lefts[1] && tops[2] > tops[0] + 20.0, "{boxes:?}");
-        // The fast score averages over the dilated rectangle, whose last row and column
-        // are the dilation's zeros: 30·10 ones in 31·11 pixels.
-        assert!((boxes[0].score - 300.0 / 341.0).abs() < 1e-6, "{boxes:?}");
         for b in &boxes {
             let [tl, tr, br, bl] = b.points;
             assert!(tl[0] < tr[0] && tl[1] < bl[1] && br[0] == tr[0] && br[1] == bl[1]);
@@ -565,8 +586,11 @@ mod tests {
         fill(&mut map, 50..80, 28..40, 1.0);
         let boxes = detection_boxes(map.view(), (80, 40), 0.5);
         assert_eq!(boxes.len(), 2, "{boxes:?}");
-        assert_eq!(boxes[0].points[0], [0.0, 0.0]);
-        assert_eq!(boxes[1].points[2], [79.0, 39.0]);
+        assert!(boxes.iter().any(|b| b.points[0] == [0.0, 0.0]), "{boxes:?}");
+        assert!(
+            boxes.iter().any(|b| b.points[2] == [79.0, 39.0]),
+            "{boxes:?}"
+        );
     }
 
     #[test]
@@ -584,7 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn reading_order_groups_lines_by_ten_pixels() {
+    fn boxes_are_ordered_as_immich_orders_them() {
         let at = |x: f32, y: f32| TextBox {
             points: [[x, y], [x + 5.0, y], [x + 5.0, y + 5.0], [x, y + 5.0]],
             score: x,
@@ -597,8 +621,12 @@ mod tests {
             at(90.0, 0.0),
         ];
         sort_reading_order(&mut boxes);
-        let order: Vec<f32> = boxes.iter().map(|b| b.score).collect();
-        assert_eq!(order, vec![0.0, 30.0, 90.0, 10.0, 50.0]);
+        // numpy on Immich's code gives this order (its double indexing puts 50 before 10).
+        let order: Vec<f32> = boxes.iter().map(|b| b.points[0][0]).collect();
+        assert_eq!(order, vec![0.0, 30.0, 50.0, 10.0, 90.0]);
+        // The scores stay where they were found.
+        let scores: Vec<f32> = boxes.iter().map(|b| b.score).collect();
+        assert_eq!(scores, vec![50.0, 30.0, 0.0, 10.0, 90.0]);
     }
 
     #[test]

@@ -187,7 +187,11 @@ mod tests {
         put(root, "clip/ViT-B-32__openai/textual/model.onnx", b"t");
         put(root, "clip/ViT-B-32__openai/textual/tokenizer.json", b"{}");
         put(root, "clip/ViT-B-32__openai/textual/model.armnn", b"x");
-        put(root, "clip/ViT-B-32__openai/config.json", b"{}");
+        put(
+            root,
+            "clip/ViT-B-32__openai/config.json",
+            b"{\"embed_dim\": 512}",
+        );
         put(
             root,
             "facial-recognition/buffalo_l/detection/model.onnx",
