@@ -95,7 +95,7 @@ for name, c in cases.items():
     with open(f"{w}/{name}.json", "w") as f:
         json.dump(c, f)
 PY
-tasks="clip-visual clip-textual faces ocr"
+tasks=${TASKS:-"clip-visual clip-textual faces ocr"}
 
 ref_port=$(free_port)
 "$py" tests/immich/reference.py --models "$models" --serve --host 127.0.0.1 --port "$ref_port" \

@@ -13,7 +13,9 @@ use herd_core::layers::request_id::RequestId;
 use herd_core::priority::Priority;
 use herd_core::tensor::{decode, encode, Tensor};
 use herd_immich::clip::{TextEncoder, VisualConfig};
-use herd_immich::stage::{self, DetectedFace, DetectedText, StageKind, StageRequest, StageResult};
+use herd_immich::stage::{
+    self, DetectedFace, DetectedText, NextStage, StageKind, StageRequest, StageResult,
+};
 use herd_immich::{decode as image_decode, faces, ocr, RgbImage};
 use herd_proto::inference::infer_parameter::ParameterChoice;
 use herd_proto::inference::model_infer_request::InferInputTensor;
@@ -160,6 +162,13 @@ pub async fn infer(
             .map_err(|e| AgentError::InvalidInput(format!("stage request: {e}")))?,
         Err(_) => StageRequest::default(),
     };
+    // Decoded once, here, for this stage and the next one if it runs here too.
+    let input = if recipe.kind.takes_text() {
+        Input::Text(input)
+    } else {
+        Input::Image(Arc::new(blocking(move || decode_image(&input)).await?))
+    };
+    let next = options.then.clone();
     let run = Run {
         agent,
         model: &model,
@@ -167,7 +176,13 @@ pub async fn infer(
         deadline,
         priority,
     };
-    let result = run.stage(&recipe, input, options).await?;
+    let mut result = run.stage(&recipe, &input, options).await?;
+    if let Some(next) = next {
+        result.then = run
+            .next_here(recipe.kind, &next, &input, &result)
+            .await?
+            .map(Box::new);
+    }
     let json = serde_json::to_vec(&result)
         .map_err(|e| AgentError::InvalidInput(format!("stage answer: {e}")))?;
     Ok(ModelInferResponse {
@@ -196,6 +211,23 @@ fn named_input(request: &ModelInferRequest, name: &str) -> Result<Bytes, AgentEr
         })
 }
 
+/// A stage's input: text, or the image decoded once.
+enum Input {
+    Text(Bytes),
+    Image(Arc<RgbImage>),
+}
+
+impl Input {
+    fn image(&self) -> Result<Arc<RgbImage>, AgentError> {
+        match self {
+            Input::Image(image) => Ok(image.clone()),
+            Input::Text(_) => Err(AgentError::InvalidInput(
+                "this stage takes an image, but text was sent".into(),
+            )),
+        }
+    }
+}
+
 /// One stage's model runs, all for the same caller.
 struct Run<'a> {
     agent: &'a Agent,
@@ -206,10 +238,41 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The stage after `kind`, run here when its model is loaded on this node (else the
+    /// scheduler routes it): the same caller, deadline and class, the image reused.
+    async fn next_here(
+        &self,
+        kind: StageKind,
+        next: &NextStage,
+        input: &Input,
+        first: &StageResult,
+    ) -> Result<Option<StageResult>, AgentError> {
+        let Some(recipe) = self.agent.recipes.get(&next.model) else {
+            return Ok(None);
+        };
+        if kind.next() != Some(recipe.kind) || !self.agent.cache.is_loaded(&next.model) {
+            return Ok(None);
+        }
+        let run = Run {
+            agent: self.agent,
+            model: &next.model,
+            id: self.id.clone(),
+            deadline: self.deadline,
+            priority: self.priority,
+        };
+        let request = StageRequest {
+            options: next.options.clone(),
+            faces: first.faces.clone(),
+            boxes: first.boxes.clone(),
+            then: None,
+        };
+        run.stage(&recipe, input, request).await.map(Some)
+    }
+
     async fn stage(
         &self,
         recipe: &Arc<Recipe>,
-        input: Bytes,
+        input: &Input,
         request: StageRequest,
     ) -> Result<StageResult, AgentError> {
         let number = |key: &str, default: f64| {
@@ -228,6 +291,12 @@ impl Run<'_> {
                     .get("language")
                     .and_then(|v| v.as_str())
                     .map(str::to_string);
+                let Input::Text(input) = input else {
+                    return Err(AgentError::InvalidInput(
+                        "this stage takes text, but an image was sent".into(),
+                    ));
+                };
+                let input = input.clone();
                 let encoded = blocking(move || {
                     let text = String::from_utf8(input.to_vec())
                         .map_err(|_| AgentError::InvalidInput("the text is not UTF-8".into()))?;
@@ -252,8 +321,8 @@ impl Run<'_> {
             }
             StageKind::ClipVisual => {
                 let recipe = recipe.clone();
+                let image = input.image()?;
                 let pixels = blocking(move || {
-                    let image = decode_image(&input)?;
                     let cfg = recipe.visual.as_ref().ok_or_else(no_recipe)?;
                     Ok(herd_immich::clip::visual_input(&image, cfg)
                         .insert_axis(Axis(0))
@@ -265,8 +334,8 @@ impl Run<'_> {
             }
             StageKind::FaceDetection => {
                 let min_score = number("minScore", 0.7) as f32;
+                let image = input.image()?;
                 let (pixels, scale) = blocking(move || {
-                    let image = decode_image(&input)?;
                     let (pixels, scale) = faces::detection_input(&image);
                     Ok((pixels.insert_axis(Axis(0)).into_dyn(), scale))
                 })
@@ -296,8 +365,8 @@ impl Run<'_> {
                     result.embeddings = Some(Vec::new());
                     return Ok(result);
                 }
+                let image = input.image()?;
                 let crops = blocking(move || {
-                    let image = decode_image(&input)?;
                     let crops: Vec<_> = found
                         .iter()
                         .map(|f| faces::recognition_input(&image, &f.landmarks))
@@ -318,8 +387,8 @@ impl Run<'_> {
             StageKind::OcrDetection => {
                 let min_score = number("minScore", 0.5) as f32;
                 let max_resolution = number("maxResolution", 736.0).clamp(32.0, 8192.0) as u32;
+                let image = input.image()?;
                 let (pixels, size) = blocking(move || {
-                    let image = decode_image(&input)?;
                     let size = image.dimensions();
                     // Immich finds no text in an image under 32 pixels on a side.
                     if size.0 < 32 || size.1 < 32 {
@@ -368,8 +437,8 @@ impl Run<'_> {
                     return Ok(result);
                 }
                 let count = boxes.len();
+                let image = input.image()?;
                 let batches = blocking(move || {
-                    let image = decode_image(&input)?;
                     let crops: Vec<RgbImage> =
                         boxes.iter().map(|b| ocr::crop(&image, &b.points)).collect();
                     Ok(ocr::recognition_batches(&crops))

@@ -72,6 +72,38 @@ impl StageKind {
         self == StageKind::ClipTextual
     }
 
+    /// Its task and model type.
+    pub fn parts(self) -> (Task, Stage) {
+        match self {
+            StageKind::ClipVisual => (Task::Clip, Stage::Visual),
+            StageKind::ClipTextual => (Task::Clip, Stage::Textual),
+            StageKind::FaceDetection => (Task::FacialRecognition, Stage::Detection),
+            StageKind::FaceRecognition => (Task::FacialRecognition, Stage::Recognition),
+            StageKind::OcrDetection => (Task::Ocr, Stage::Detection),
+            StageKind::OcrRecognition => (Task::Ocr, Stage::Recognition),
+        }
+    }
+
+    /// The other stage of a two-stage task (a detection's recognition and back).
+    pub fn partner(self) -> Option<StageKind> {
+        match self {
+            StageKind::FaceDetection => Some(StageKind::FaceRecognition),
+            StageKind::FaceRecognition => Some(StageKind::FaceDetection),
+            StageKind::OcrDetection => Some(StageKind::OcrRecognition),
+            StageKind::OcrRecognition => Some(StageKind::OcrDetection),
+            _ => None,
+        }
+    }
+
+    /// The stage that runs on this one's output, if any.
+    pub fn next(self) -> Option<StageKind> {
+        match self {
+            StageKind::FaceDetection => Some(StageKind::FaceRecognition),
+            StageKind::OcrDetection => Some(StageKind::OcrRecognition),
+            _ => None,
+        }
+    }
+
     /// The catalog's name for a model of the Immich cache:
     /// `immich.<task>.<type>.<modelName>` (cleaned names hold no `.`, so it is one
     /// plain name and cannot collide with another stage's).
@@ -92,6 +124,19 @@ pub struct StageRequest {
     /// OCR recognition: the detected text boxes to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boxes: Option<Vec<DetectedText>>,
+    /// A detection's recognition, to run on the same node when that node has its model
+    /// loaded: the image is then decoded once and sent once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<NextStage>,
+}
+
+/// The stage to run after this one, where it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NextStage {
+    /// Its model's catalog name.
+    pub model: String,
+    #[serde(default)]
+    pub options: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +172,9 @@ pub struct StageResult {
     /// OCR recognition: per box, its text and score (before the minScore filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub texts: Option<Vec<(String, f32)>>,
+    /// The next stage's result, when it ran on the same node ([`StageRequest::then`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Box<StageResult>>,
 }
 
 #[cfg(test)]
@@ -139,6 +187,11 @@ mod tests {
             for &stage in task.stages() {
                 let kind = StageKind::of(task, stage).expect("a stage of its task");
                 assert_eq!(StageKind::parse(kind.as_str()), Some(kind));
+                assert_eq!(kind.parts(), (task, stage));
+                if let Some(partner) = kind.partner() {
+                    assert_eq!(partner.partner(), Some(kind));
+                    assert_eq!(partner.parts().0, task);
+                }
                 let name = StageKind::catalog_name(task, stage, "buffalo_l");
                 assert!(!name.contains('/'));
             }

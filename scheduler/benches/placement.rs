@@ -62,6 +62,7 @@ fn cluster(nodes: usize, models: usize, policy: Policy, tight: bool) -> (Problem
             min_replicas: rng.random_range(0..=1),
             max_replicas: if rng.random_bool(0.5) { 0 } else { 5 },
             desired_replicas: rng.random_range(1..=3),
+            affinity: None,
         })
         .collect();
 

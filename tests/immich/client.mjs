@@ -7,17 +7,19 @@
 //
 //   node client.mjs URL ping
 //   node client.mjs URL batch CASES.json
+//   node client.mjs URL parallel CASES.json
 //   node client.mjs URL bench CASES.json CONCURRENCY SECONDS
 //
 // CASES.json is an array of {entries | raw_entries, image: PATH | text: STRING}.
-// `batch` prints one {status, body} per case, in order (body parsed as JSON when it is).
+// `batch` prints one {status, body} per case, in order (body parsed as JSON when it is);
+// `parallel` the same, with every case sent at once (as Immich's concurrent jobs do).
 // `bench` sends the cases round-robin from CONCURRENCY callers for SECONDS and prints
 // {requests, errors, seconds, throughput, p50_ms, p99_ms}.
 import { readFile } from "node:fs/promises";
 
 const [url, mode, ...rest] = process.argv.slice(2);
 if (!url || !mode) {
-  console.error("usage: client.mjs URL ping | batch CASES.json | bench CASES.json CONCURRENCY SECONDS");
+  console.error("usage: client.mjs URL ping | batch CASES.json | parallel CASES.json | bench CASES.json CONCURRENCY SECONDS");
   process.exit(2);
 }
 
@@ -99,6 +101,10 @@ if (mode === "ping") {
   const files = new Map();
   out = [];
   for (const c of cases) out.push(await predict(c, files));
+} else if (mode === "parallel") {
+  const cases = JSON.parse(await readFile(rest[0], "utf8"));
+  const files = new Map();
+  out = await Promise.all(cases.map((c) => predict(c, files)));
 } else if (mode === "bench") {
   const cases = JSON.parse(await readFile(rest[0], "utf8"));
   out = await bench(cases, Number(rest[1] ?? 1), Number(rest[2] ?? 5));

@@ -219,6 +219,58 @@ async fn an_immich_client_gets_the_reference_pipelines_answers() {
         assert_eq!(got["status"], 200, "{name}: {got}");
         assert_matches(name, &got["body"], want);
     }
+    // Concurrent requests (their model runs batch together: text queries, face crops)
+    // get what each would get alone.
+    let texts = [
+        "a cat",
+        "two dogs on a beach",
+        "an astronaut",
+        "a red car at night",
+        "coffee in a white cup",
+        "mountains under snow",
+        "a birthday party",
+        "the sea",
+    ];
+    let mut concurrent: Vec<Value> = texts
+        .iter()
+        .map(
+            |t| json!({"name": format!("clip textual, {t}"), "text": t, "entries": clip_textual()}),
+        )
+        .collect();
+    for _ in 0..3 {
+        concurrent.push(
+            json!({"name": "faces, astronaut", "image": path(&astronaut), "entries": faces()}),
+        );
+        concurrent.push(json!({"name": "clip visual, coffee", "image": path(&coffee), "entries": clip_visual()}));
+    }
+    let spec = work.path().join("concurrent.json");
+    std::fs::write(&spec, Value::Array(concurrent.clone()).to_string()).expect("write cases");
+    let reference = json_of(
+        tokio::process::Command::new(&python)
+            .arg(here("tests/immich/reference.py"))
+            .arg("--models")
+            .arg(cache.join("immich-models"))
+            .arg("--batch-file")
+            .arg(&spec),
+    )
+    .await;
+    let answers = json_of(
+        tokio::process::Command::new("node")
+            .arg(here("tests/immich/client.mjs"))
+            .args([&url, "parallel"])
+            .arg(&spec),
+    )
+    .await;
+    let (answers, reference) = (
+        answers.as_array().expect("answers"),
+        reference.as_array().expect("reference"),
+    );
+    assert_eq!(answers.len(), concurrent.len());
+    for ((case, got), want) in concurrent.iter().zip(answers).zip(reference) {
+        let name = case["name"].as_str().unwrap_or_default();
+        assert_eq!(got["status"], 200, "{name}: {got}");
+        assert_matches(name, &got["body"], want);
+    }
     // The models joined the catalog like any other and were placed on the agents.
     for model in [
         "immich.clip.visual.ViT-B-32__openai",
@@ -228,6 +280,24 @@ async fn an_immich_client_gets_the_reference_pipelines_answers() {
         assert!(
             !cluster.ready_on(model).is_empty(),
             "{model} not ready anywhere"
+        );
+    }
+    // A recognition is placed beside its detection, so that one node runs both stages
+    // of a request (the image decoded and sent once).
+    for (detection, recognition) in [
+        (
+            "immich.facial-recognition.detection.buffalo_l",
+            "immich.facial-recognition.recognition.buffalo_l",
+        ),
+        (
+            "immich.ocr.detection.PP-OCRv5_mobile",
+            "immich.ocr.recognition.PP-OCRv5_mobile",
+        ),
+    ] {
+        assert_eq!(
+            cluster.ready_on(detection),
+            cluster.ready_on(recognition),
+            "{detection} and {recognition} on different nodes"
         );
     }
 }

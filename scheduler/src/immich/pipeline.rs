@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herd_core::priority::Priority;
 use herd_immich::entries::{self, Entry};
-use herd_immich::stage::{self, StageKind, StageRequest, StageResult};
+use herd_immich::stage::{self, NextStage, StageKind, StageRequest, StageResult};
 use herd_proto::inference::infer_parameter::ParameterChoice;
 use herd_proto::inference::model_infer_request::InferInputTensor;
 use herd_proto::inference::{InferParameter, ModelInferRequest};
@@ -173,20 +173,32 @@ impl Predict for ClusterPredict {
         let tasks = plan.into_iter().map(|(first, second)| {
             let input = input.clone();
             async move {
+                // The recognition goes along: the node that detects runs it too when it
+                // has its model loaded, on the image it has already decoded.
                 let request = StageRequest {
                     options: first.0.options.clone(),
+                    then: second.map(|(entry, _)| NextStage {
+                        model: StageKind::catalog_name(entry.task, entry.stage, &entry.model),
+                        options: entry.options.clone(),
+                    }),
                     ..Default::default()
                 };
-                let out = self.run(first.0, first.1, input.clone(), &request).await?;
+                let mut out = self.run(first.0, first.1, input.clone(), &request).await?;
                 let Some((entry, kind)) = second else {
                     return Ok::<_, PredictError>((first.0.task, first.1, out, None));
                 };
-                let request = StageRequest {
-                    options: entry.options.clone(),
-                    faces: out.faces.clone(),
-                    boxes: out.boxes.clone(),
+                let last = match out.then.take() {
+                    Some(done) => *done,
+                    None => {
+                        let request = StageRequest {
+                            options: entry.options.clone(),
+                            faces: out.faces.clone(),
+                            boxes: out.boxes.clone(),
+                            then: None,
+                        };
+                        self.run(entry, kind, input, &request).await?
+                    }
                 };
-                let last = self.run(entry, kind, input, &request).await?;
                 // Immich's recognizer keeps texts scoring above its minScore (0.9 unless
                 // the entry says).
                 let min_score = entry

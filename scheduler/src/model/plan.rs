@@ -8,9 +8,10 @@
 //! are unloaded, a replica that went since is not brought back, and a new replica is
 //! loaded only on a node that still takes one, for a model that still wants one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
+use herd_immich::stage::StageKind;
 use herd_proto::herd::ModelSource;
 use tokio::time::Instant;
 
@@ -73,6 +74,16 @@ impl Snapshot {
 }
 
 impl ClusterModel {
+    /// The file digest of the other stage of an Immich model's task, when the catalog
+    /// has it (see `ModelDemand::affinity`).
+    fn partner_digest(&self, m: &super::catalog::CatalogModel) -> Option<String> {
+        let stage = &m.immich.as_ref()?.stage;
+        let partner = StageKind::parse(&stage.stage)?.partner()?;
+        let (task, kind) = partner.parts();
+        let name = StageKind::catalog_name(task, kind, &stage.model);
+        self.models.get(&name).map(|p| p.digest.clone())
+    }
+
     /// The placement problem for the cluster as it is at `now`; none right after a
     /// start, while the model learns from reports what agents hold, so that nothing they
     /// hold is loaded again.
@@ -80,7 +91,7 @@ impl ClusterModel {
         if now < self.learn_until {
             return None;
         }
-        let nodes = self
+        let mut nodes: Vec<NodeView> = self
             .nodes
             .values()
             .map(|n| NodeView {
@@ -106,6 +117,22 @@ impl ClusterModel {
                 files: n.status.file_digests.iter().cloned().collect(),
             })
             .collect();
+        // A node with a replica of an Immich model holds its file, or soon will: its
+        // partner stage prefers that node before the node's next report lists the file.
+        // Only these: the snapshot is taken under the lock.
+        let by_name: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        for (model, node) in self.replicas.keys() {
+            let Some(m) = self.models.get(model).filter(|m| m.immich.is_some()) else {
+                continue;
+            };
+            if let Some(&i) = by_name.get(node) {
+                nodes[i].files.insert(m.digest.clone());
+            }
+        }
         // Models and replicas are both ordered by model name: one merged walk gives each
         // model its replicas without a lookup per replica (the snapshot is taken under
         // the lock, so its cost is what routing may wait).
@@ -142,6 +169,7 @@ impl ClusterModel {
                 min_replicas: m.policy.min_replicas,
                 max_replicas: m.policy.max_replicas,
                 desired_replicas: m.target(schedulable),
+                affinity: self.partner_digest(m),
             });
         }
         for (key, r) in replicas {

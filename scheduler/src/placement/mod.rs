@@ -86,6 +86,10 @@ pub struct ModelDemand {
     /// Replicas wanted now (from demand and scaling); solve uses max(min_replicas, desired)
     /// capped by max_replicas.
     pub desired_replicas: u32,
+    /// Another model's file digest: nodes that hold it count as holding this model's
+    /// file. The stages of an Immich pipeline (a detection and its recognition) so land
+    /// on one node where they fit, and run there in one call.
+    pub affinity: Option<String>,
 }
 
 impl ModelDemand {

@@ -234,7 +234,8 @@ impl<'a> State<'a> {
         // Walk each node's files once rather than asking every node about every digest.
         let mut holders: HashMap<&str, Vec<usize>> = models
             .iter()
-            .map(|m| (m.view.digest.as_str(), Vec::new()))
+            .flat_map(|m| std::iter::once(m.view.digest.as_str()).chain(m.view.affinity.as_deref()))
+            .map(|digest| (digest, Vec::new()))
             .collect();
         for (n, node) in nodes.iter().enumerate() {
             if !node.view.schedulable {
@@ -243,6 +244,20 @@ impl<'a> State<'a> {
             for file in &node.view.files {
                 if let Some(list) = holders.get_mut(file.as_str()) {
                     list.push(n);
+                }
+            }
+        }
+        // A model with an affinity is held, for placement, where its partner's file is.
+        for m in &models {
+            let Some(partner) = m.view.affinity.as_deref() else {
+                continue;
+            };
+            let with_partner = holders.get(partner).cloned().unwrap_or_default();
+            if let Some(list) = holders.get_mut(m.view.digest.as_str()) {
+                for n in with_partner {
+                    if !list.contains(&n) {
+                        list.push(n);
+                    }
                 }
             }
         }

@@ -54,6 +54,7 @@ fn model(name: &str, memory: u64, want: Want, desired: u32) -> ModelDemand {
         min_replicas: 0,
         max_replicas: 0,
         desired_replicas: desired,
+        affinity: None,
     }
 }
 
@@ -254,6 +255,36 @@ fn nodes_holding_the_file_come_first() {
         Policy::Binpack,
     );
     assert_eq!(where_is(&solve_checked(&p, &[]), "m"), at("b", Device::Cpu));
+}
+
+#[test]
+fn a_model_goes_where_its_partners_file_is() {
+    // Spread alone would pick a (more free); the recognition follows its detection to b.
+    let mut recognition = model("recognition", GIB, Want::Cpu, 1);
+    recognition.affinity = Some(digest("detection"));
+    let p = problem(
+        vec![
+            node("a", 16 * GIB),
+            holding(node("b", 4 * GIB), "detection"),
+        ],
+        vec![recognition.clone()],
+        Policy::Spread,
+    );
+    let s = solve_checked(&p, &[]);
+    assert_eq!(where_is(&s, "recognition"), at("b", Device::Cpu));
+    // Without room there it goes elsewhere, as for its own file.
+    let p = problem(
+        vec![
+            node("a", 16 * GIB),
+            holding(node("b", 512 * MIB), "detection"),
+        ],
+        vec![recognition],
+        Policy::Spread,
+    );
+    assert_eq!(
+        where_is(&solve_checked(&p, &[]), "recognition"),
+        at("a", Device::Cpu)
+    );
 }
 
 #[test]
@@ -887,6 +918,7 @@ fn arb_problem() -> impl Strategy<Value = (Problem, Vec<RawReplica>)> {
                     min_replicas: min,
                     max_replicas: max,
                     desired_replicas: desired,
+                    affinity: None,
                 },
             )
             .collect();
