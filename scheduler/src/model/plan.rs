@@ -120,17 +120,24 @@ impl ClusterModel {
         // A node with a replica of an Immich model holds its file, or soon will: its
         // partner stage prefers that node before the node's next report lists the file.
         // Only these: the snapshot is taken under the lock.
-        let by_name: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
+        let immich_placed: Vec<(&str, &str)> = self
+            .replicas
+            .keys()
+            .filter_map(|(model, node)| {
+                let m = self.models.get(model).filter(|m| m.immich.is_some())?;
+                Some((node.as_str(), m.digest.as_str()))
+            })
             .collect();
-        for (model, node) in self.replicas.keys() {
-            let Some(m) = self.models.get(model).filter(|m| m.immich.is_some()) else {
-                continue;
-            };
-            if let Some(&i) = by_name.get(node) {
-                nodes[i].files.insert(m.digest.clone());
+        if !immich_placed.is_empty() {
+            let by_name: HashMap<String, usize> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), i))
+                .collect();
+            for (node, digest) in immich_placed {
+                if let Some(&i) = by_name.get(node) {
+                    nodes[i].files.insert(digest.to_string());
+                }
             }
         }
         // Models and replicas are both ordered by model name: one merged walk gives each
