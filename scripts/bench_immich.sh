@@ -9,8 +9,8 @@
 #
 # Defaults: 10 s per point, concurrency "1 8 32". Prints one markdown table (throughput,
 # p50, p99, errors per task and concurrency for both servers, and herd's ratio), then
-# the memory of both: idle (after start, before any request) and after the run (RSS of
-# the whole process tree, MiB). Build: release, --locked.
+# the memory of both: idle (after start, before any request) and after the run (RSS and
+# PSS of the whole process tree, MiB). Build: release, --locked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -30,7 +30,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# RSS in MiB of a process and all its descendants.
+# RSS and PSS (shared pages split among their users) in MiB of a process and all its
+# descendants: herd's workers each map ONNX Runtime, which RSS counts once per worker.
 tree_rss() {
   "$py" - "$1" <<'PY'
 import os, sys
@@ -45,21 +46,22 @@ def kids(pid):
             except OSError:
                 pass
     return out
-def rss(pid):
+def field(path, name):
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
-todo, total = [int(sys.argv[1])], 0
+todo, rss, pss = [int(sys.argv[1])], 0, 0
 while todo:
     p = todo.pop()
-    total += rss(p)
+    rss += field(f"/proc/{p}/status", "VmRSS:")
+    pss += field(f"/proc/{p}/smaps_rollup", "Pss:")
     todo += kids(p)
-print(f"{total / 1024:.1f}")
+print(f"RSS {rss / 1024:.1f} / PSS {pss / 1024:.1f}")
 PY
 }
 wait_ping() { # url, pid
@@ -167,6 +169,6 @@ for server in ("ref", "herd"):
         except (OSError, ValueError, IndexError, KeyError):
             pass
 print()
-print(f"memory, RSS of the process tree (MiB): reference idle {ref_idle}, after the run {ref_after}; "
+print(f"memory of the process tree (MiB): reference idle {ref_idle}, after the run {ref_after}; "
       f"herd up with the Immich API idle {herd_idle}, after the run {herd_after}")
 PY

@@ -332,6 +332,8 @@ async fn immichs_faults_get_immichs_status_codes() {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
         path
     };
+    let bomb = work.path().join("bomb.png");
+    std::fs::write(&bomb, png_header_only(30_000, 30_000)).expect("write");
     let truncated = cut(&astronaut, "truncated.jpg");
     let truncated_png = cut(&text, "truncated.png");
     let p = |p: &Path| p.to_string_lossy().into_owned();
@@ -339,6 +341,7 @@ async fn immichs_faults_get_immichs_status_codes() {
         {"image": p(&not_image), "entries": clip_visual(), "want": 400},
         {"image": p(&truncated), "entries": clip_visual(), "want": 400},
         {"image": p(&truncated_png), "entries": ocr(), "want": 400},
+        {"image": p(&bomb), "entries": faces(), "want": 400, "says": "pixels"},
         {"raw_entries": "{not json", "text": "x", "want": 422},
         {"text": "x", "entries": {"clip": {"textual": {}}}, "want": 422},
         {"entries": clip_visual(), "want": 400},
@@ -367,6 +370,48 @@ async fn immichs_faults_get_immichs_status_codes() {
                 detail.as_str().is_some_and(|d| !d.is_empty()),
                 "{case}: no message: {got}"
             );
+            if let Some(says) = case["says"].as_str() {
+                assert!(
+                    detail.as_str().is_some_and(|d| d.contains(says)),
+                    "{case}: {got}"
+                );
+            }
         }
     }
+}
+
+/// A PNG that states `width`×`height` pixels in its header and holds almost no data: a
+/// decompression bomb is refused from its header, before anything is decoded.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    // The start of a zlib stream: enough for a reader to reach the pixel data.
+    let idat = b"IDAT\x78\x9c";
+    png.extend_from_slice(&2u32.to_be_bytes());
+    png.extend_from_slice(idat);
+    png.extend_from_slice(&crc32(idat).to_be_bytes());
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IEND");
+    png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
+    png
 }
