@@ -28,6 +28,23 @@ use tokio::time::Instant;
 use crate::error::AgentError;
 use crate::Agent;
 
+/// Most faces one recognition request may carry (a detection finds far fewer).
+const MAX_FACES: usize = 1000;
+/// Most text boxes one recognition request may carry: DB post-processing's own cap.
+const MAX_TEXT_BOXES: usize = 1000;
+/// Most pixels the crops of one OCR recognition request may hold in all (and at most 4
+/// times the image's own): 192 MB of RGB.
+const MAX_CROP_PIXELS: u64 = 64 << 20;
+
+fn at_most(count: usize, limit: usize, what: &str) -> Result<(), AgentError> {
+    if count > limit {
+        return Err(AgentError::InvalidInput(format!(
+            "{count} {what} in one request, more than the {limit} allowed"
+        )));
+    }
+    Ok(())
+}
+
 /// What an Immich model's processing needs besides the model, read once at load.
 pub struct Recipe {
     pub kind: StageKind,
@@ -365,18 +382,20 @@ impl Run<'_> {
                     result.embeddings = Some(Vec::new());
                     return Ok(result);
                 }
+                at_most(found.len(), MAX_FACES, "faces")?;
                 let image = input.image()?;
-                let crops = blocking(move || {
-                    let crops: Vec<_> = found
-                        .iter()
-                        .map(|f| faces::recognition_input(&image, &f.landmarks))
-                        .collect();
-                    Ok(crops)
-                })
-                .await?;
                 let mut embeddings = Vec::new();
-                for group in crops.chunks(self.batch_limit().await?) {
-                    let views: Vec<_> = group.iter().map(|c| c.view()).collect();
+                // Cropped a model run at a time: what is held is one batch of crops.
+                for group in found.chunks(self.batch_limit().await?) {
+                    let (image, group) = (image.clone(), group.to_vec());
+                    let crops = blocking(move || {
+                        Ok(group
+                            .iter()
+                            .map(|f| faces::recognition_input(&image, &f.landmarks))
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
+                    let views: Vec<_> = crops.iter().map(|c| c.view()).collect();
                     let stacked = ndarray::stack(Axis(0), &views)
                         .map_err(|e| AgentError::InvalidInput(format!("face crops: {e}")))?;
                     let out = self.run_one(stacked.into_dyn()).await?;
@@ -437,7 +456,24 @@ impl Run<'_> {
                     return Ok(result);
                 }
                 let count = boxes.len();
+                at_most(count, MAX_TEXT_BOXES, "text boxes")?;
                 let image = input.image()?;
+                // Boxes come from detection, but a stage request can be sent by anyone:
+                // what the crops would hold is bounded before any is made.
+                let pixels: u64 = boxes
+                    .iter()
+                    .map(|b| {
+                        let (w, h) = ocr::crop_size(&image, &b.points);
+                        u64::from(w) * u64::from(h)
+                    })
+                    .sum();
+                let image_pixels = u64::from(image.width()) * u64::from(image.height());
+                let allowed = (4 * image_pixels).min(MAX_CROP_PIXELS);
+                if pixels > allowed {
+                    return Err(AgentError::InvalidInput(format!(
+                        "the text boxes would crop {pixels} pixels, more than the {allowed} allowed for this image"
+                    )));
+                }
                 let batches = blocking(move || {
                     let crops: Vec<RgbImage> =
                         boxes.iter().map(|b| ocr::crop(&image, &b.points)).collect();

@@ -415,3 +415,100 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
     png
 }
+
+/// A stage call made straight to the gateway (any Triton client can name the
+/// `herd-immich` parameter): what it asks the agent to crop is bounded before any crop is
+/// made, and the agent goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stage_request_from_outside_cannot_make_the_agent_crop_without_bound() {
+    use herd_proto::inference::infer_parameter::ParameterChoice;
+    use herd_proto::inference::model_infer_request::InferInputTensor;
+    use herd_proto::inference::{InferParameter, ModelInferRequest};
+
+    let python = cache().join("immich-venv/bin/python");
+    let work = tempfile::tempdir().expect("tempdir");
+    json_of(
+        tokio::process::Command::new(&python)
+            .arg(here("tests/immich/reference.py"))
+            .arg("--write-images")
+            .arg(work.path()),
+    )
+    .await;
+    let (astronaut, _, _) = images(work.path());
+    let photo = std::fs::read(astronaut).expect("read the photo");
+    let (cluster, _url) = immich_cluster().await;
+    let mut client = cluster.client().await;
+    let stage_call = |model: &str, stage: &str, request: Value| {
+        let request = request.to_string().into_bytes();
+        let tensor = |name: &str, len: usize| InferInputTensor {
+            name: name.into(),
+            datatype: "UINT8".into(),
+            shape: vec![len as i64],
+            ..Default::default()
+        };
+        let mut call = ModelInferRequest {
+            model_name: model.into(),
+            inputs: vec![
+                tensor("input", photo.len()),
+                tensor("request", request.len()),
+            ],
+            raw_input_contents: vec![photo.clone().into(), request.into()],
+            ..Default::default()
+        };
+        call.parameters.insert(
+            "herd-immich".into(),
+            InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam(stage.into())),
+            },
+        );
+        call
+    };
+    let text = "immich.ocr.recognition.PP-OCRv5_mobile";
+    let face = "immich.facial-recognition.recognition.buffalo_l";
+    let corners = |x: f32, y: f32, w: f32, h: f32| json!({"points": [[x, y], [x + w, y], [x + w, y + h], [x, y + h]], "score": 0.9});
+    let refused = [
+        (
+            text,
+            "ocr-recognition",
+            json!({"boxes": vec![corners(10.0, 10.0, 50.0, 20.0); 1001]}),
+            "1001 text boxes",
+        ),
+        (
+            text,
+            "ocr-recognition",
+            json!({"boxes": [corners(0.0, 0.0, 1e9, 1e9), corners(0.0, 0.0, 1e9, 1e9)]}),
+            "would crop",
+        ),
+        (
+            face,
+            "facial-recognition-recognition",
+            json!({"faces": vec![json!({"bbox": [0, 0, 10, 10], "score": 0.9, "landmarks": [[1, 1], [5, 1], [3, 3], [1, 5], [5, 5]]}); 1001]}),
+            "1001 faces",
+        ),
+    ];
+    for (model, stage, request, says) in refused {
+        let status = client
+            .model_infer(stage_call(model, stage, request))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(says), "{status:?}");
+    }
+    // The same agent still reads a box of the photo.
+    let answer = client
+        .model_infer(stage_call(
+            text,
+            "ocr-recognition",
+            json!({"boxes": [corners(100.0, 100.0, 120.0, 40.0)]}),
+        ))
+        .await
+        .expect("a bounded request is served")
+        .into_inner();
+    assert_eq!(answer.outputs.len(), 1);
+    let result: Value = serde_json::from_slice(&answer.raw_output_contents[0]).expect("json");
+    assert_eq!(
+        result["texts"].as_array().map(Vec::len),
+        Some(1),
+        "{result}"
+    );
+}

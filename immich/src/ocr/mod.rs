@@ -31,7 +31,8 @@ mod recognize;
 
 pub use detect::{detection_boxes, detection_input, MIN_DETECTION_SIDE};
 pub use recognize::{
-    charset, crop, ctc_decode, recognition_batches, REC_BATCH_SIZE, REC_HEIGHT, REC_MIN_WIDTH,
+    charset, crop, crop_size, ctc_decode, recognition_batches, REC_BATCH_SIZE, REC_HEIGHT,
+    REC_MIN_WIDTH,
 };
 
 use fast_image_resize as fr;

@@ -16,6 +16,20 @@ pub const REC_HEIGHT: u32 = 48;
 /// `int(48 · max(320/48, widest crop's width/height))`.
 pub const REC_MIN_WIDTH: u32 = 320;
 
+/// The size (width, height) of [`crop`]'s result for a box: its longer opposite sides,
+/// as float32 norms truncated (`astype(np.int32)`), each at least 1 and at most the
+/// image's width plus height.
+pub fn crop_size(image: &RgbImage, points: &[[f32; 2]; 4]) -> (u32, u32) {
+    let [p0, p1, p2, p3] = *points;
+    let norm = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+    let limit = image.width().saturating_add(image.height()).max(1);
+    let side = |v: f32| (v as u32).clamp(1, limit);
+    (
+        side(norm(p1, p0).max(norm(p2, p3))),
+        side(norm(p0, p3).max(norm(p1, p2))),
+    )
+}
+
 /// Immich's `get_crop_img_list` for one box: the quadrilateral `points` (top-left,
 /// top-right, bottom-right, bottom-left, in pixels of `image`) warped to a
 /// `int(max(top, bottom edge)) × int(max(left, right edge))` image, then turned 90°
@@ -33,12 +47,7 @@ pub const REC_MIN_WIDTH: u32 = 320;
 /// points far outside the image) is cut to that.
 pub fn crop(image: &RgbImage, points: &[[f32; 2]; 4]) -> RgbImage {
     let [p0, p1, p2, p3] = *points;
-    // float32 norms, truncated as `astype(np.int32)`.
-    let norm = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
-    let limit = image.width().saturating_add(image.height()).max(1);
-    let side = |v: f32| (v as u32).clamp(1, limit);
-    let width = side(norm(p1, p0).max(norm(p2, p3)));
-    let height = side(norm(p0, p3).max(norm(p1, p2)));
+    let (width, height) = crop_size(image, points);
 
     let mut out = RgbImage::new(width, height);
     let finite = points.iter().flatten().all(|v| v.is_finite());
