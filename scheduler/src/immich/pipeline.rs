@@ -103,11 +103,25 @@ impl ClusterPredict {
             ..Default::default()
         };
         let id = herd_core::layers::request_id::RequestId::from_caller(None);
-        let response = self
-            .scheduler
-            .infer(call, None, id.as_str(), priority_of(kind), false)
-            .await
-            .map_err(|e| stage_error(&entry.model, kind, e))?;
+        // Immich marks a URL that answers 5xx unhealthy for 30 s: a full queue or a node
+        // going away is waited out (bounded well inside Node's 300 s), not passed on.
+        let waited = tokio::time::Instant::now();
+        let mut pause = RETRY_FIRST;
+        let response = loop {
+            match self
+                .scheduler
+                .infer(call.clone(), None, id.as_str(), priority_of(kind), false)
+                .await
+            {
+                Ok(response) => break response,
+                Err(e) if passing(&e) && waited.elapsed() + pause < RETRY_FOR => {
+                    tracing::debug!(model = %model, error = %e, "immich stage waits and tries again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX_PAUSE);
+                }
+                Err(e) => return Err(stage_error(&entry.model, kind, e)),
+            }
+        };
         let bytes = response
             .outputs
             .iter()
@@ -122,6 +136,23 @@ impl ClusterPredict {
         serde_json::from_slice(bytes)
             .map_err(|e| PredictError::Failed(format!("{model} answered badly: {e}")))
     }
+}
+
+/// How long a stage keeps trying while the cluster is busy or a node comes and goes.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A refusal that passes: a full queue or budget (RESOURCE_EXHAUSTED from an agent) or
+/// a node that went away (UNAVAILABLE). A model that fits nowhere is not one.
+fn passing(e: &SchedulerError) -> bool {
+    matches!(
+        e,
+        SchedulerError::Agent {
+            code: tonic::Code::ResourceExhausted | tonic::Code::Unavailable,
+            ..
+        }
+    )
 }
 
 /// Search (CLIP textual) is what a user waits for; the rest are Immich's background
@@ -373,4 +404,22 @@ fn push(out: &mut Value, key: &str, v: Value) {
 /// A float vector as the JSON text Immich stores in pgvector: `[0.1,-0.2,…]`.
 fn vector_text(values: &[f32]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_busy_or_lost_node_is_waited_out() {
+        let agent = |code| SchedulerError::Agent {
+            code,
+            message: "m".into(),
+        };
+        assert!(passing(&agent(tonic::Code::ResourceExhausted)));
+        assert!(passing(&agent(tonic::Code::Unavailable)));
+        assert!(!passing(&agent(tonic::Code::InvalidArgument)));
+        assert!(!passing(&SchedulerError::Unplaceable("too big".into())));
+        assert!(!passing(&SchedulerError::UnknownModel("m".into())));
+    }
 }
