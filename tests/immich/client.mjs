@@ -8,11 +8,15 @@
 //   node client.mjs URL ping
 //   node client.mjs URL batch CASES.json
 //   node client.mjs URL parallel CASES.json
+//   node client.mjs URL,URL,... failover CASES.json
 //   node client.mjs URL bench CASES.json CONCURRENCY SECONDS
 //
 // CASES.json is an array of {entries | raw_entries, image: PATH | text: STRING}.
 // `batch` prints one {status, body} per case, in order (body parsed as JSON when it is);
 // `parallel` the same, with every case sent at once (as Immich's concurrent jobs do).
+// `failover` sends the cases one by one over a list of URLs as Immich's server does:
+// healthy URLs first, then unhealthy ones, in list order; a network error or a non-2xx
+// answer marks a URL unhealthy and the next is tried. Each answer says which URL gave it.
 // `bench` sends the cases round-robin from CONCURRENCY callers for SECONDS and prints
 // {requests, errors, seconds, throughput, p50_ms, p99_ms}.
 import { readFile } from "node:fs/promises";
@@ -39,8 +43,8 @@ async function formOf(c, files) {
   return form;
 }
 
-async function predict(c, files) {
-  const response = await fetch(new URL("/predict", url), {
+async function predict(c, files, base = url) {
+  const response = await fetch(new URL("/predict", base), {
     method: "POST",
     body: await formOf(c, files),
   });
@@ -105,6 +109,30 @@ if (mode === "ping") {
   const cases = JSON.parse(await readFile(rest[0], "utf8"));
   const files = new Map();
   out = await Promise.all(cases.map((c) => predict(c, files)));
+} else if (mode === "failover") {
+  const cases = JSON.parse(await readFile(rest[0], "utf8"));
+  const files = new Map();
+  const urls = url.split(",");
+  const healthy = new Map(urls.map((u) => [u, true]));
+  out = [];
+  for (const c of cases) {
+    const order = [...urls.filter((u) => healthy.get(u)), ...urls.filter((u) => !healthy.get(u))];
+    let answer = { status: 0, body: "every URL failed" };
+    for (const u of order) {
+      try {
+        const r = await predict(c, files, u);
+        if (r.status >= 200 && r.status < 300) {
+          answer = { ...r, url: u };
+          break;
+        }
+        answer = { ...r, url: u };
+      } catch (e) {
+        answer = { status: 0, body: String(e), url: u };
+      }
+      healthy.set(u, false);
+    }
+    out.push(answer);
+  }
 } else if (mode === "bench") {
   const cases = JSON.parse(await readFile(rest[0], "utf8"));
   out = await bench(cases, Number(rest[1] ?? 1), Number(rest[2] ?? 5));

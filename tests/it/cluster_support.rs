@@ -368,22 +368,38 @@ pub async fn serving_addr(child: &mut Child, marker: &str) -> String {
 /// Reads a child's log until a line `wanted` takes (within 60 s), returns it, and reads
 /// the rest in the background so that the child never blocks on a full pipe.
 pub async fn log_line(child: &mut Child, wanted: impl Fn(&str) -> bool) -> String {
+    let mut found = log_lines(child, &[&wanted]).await;
+    found.remove(0)
+}
+
+/// As [`log_line`], for several lines read in one pass: the first line each of `wanted`
+/// takes, in the order of `wanted`.
+pub async fn log_lines(child: &mut Child, wanted: &[&dyn Fn(&str) -> bool]) -> Vec<String> {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), async {
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
         let mut seen = Vec::new();
+        let mut found: Vec<Option<String>> = vec![None; wanted.len()];
         while let Ok(Some(line)) = lines.next_line().await {
-            if wanted(&line) {
-                return line;
+            for (slot, take) in found.iter_mut().zip(wanted) {
+                if slot.is_none() && take(&line) {
+                    *slot = Some(line.clone());
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                return found.into_iter().flatten().collect::<Vec<_>>();
             }
             seen.push(line);
         }
-        panic!("the process exited before that line:\n{}", seen.join("\n"));
+        panic!(
+            "the process exited before those lines:\n{}",
+            seen.join("\n")
+        );
     })
     .await
-    .expect("the line within 60 s");
+    .expect("the lines within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    line
+    found
 }
 
 /// A TLS connection to `addr`, a server named `name` with a certificate from `ca_pem`.

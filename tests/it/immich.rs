@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster_support::*;
 
-fn cache() -> PathBuf {
+pub(crate) fn cache() -> PathBuf {
     let cache = std::env::var_os("HERD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache"));
@@ -28,12 +28,12 @@ fn cache() -> PathBuf {
     cache
 }
 
-fn here(rel: &str) -> PathBuf {
+pub(crate) fn here(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 /// Runs a command to its end and parses what it prints as JSON.
-async fn json_of(command: &mut tokio::process::Command) -> Value {
+pub(crate) async fn json_of(command: &mut tokio::process::Command) -> Value {
     let out = command
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 use tokio::time::Instant;
 
-use crate::cluster_support::{herd, log_line, TOKEN};
+use crate::cluster_support::{herd, log_lines, TOKEN};
 use crate::support::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -23,10 +23,22 @@ struct SchedulerProcess {
     child: Child,
     addr: String,
     http: String,
+    /// Its Immich API, when started with --immich-listen.
+    immich: Option<String>,
 }
 
 /// `herd scheduler` on `listen` (127.0.0.1:0: a port of its own), its state in `etcd`.
 async fn spawn_scheduler(listen: &str, repo: &Path, data: &Path, etcd: &Etcd) -> SchedulerProcess {
+    spawn_scheduler_with(listen, repo, data, etcd, &[]).await
+}
+
+async fn spawn_scheduler_with(
+    listen: &str,
+    repo: &Path,
+    data: &Path,
+    etcd: &Etcd,
+    extra: &[&std::ffi::OsStr],
+) -> SchedulerProcess {
     let mut child = herd(&[
         "scheduler",
         "--listen",
@@ -44,18 +56,28 @@ async fn spawn_scheduler(listen: &str, repo: &Path, data: &Path, etcd: &Etcd) ->
     .arg(repo)
     .arg("--data-dir")
     .arg(data)
+    .args(extra)
     .spawn()
     .expect("start herd scheduler");
-    let line = log_line(&mut child, |l| l.contains("scheduler serving")).await;
-    let field = |name: &str| {
+    let immich = extra.iter().any(|a| *a == "--immich-listen");
+    let serving = |l: &str| l.contains("scheduler serving");
+    let immich_serving = |l: &str| l.contains("immich machine-learning API serving");
+    let wanted: Vec<&dyn Fn(&str) -> bool> = if immich {
+        vec![&serving, &immich_serving]
+    } else {
+        vec![&serving]
+    };
+    let lines = log_lines(&mut child, &wanted).await;
+    let field = |line: &str, name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
             .unwrap_or_else(|| panic!("{name} on {line}"))
             .to_string()
     };
     SchedulerProcess {
-        addr: field("addr="),
-        http: field("http="),
+        addr: field(&lines[0], "addr="),
+        http: field(&lines[0], "http="),
+        immich: lines.get(1).map(|l| field(l, "addr=")),
         child,
     }
 }
@@ -394,4 +416,87 @@ async fn the_leader_killed_under_load_loses_no_request_and_a_restart_picks_up() 
         .infer_request(mlp_request(1, 0.25))
         .await
         .expect("served by the restarted scheduler");
+}
+
+/// Immich lists two herd schedulers as its machine-learning URLs: the Immich-exact client
+/// (healthy URLs first, a failed one marked unhealthy) is answered by the first, and by
+/// the second once the first is killed; nothing fails and the model loads once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immich_fails_over_between_schedulers_listed_as_its_urls() {
+    use crate::immich::{cache, here, json_of};
+    let models = cache().join("immich-models");
+    let etcd = test_etcd::start().await;
+    let repo = repository();
+    let data = tempfile::tempdir().expect("tempdir");
+    let immich_args = [
+        std::ffi::OsStr::new("--immich-listen"),
+        std::ffi::OsStr::new("127.0.0.1:0"),
+        std::ffi::OsStr::new("--immich-models"),
+        models.as_os_str(),
+    ];
+    let any = "127.0.0.1:0";
+    let mut schedulers = Vec::new();
+    let mut urls = Vec::new();
+    for name in ["s1", "s2"] {
+        let s = spawn_scheduler_with(
+            any,
+            repo.path(),
+            &data.path().join(name),
+            &etcd,
+            &immich_args,
+        )
+        .await;
+        urls.push(format!(
+            "http://{}",
+            s.immich.clone().expect("its Immich API")
+        ));
+        if name == "s1" {
+            until("the first scheduler leads", WITHIN, || {
+                role_is(&s.http, "leader")
+            })
+            .await;
+        }
+        schedulers.push(s);
+    }
+    let both = format!("{},{}", schedulers[0].addr, schedulers[1].addr);
+    let (_agent, agent_log) = spawn_agent(&both, &data.path().join("agent")).await;
+    for s in &schedulers {
+        until("the scheduler sees the agent", WITHIN, || {
+            sees_the_agent(&s.addr)
+        })
+        .await;
+    }
+    let textual = serde_json::json!({"clip": {"textual": {"modelName": "ViT-B-32__openai"}}});
+    let cases: Vec<serde_json::Value> = ["a cat", "a dog", "the sea"]
+        .iter()
+        .map(|t| serde_json::json!({"text": t, "entries": textual}))
+        .collect();
+    let spec = data.path().join("cases.json");
+    std::fs::write(&spec, serde_json::Value::from(cases).to_string()).expect("write cases");
+    let ask = || async {
+        let answers = json_of(
+            tokio::process::Command::new("node")
+                .arg(here("tests/immich/client.mjs"))
+                .args([&urls.join(","), "failover"])
+                .arg(&spec),
+        )
+        .await;
+        answers.as_array().expect("answers").clone()
+    };
+    for answer in ask().await {
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert_eq!(answer["url"], urls[0].as_str(), "{answer}");
+    }
+    let mut first = schedulers.remove(0);
+    first.child.kill().await.expect("kill the first scheduler");
+    first.child.wait().await.expect("reaped");
+    for answer in ask().await {
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert_eq!(answer["url"], urls[1].as_str(), "{answer}");
+    }
+    assert_eq!(
+        loads(&agent_log, "immich.clip.textual.ViT-B-32__openai"),
+        1,
+        "loaded more than once"
+    );
 }
