@@ -98,8 +98,7 @@ impl StageKind {
     /// The stage that runs on this one's output, if any.
     pub fn next(self) -> Option<StageKind> {
         match self {
-            StageKind::FaceDetection => Some(StageKind::FaceRecognition),
-            StageKind::OcrDetection => Some(StageKind::OcrRecognition),
+            StageKind::FaceDetection | StageKind::OcrDetection => self.partner(),
             _ => None,
         }
     }
