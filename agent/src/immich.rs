@@ -635,15 +635,11 @@ fn f32_array(t: &Tensor) -> Result<ArrayD<f32>, AgentError> {
 fn rows(out: &[Tensor]) -> Result<Vec<Vec<f32>>, AgentError> {
     let a = f32_array(out.first().ok_or_else(no_output)?)?;
     let n = a.shape().first().copied().unwrap_or(0);
+    let per_row = a.len().checked_div(n).unwrap_or(0);
     let a = a
-        .into_shape_with_order((n, a_len_per_row(n, &out[0])))
+        .into_shape_with_order((n, per_row))
         .map_err(|e| AgentError::InvalidInput(format!("model output: {e}")))?;
     Ok(a.outer_iter().map(|r| r.to_vec()).collect())
-}
-
-fn a_len_per_row(n: usize, t: &Tensor) -> usize {
-    let total = t.data.len() / 4;
-    total.checked_div(n).unwrap_or(0)
 }
 
 fn first_row(out: &[Tensor]) -> Result<Vec<f32>, AgentError> {
