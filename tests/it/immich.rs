@@ -49,6 +49,43 @@ pub(crate) async fn json_of(command: &mut tokio::process::Command) -> Value {
     })
 }
 
+/// The test photos (reference.py --write-images) in a directory of their own.
+async fn photos() -> tempfile::TempDir {
+    let work = tempfile::tempdir().expect("tempdir");
+    json_of(
+        tokio::process::Command::new(cache().join("immich-venv/bin/python"))
+            .arg(here("tests/immich/reference.py"))
+            .arg("--write-images")
+            .arg(work.path()),
+    )
+    .await;
+    work
+}
+
+/// The reference pipeline's answer to each case of `spec`.
+async fn reference_answers(spec: &Path) -> Value {
+    json_of(
+        tokio::process::Command::new(cache().join("immich-venv/bin/python"))
+            .arg(here("tests/immich/reference.py"))
+            .arg("--models")
+            .arg(cache().join("immich-models"))
+            .arg("--batch-file")
+            .arg(spec),
+    )
+    .await
+}
+
+/// What the Immich-exact client prints for `node client.mjs URL MODE [SPEC]`.
+pub(crate) async fn immich_client(url: &str, mode: &str, spec: Option<&Path>) -> Value {
+    json_of(
+        tokio::process::Command::new("node")
+            .arg(here("tests/immich/client.mjs"))
+            .args([url, mode])
+            .args(spec),
+    )
+    .await
+}
+
 /// A cluster of two agents serving the Immich cache, its Immich API on a free port.
 async fn immich_cluster() -> (TestCluster, String) {
     let models = cache().join("immich-models");
@@ -166,16 +203,7 @@ fn assert_matches(case: &str, herd: &Value, reference: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_immich_client_gets_the_reference_pipelines_answers() {
-    let cache = cache();
-    let python = cache.join("immich-venv/bin/python");
-    let work = tempfile::tempdir().expect("tempdir");
-    json_of(
-        tokio::process::Command::new(&python)
-            .arg(here("tests/immich/reference.py"))
-            .arg("--write-images")
-            .arg(work.path()),
-    )
-    .await;
+    let work = photos().await;
     let (astronaut, coffee, text) = images(work.path());
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let cases = json!([
@@ -189,25 +217,11 @@ async fn an_immich_client_gets_the_reference_pipelines_answers() {
     ]);
     let spec = work.path().join("cases.json");
     std::fs::write(&spec, cases.to_string()).expect("write cases");
-    let reference = json_of(
-        tokio::process::Command::new(&python)
-            .arg(here("tests/immich/reference.py"))
-            .arg("--models")
-            .arg(cache.join("immich-models"))
-            .arg("--batch-file")
-            .arg(&spec),
-    )
-    .await;
+    let reference = reference_answers(&spec).await;
 
     let (cluster, url) = immich_cluster().await;
     // Cold: every model is loaded by its first request, which waits for it.
-    let answers = json_of(
-        tokio::process::Command::new("node")
-            .arg(here("tests/immich/client.mjs"))
-            .args([&url, "batch"])
-            .arg(&spec),
-    )
-    .await;
+    let answers = immich_client(&url, "batch", Some(&spec)).await;
     let cases = cases.as_array().expect("cases");
     let (answers, reference) = (
         answers.as_array().expect("answers"),
@@ -245,22 +259,8 @@ async fn an_immich_client_gets_the_reference_pipelines_answers() {
     }
     let spec = work.path().join("concurrent.json");
     std::fs::write(&spec, Value::Array(concurrent.clone()).to_string()).expect("write cases");
-    let reference = json_of(
-        tokio::process::Command::new(&python)
-            .arg(here("tests/immich/reference.py"))
-            .arg("--models")
-            .arg(cache.join("immich-models"))
-            .arg("--batch-file")
-            .arg(&spec),
-    )
-    .await;
-    let answers = json_of(
-        tokio::process::Command::new("node")
-            .arg(here("tests/immich/client.mjs"))
-            .args([&url, "parallel"])
-            .arg(&spec),
-    )
-    .await;
+    let reference = reference_answers(&spec).await;
+    let answers = immich_client(&url, "parallel", Some(&spec)).await;
     let (answers, reference) = (
         answers.as_array().expect("answers"),
         reference.as_array().expect("reference"),
@@ -304,22 +304,9 @@ async fn an_immich_client_gets_the_reference_pipelines_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn immichs_faults_get_immichs_status_codes() {
-    let python = cache().join("immich-venv/bin/python");
-    let work = tempfile::tempdir().expect("tempdir");
-    json_of(
-        tokio::process::Command::new(&python)
-            .arg(here("tests/immich/reference.py"))
-            .arg("--write-images")
-            .arg(work.path()),
-    )
-    .await;
+    let work = photos().await;
     let (_cluster, url) = immich_cluster().await;
-    let ping = json_of(
-        tokio::process::Command::new("node")
-            .arg(here("tests/immich/client.mjs"))
-            .args([&url, "ping"]),
-    )
-    .await;
+    let ping = immich_client(&url, "ping", None).await;
     assert_eq!(ping["status"], 200, "{ping}");
     assert_eq!(ping["body"], "pong");
 
@@ -352,13 +339,7 @@ async fn immichs_faults_get_immichs_status_codes() {
     ]);
     let spec = work.path().join("faults.json");
     std::fs::write(&spec, cases.to_string()).expect("write");
-    let answers = json_of(
-        tokio::process::Command::new("node")
-            .arg(here("tests/immich/client.mjs"))
-            .args([&url, "batch"])
-            .arg(&spec),
-    )
-    .await;
+    let answers = immich_client(&url, "batch", Some(&spec)).await;
     let answers = answers.as_array().expect("answers");
     let cases = cases.as_array().expect("cases");
     assert_eq!(answers.len(), cases.len());
@@ -425,15 +406,7 @@ async fn a_stage_request_from_outside_cannot_make_the_agent_crop_without_bound()
     use herd_proto::inference::model_infer_request::InferInputTensor;
     use herd_proto::inference::{InferParameter, ModelInferRequest};
 
-    let python = cache().join("immich-venv/bin/python");
-    let work = tempfile::tempdir().expect("tempdir");
-    json_of(
-        tokio::process::Command::new(&python)
-            .arg(here("tests/immich/reference.py"))
-            .arg("--write-images")
-            .arg(work.path()),
-    )
-    .await;
+    let work = photos().await;
     let (astronaut, _, _) = images(work.path());
     let photo = std::fs::read(astronaut).expect("read the photo");
     let (cluster, _url) = immich_cluster().await;

@@ -423,7 +423,7 @@ async fn the_leader_killed_under_load_loses_no_request_and_a_restart_picks_up() 
 /// the second once the first is killed; nothing fails and the model loads once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immich_fails_over_between_schedulers_listed_as_its_urls() {
-    use crate::immich::{cache, here, json_of};
+    use crate::immich::{cache, immich_client};
     let models = cache().join("immich-models");
     let etcd = test_etcd::start().await;
     let repo = repository();
@@ -474,13 +474,7 @@ async fn immich_fails_over_between_schedulers_listed_as_its_urls() {
     let spec = data.path().join("cases.json");
     std::fs::write(&spec, serde_json::Value::from(cases).to_string()).expect("write cases");
     let ask = || async {
-        let answers = json_of(
-            tokio::process::Command::new("node")
-                .arg(here("tests/immich/client.mjs"))
-                .args([&urls.join(","), "failover"])
-                .arg(&spec),
-        )
-        .await;
+        let answers = immich_client(&urls.join(","), "failover", Some(&spec)).await;
         answers.as_array().expect("answers").clone()
     };
     for answer in ask().await {
