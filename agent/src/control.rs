@@ -145,6 +145,7 @@ fn settings_from(
             .then_some(s.max_batch_bytes)
             .or(defaults.max_batch_bytes),
         memory_arena: !s.memory_arena_off,
+        intra_op_spinning: !s.intra_op_spinning_off,
     }
 }
 

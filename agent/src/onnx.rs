@@ -105,13 +105,15 @@ impl OrtRuntime {
         })
     }
 
-    /// Opens a model file in a new session, with ONNX Runtime's CPU memory arena on
-    /// or off (see `ModelSettings::memory_arena`).
+    /// Opens a model file in a new session, with ONNX Runtime's CPU memory arena and
+    /// its threads' spinning on or off (see `ModelSettings::memory_arena` and
+    /// `intra_op_spinning`).
     pub fn open(
         &self,
         path: &Path,
         intra_op_threads: usize,
         memory_arena: bool,
+        spinning: bool,
     ) -> Result<(ModelSpec, OnnxSession), OrtError> {
         let mut builder = OrtSession::builder(&self.env)?;
         builder = builder.with_execution_providers([ort::ep::CPU::default()
@@ -119,6 +121,9 @@ impl OrtRuntime {
             .build()])?;
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads)?;
+        }
+        if !spinning {
+            builder = builder.with_intra_op_spinning(false)?;
         }
         // A failed run comes back as an error (and is logged, throttled, by the runner);
         // ONNX Runtime's own line per failure would let a client flood the logs with
@@ -148,6 +153,7 @@ impl Loader for OrtRuntime {
             &files.path,
             files.settings.intra_op_threads,
             files.settings.memory_arena,
+            files.settings.intra_op_spinning,
         )?;
         Ok((spec, Box::new(session)))
     }

@@ -157,6 +157,7 @@ impl Loader for ProcessLoader {
             path: files.path.display().to_string(),
             intra_op_threads: u32::try_from(files.settings.intra_op_threads).unwrap_or(u32::MAX),
             memory_arena_off: !files.settings.memory_arena,
+            intra_op_spinning_off: !files.settings.intra_op_spinning,
         });
         match worker.call(load)? {
             worker_reply::Reply::Loaded(loaded) => {

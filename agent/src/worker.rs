@@ -67,6 +67,7 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
                         Path::new(&load.path),
                         load.intra_op_threads as usize,
                         !load.memory_arena_off,
+                        !load.intra_op_spinning_off,
                     )
                 }) {
                     Ok((spec, opened)) => {

@@ -82,6 +82,8 @@ impl ModelDefaultFlags {
                 .filter(|&b| b > 0)
                 .or(d.max_batch_bytes),
             memory_arena: self.memory_arena.unwrap_or(d.memory_arena),
+            // herd.toml only: no flag.
+            intra_op_spinning: d.intra_op_spinning,
         }
     }
 

@@ -92,6 +92,10 @@ pub struct ModelSettings {
     /// buffers while the model stays loaded. Its memory comes back when the model
     /// unloads, as its worker process ends.
     pub memory_arena: bool,
+    /// ONNX Runtime's intra-op threads spin between runs, waiting for work: faster for a
+    /// model that has the cores to itself, CPU taken from the others where several
+    /// models share a node (an Immich cache's pipelines turn it off by default).
+    pub intra_op_spinning: bool,
 }
 
 /// The default `max_item_elements`: a 2048×2048 image.
@@ -109,6 +113,7 @@ impl Default for ModelSettings {
             max_queue_bytes: None,
             max_batch_bytes: None,
             memory_arena: true,
+            intra_op_spinning: true,
         }
     }
 }
@@ -146,6 +151,7 @@ struct SettingsFile {
     max_queue_bytes: Option<ByteCount>,
     max_batch_bytes: Option<ByteCount>,
     memory_arena: Option<bool>,
+    intra_op_spinning: Option<bool>,
     min_replicas: Option<u32>,
     max_replicas: Option<u32>,
     device: Option<String>,
@@ -267,6 +273,9 @@ impl ModelSettings {
         if let Some(on) = file.memory_arena {
             s.memory_arena = on;
         }
+        if let Some(on) = file.intra_op_spinning {
+            s.intra_op_spinning = on;
+        }
         Ok(s)
     }
 }
@@ -352,5 +361,11 @@ mod tests {
                 .memory_arena
         );
         assert!(d.with_file("memory_arena = \"no\"\n").is_err());
+        assert!(d.intra_op_spinning);
+        assert!(
+            !d.with_file("intra_op_spinning = false\n")
+                .expect("valid")
+                .intra_op_spinning
+        );
     }
 }

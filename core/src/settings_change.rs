@@ -66,13 +66,21 @@ pub fn differences(old: &ModelSettings, new: &ModelSettings) -> Vec<String> {
         old.memory_arena.to_string(),
         new.memory_arena.to_string(),
     );
+    note(
+        "intra_op_spinning",
+        old.intra_op_spinning.to_string(),
+        new.intra_op_spinning.to_string(),
+    );
     out
 }
 
 /// The settings a running model cannot change without a new ONNX Runtime session (a
-/// new worker): its threads and its memory arena. Everything else applies live.
+/// new worker): its threads, their spinning and its memory arena. Everything else
+/// applies live.
 pub fn needs_new_session(old: &ModelSettings, new: &ModelSettings) -> bool {
-    old.intra_op_threads != new.intra_op_threads || old.memory_arena != new.memory_arena
+    old.intra_op_threads != new.intra_op_threads
+        || old.memory_arena != new.memory_arena
+        || old.intra_op_spinning != new.intra_op_spinning
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
                     max_queue_bytes: m.settings.max_queue_bytes.unwrap_or(0),
                     max_batch_bytes: m.settings.max_batch_bytes.unwrap_or(0),
                     memory_arena_off: !m.settings.memory_arena,
+                    intra_op_spinning_off: !m.settings.intra_op_spinning,
                 }),
                 policy: Some(ModelPolicy {
                     min_replicas: m.policy.min_replicas,

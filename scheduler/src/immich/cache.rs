@@ -105,6 +105,13 @@ fn read(
     herd_core::repository::check_name(&name).map_err(std::io::Error::other)?;
     let path = stage_dir.join("model.onnx");
     let file_bytes = std::fs::metadata(&path)?.len();
+    // Each Immich request runs several models of a node in turn: ONNX Runtime's threads
+    // spinning after one model's run take the cores the next stage needs (measured in
+    // BENCHMARKS.md). herd.toml may turn it back on.
+    let defaults = &ModelSettings {
+        intra_op_spinning: false,
+        ..defaults.clone()
+    };
     // herd.toml beside model.onnx tunes it as in a repository; none is usual.
     let (settings, policy) = match std::fs::read_to_string(stage_dir.join("herd.toml")) {
         Ok(text) => (

@@ -139,6 +139,7 @@ pub(crate) fn settings_message(settings: &ModelSettings) -> herd_proto::herd::Mo
         max_queue_bytes: settings.max_queue_bytes.unwrap_or(0),
         max_batch_bytes: settings.max_batch_bytes.unwrap_or(0),
         memory_arena_off: !settings.memory_arena,
+        intra_op_spinning_off: !settings.intra_op_spinning,
     }
 }
 
