@@ -13,9 +13,7 @@ use herd_core::layers::request_id::RequestId;
 use herd_core::priority::Priority;
 use herd_core::tensor::{decode, encode, Tensor};
 use herd_immich::clip::{TextEncoder, VisualConfig};
-use herd_immich::stage::{
-    self, DetectedFace, DetectedText, NextStage, StageKind, StageRequest, StageResult,
-};
+use herd_immich::stage::{self, NextStage, StageKind, StageRequest, StageResult};
 use herd_immich::{decode as image_decode, faces, ocr, RgbImage};
 use herd_proto::inference::infer_parameter::ParameterChoice;
 use herd_proto::inference::model_infer_request::InferInputTensor;
@@ -365,16 +363,7 @@ impl Run<'_> {
                         .map_err(|e| AgentError::InvalidInput(format!("face detection: {e}")))
                 })
                 .await?;
-                result.faces = Some(
-                    found
-                        .into_iter()
-                        .map(|f| DetectedFace {
-                            bbox: f.bbox,
-                            score: f.score,
-                            landmarks: f.landmarks,
-                        })
-                        .collect(),
-                );
+                result.faces = Some(found);
             }
             StageKind::FaceRecognition => {
                 let found = request.faces.unwrap_or_default();
@@ -439,15 +428,7 @@ impl Run<'_> {
                     Ok(ocr::detection_boxes(prob.view(), size, min_score))
                 })
                 .await?;
-                result.boxes = Some(
-                    boxes
-                        .into_iter()
-                        .map(|b| DetectedText {
-                            points: b.points,
-                            score: b.score,
-                        })
-                        .collect(),
-                );
+                result.boxes = Some(boxes);
             }
             StageKind::OcrRecognition => {
                 let boxes = request.boxes.unwrap_or_default();

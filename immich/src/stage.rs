@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::entries::{Stage, Task};
+use crate::faces::Face;
+use crate::ocr::TextBox;
 
 /// The request parameter that names the stage; without it a request reaches the
 /// ONNX model as is (Triton clients can still call it with tensors).
@@ -119,10 +121,10 @@ pub struct StageRequest {
     pub options: Map<String, Value>,
     /// Face recognition: the detected faces to align and embed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub faces: Option<Vec<DetectedFace>>,
+    pub faces: Option<Vec<Face>>,
     /// OCR recognition: the detected text boxes to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boxes: Option<Vec<DetectedText>>,
+    pub boxes: Option<Vec<TextBox>>,
     /// A detection's recognition, to run on the same node when that node has its model
     /// loaded: the image is then decoded once and sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,21 +140,6 @@ pub struct NextStage {
     pub options: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DetectedFace {
-    /// x1, y1, x2, y2 in pixels of the image sent.
-    pub bbox: [f32; 4],
-    pub score: f32,
-    pub landmarks: [[f32; 2]; 5],
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DetectedText {
-    /// Four corners in pixels, clockwise from the top left.
-    pub points: [[f32; 2]; 4],
-    pub score: f32,
-}
-
 /// A stage's answer; which fields are set depends on the stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageResult {
@@ -161,13 +148,13 @@ pub struct StageResult {
     pub embedding: Option<Vec<f32>>,
     /// Face detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub faces: Option<Vec<DetectedFace>>,
+    pub faces: Option<Vec<Face>>,
     /// Face recognition: one embedding per face, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<Vec<Vec<f32>>>,
     /// OCR detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boxes: Option<Vec<DetectedText>>,
+    pub boxes: Option<Vec<TextBox>>,
     /// OCR recognition: per box, its text and score (before the minScore filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub texts: Option<Vec<(String, f32)>>,
@@ -201,7 +188,7 @@ mod tests {
     #[test]
     fn requests_and_results_travel_as_json() {
         let request = StageRequest {
-            faces: Some(vec![DetectedFace {
+            faces: Some(vec![Face {
                 bbox: [1.0, 2.0, 3.0, 4.0],
                 score: 0.9,
                 landmarks: [[0.5; 2]; 5],

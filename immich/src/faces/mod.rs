@@ -13,8 +13,9 @@ pub use align::{
 };
 pub use detect::{decode_detections, detection_input, DETECTION_SIZE};
 
-/// One detected face, in pixels of the image given to [`detection_input`].
-#[derive(Debug, Clone, PartialEq)]
+/// One detected face, in pixels of the image given to [`detection_input`]. It travels
+/// from the detection stage to the recognition stage as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Face {
     /// `x1, y1, x2, y2`, neither rounded nor clipped to the image.
     pub bbox: [f32; 4],

@@ -38,8 +38,9 @@ pub use recognize::{
 use fast_image_resize as fr;
 use image::RgbImage;
 
-/// One detected text region.
-#[derive(Debug, Clone, PartialEq)]
+/// One detected text region. It travels from the detection stage to the recognition
+/// stage as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextBox {
     /// Corners in pixels of the original image, clockwise from the top-left one.
     pub points: [[f32; 2]; 4],
