@@ -163,21 +163,22 @@ pub async fn find_new(scheduler: &Scheduler, model: &str) -> Result<(), Schedule
     }
     if model.starts_with("immich.") {
         if let Some(dir) = scheduler.settings.immich_models.clone() {
-            // Added a moment ago to the Immich cache: read it again, models are few.
+            // Added a moment ago to the Immich cache: its own folder is read.
             let repo = repository(scheduler);
             let digests = scheduler.digests.clone();
+            let name = model.to_string();
             let found = tokio::task::spawn_blocking(move || {
                 let digest = |p: &std::path::Path| digests.digest(p);
-                crate::immich::cache::scan(&dir, repo.defaults(), &digest)
+                crate::immich::cache::find(&dir, &name, repo.defaults(), &digest)
             })
             .await
             .map_err(|e| SchedulerError::NotInRepository(e.to_string()))?;
-            let mut c = scheduler.lock();
-            for m in found {
-                if m.name == model && c.model(model).is_none() {
+            if let Some(m) = found {
+                let mut c = scheduler.lock();
+                if c.model(model).is_none() {
                     c.add_model(m, true);
-                    return Ok(());
                 }
+                return Ok(());
             }
         }
     }

@@ -62,21 +62,56 @@ pub fn scan(
             };
             for &stage in task.stages() {
                 let stage_dir = model_dir.join(stage.as_str());
-                if !stage_dir.join("model.onnx").is_file() {
-                    continue;
-                }
-                match read(&stage_dir, task, stage, model, defaults, digest) {
-                    Ok(m) => found.push(m),
-                    Err(e) => tracing::warn!(
-                        dir = %stage_dir.display(), error = %e,
-                        "immich model left out of the catalog"
-                    ),
-                }
+                found.extend(model_in(&stage_dir, task, stage, model, defaults, digest));
             }
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
+}
+
+/// The one model of the Immich cache at `dir` a catalog name (`immich.<task>.<type>.<model>`)
+/// names, when it is there. The name is checked before any path is built: a model name
+/// Immich would send is already clean (no `/`, `\\`, `:` or `.`).
+pub fn find(
+    dir: &Path,
+    name: &str,
+    defaults: &ModelSettings,
+    digest: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Option<CatalogModel> {
+    let mut parts = name.splitn(4, '.');
+    let (Some("immich"), Some(task), Some(stage), Some(model)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let (task, stage) = (Task::parse(task)?, Stage::parse(stage)?);
+    StageKind::of(task, stage)?;
+    if model.is_empty() || herd_immich::entries::clean_name(model) != model {
+        return None;
+    }
+    let stage_dir = dir.join(task.as_str()).join(model).join(stage.as_str());
+    model_in(&stage_dir, task, stage, model, defaults, digest)
+}
+
+/// The model in `stage_dir`, if it holds a model.onnx; one that cannot be read is logged
+/// and left out.
+fn model_in(
+    stage_dir: &Path,
+    task: Task,
+    stage: Stage,
+    model: &str,
+    defaults: &ModelSettings,
+    digest: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Option<CatalogModel> {
+    if !stage_dir.join("model.onnx").is_file() {
+        return None;
+    }
+    read(stage_dir, task, stage, model, defaults, digest)
+        .map_err(|e| {
+            tracing::warn!(dir = %stage_dir.display(), error = %e, "immich model left out of the catalog")
+        })
+        .ok()
 }
 
 fn subdirectories(dir: &Path) -> Vec<PathBuf> {
@@ -236,6 +271,28 @@ mod tests {
             .file_with_digest(tokenizer_digest)
             .is_some_and(|p| p.ends_with("textual/tokenizer.json")));
         assert!(textual.file_with_digest(&models[0].digest).is_none());
+    }
+
+    #[test]
+    fn one_model_is_found_by_its_catalog_name_and_odd_names_find_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        put(root, "clip/ViT-B-32__openai/textual/model.onnx", b"t");
+        put(root, "clip/ViT-B-32__openai/textual/tokenizer.json", b"{}");
+        let digest = |p: &Path| herd_core::digest::sha256_file(p);
+        let d = ModelSettings::default();
+        let found = find(root, "immich.clip.textual.ViT-B-32__openai", &d, &digest).expect("found");
+        assert_eq!(found.name, "immich.clip.textual.ViT-B-32__openai");
+        for name in [
+            "immich.clip.visual.ViT-B-32__openai",
+            "immich.clip.detection.ViT-B-32__openai",
+            "immich.clip.textual.",
+            "immich.clip.textual.../../clip/ViT-B-32__openai",
+            "immich.clip.textual.a/b",
+            "clip.textual.ViT-B-32__openai",
+        ] {
+            assert!(find(root, name, &d, &digest).is_none(), "{name}");
+        }
     }
 
     #[test]
