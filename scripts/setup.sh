@@ -98,3 +98,4 @@ model ocr_cls rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_m
 
 log "done: ONNX Runtime, models and Python client are in $cache"
 bash "$repo/scripts/setup_immich.sh"
+bash "$repo/scripts/setup_gpu.sh"

@@ -114,6 +114,10 @@ pub struct CachedModel {
     pub file_bytes: u64,
     pub ttl: Option<Ttl>,
     pub idle: Option<std::time::Duration>,
+    /// The GPU it runs on (or will, once loaded); `None` for the CPU.
+    pub gpu: Option<u32>,
+    /// Its worker process, when loaded in one.
+    pub process_id: Option<u32>,
 }
 
 /// What the node gives its models: the memory it offers, from which each model's
@@ -224,8 +228,9 @@ impl ModelCache {
         let (other_file, settings) = {
             let slots = lock(&self.inner.slots);
             match slots.get(&name) {
+                // Another GPU (or the CPU) needs another session: a new worker.
                 Some(s) => (
-                    s.files.path != files.path,
+                    s.files.path != files.path || s.files.gpu != files.gpu,
                     *s.settings.borrow() != files.settings,
                 ),
                 None => (false, false),
@@ -396,12 +401,15 @@ impl ModelCache {
                     file_bytes: 0,
                     ttl: None,
                     idle: None,
+                    gpu: None,
+                    process_id: None,
                     name,
                 };
                 if let Some(slot) = slot {
                     let activity = *slot.activity.borrow();
                     view.version = Some(slot.files.version);
                     view.file_bytes = slot.files.file_bytes;
+                    view.gpu = slot.files.gpu;
                     view.ttl = Some(slot.settings.borrow().ttl);
                     view.in_flight = activity.leases;
                     if activity.leases == 0 {
@@ -412,6 +420,7 @@ impl ModelCache {
                             view.queue_len = loaded.runner.queue_len();
                             view.max_batch_size = loaded.runner.policy().max_batch_size;
                             view.memory_bytes = loaded.memory_now();
+                            view.process_id = loaded.process_id;
                             LoadState::Ready
                         }
                         None if slot.load_lock.try_lock().is_err() => LoadState::Loading,

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{LoadState, Reconfigured};
 use crate::error::AgentError;
+use crate::execution::Execution;
 use crate::files::Chunks;
 use crate::trace::RequestId;
 use crate::Agent;
@@ -53,6 +54,13 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
         })
         .map(Option::unwrap_or_default)
         .collect();
+    // GPU memory is measured per process: a model's is its worker's.
+    let gpu_use = agent.probe.gpu_use();
+    let workers: crate::probe::GpuUse = views
+        .iter()
+        .filter_map(|v| v.process_id)
+        .filter_map(|pid| Some((pid, *gpu_use.get(&pid)?)))
+        .collect();
     let models = views
         .into_iter()
         .zip(digests)
@@ -75,6 +83,11 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
                 file_bytes: v.file_bytes,
                 name: v.name,
                 digest,
+                device: Execution::from_gpu(v.gpu).to_string(),
+                gpu_memory_bytes: v
+                    .process_id
+                    .and_then(|pid| workers.get(&pid))
+                    .map_or(0, |(_, bytes)| *bytes),
                 ..Default::default()
             };
             if let Some(stats) = &v.stats {
@@ -103,7 +116,7 @@ pub fn snapshot(agent: &Agent) -> AgentStatus {
     AgentStatus {
         name: agent.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        resources: Some(agent.probe.sample()),
+        resources: Some(agent.probe.sample(&workers)),
         models,
         file_digests,
         instance: agent.instance.clone(),
@@ -182,6 +195,32 @@ impl ControlService {
 }
 
 impl ControlService {
+    /// Where `source` is to run: the CPU, or a GPU this node reports and can run on.
+    fn execution(&self, source: &herd_proto::herd::ModelSource) -> Result<Execution, AgentError> {
+        let execution: Execution = source
+            .device
+            .parse()
+            .map_err(|e| AgentError::InvalidInput(format!("load {}: {e}", source.name)))?;
+        let Some(index) = execution.gpu() else {
+            return Ok(execution);
+        };
+        let gpus = self.agent.probe.gpus(&Default::default());
+        let Some(gpu) = gpus.iter().find(|g| g.index == index) else {
+            return Err(AgentError::InvalidInput(format!(
+                "load {} on GPU {index}: this node has {} GPU(s)",
+                source.name,
+                gpus.len()
+            )));
+        };
+        if !gpu.unusable.is_empty() {
+            return Err(AgentError::InvalidInput(format!(
+                "load {} on GPU {index}: {}",
+                source.name, gpu.unusable
+            )));
+        }
+        Ok(execution)
+    }
+
     /// Fetches the files beside an Immich model and reads its processing, before the
     /// model loads: a missing tokenizer fails the load, not each request.
     async fn immich_recipe(
@@ -243,6 +282,7 @@ impl AgentRpc for ControlService {
             ))
             .into());
         }
+        let gpu = self.execution(&source)?.gpu();
         let (path, fetched) = self.file(&source.digest, source.file_bytes).await?;
         if let Some(stage) = &source.immich {
             self.immich_recipe(&source.name, stage, &path).await?;
@@ -255,6 +295,7 @@ impl AgentRpc for ControlService {
             policy: ClusterPolicy::default(),
             digest: Some(source.digest.clone()),
             path,
+            gpu,
         };
         self.agent.cache.assign(files).await?;
         let loaded = self.agent.cache.load(&source.name).await?;

@@ -124,6 +124,7 @@ pub(crate) fn files(name: &str, settings: ModelSettings) -> ModelFiles {
         settings,
         policy: Default::default(),
         digest: None,
+        gpu: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod certify;
 mod config;
 mod control;
 mod error;
+mod execution;
 #[cfg(test)]
 mod fake;
 mod files;
@@ -136,7 +137,7 @@ pub use herd_core::paths::{default_data_dir, default_name};
 impl Agent {
     pub fn new(options: AgentOptions, loader: Arc<dyn session::Loader>) -> Arc<Agent> {
         let repo = Repository::new(options.model_repository, options.model_defaults.clone());
-        let probe = probe::Probe::new(options.memory_limit);
+        let probe = probe::Probe::new(options.memory_limit, loader.gpu_support());
         let budget = NodeBudget::new(probe.offered_memory(), options.max_in_flight_bytes);
         Arc::new(Agent {
             name: options.name,

@@ -9,6 +9,7 @@ use ort::value::{
     DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType,
 };
 
+use crate::execution::Execution;
 use crate::session::{LoadError, Loader, Session, SessionError};
 use herd_core::repository::ModelFiles;
 use herd_core::tensor::{decode, encode, Element, ModelSpec, Tensor, TensorSpec};
@@ -27,6 +28,8 @@ pub enum OrtError {
     NotFound { tried: String },
     #[error("ONNX Runtime at {} failed to start: {error}", .path.display())]
     Start { path: PathBuf, error: String },
+    #[error("cannot run on GPU {index}: {why}")]
+    NoGpu { index: u32, why: String },
     /// ONNX Runtime's own words: a model it cannot open, a run it refused.
     #[error("{0}")]
     Engine(String),
@@ -53,7 +56,8 @@ where
 
 /// Where to look for libonnxruntime, in order: the explicit path (--ort-lib or
 /// HERD_ORT_LIB), the project's cache as scripts/setup.sh fills it (found from the
-/// working directory or from the executable's place in target/), then the system's
+/// working directory or from the executable's place in target/; its GPU build, set up
+/// only on a machine with an NVIDIA driver, before its CPU build), then the system's
 /// library path.
 pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = explicit {
@@ -68,7 +72,10 @@ pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     }
     let mut found: Vec<PathBuf> = dirs
         .into_iter()
-        .map(|d| d.join(".cache/onnxruntime/libonnxruntime.so"))
+        .flat_map(|d| {
+            ["onnxruntime-gpu", "onnxruntime"]
+                .map(|build| d.join(".cache").join(build).join("libonnxruntime.so"))
+        })
         .filter(|p| p.is_file())
         .take(1)
         .collect();
@@ -105,20 +112,42 @@ impl OrtRuntime {
         })
     }
 
-    /// Opens a model file in a new session, with ONNX Runtime's CPU memory arena and
-    /// its threads' spinning on or off (see `ModelSettings::memory_arena` and
-    /// `intra_op_spinning`).
+    /// Opens a model file in a new session on `execution`, with ONNX Runtime's CPU
+    /// memory arena and its threads' spinning on or off (see
+    /// `ModelSettings::memory_arena` and `intra_op_spinning`).
     pub fn open(
         &self,
         path: &Path,
+        execution: Execution,
         intra_op_threads: usize,
         memory_arena: bool,
         spinning: bool,
     ) -> Result<(ModelSpec, OnnxSession), OrtError> {
         let mut builder = OrtSession::builder(&self.env)?;
-        builder = builder.with_execution_providers([ort::ep::CPU::default()
+        let cpu = ort::ep::CPU::default()
             .with_arena_allocator(memory_arena)
-            .build()])?;
+            .build();
+        builder = match execution {
+            Execution::Cpu => builder.with_execution_providers([cpu])?,
+            Execution::Cuda(index) => {
+                if let Some(why) = crate::execution::cuda_missing(&self.library) {
+                    return Err(OrtError::NoGpu { index, why });
+                }
+                // Failing to start CUDA must fail the load: running silently on the CPU
+                // would hold a GPU's place and answer at a CPU's speed. Nodes the CUDA
+                // provider does not take still run on the CPU, as ONNX Runtime assigns.
+                let cuda = ort::ep::CUDA::default()
+                    .with_device_id(index as i32)
+                    .build()
+                    .error_on_failure();
+                builder
+                    .with_execution_providers([cuda, cpu])
+                    .map_err(|e| OrtError::NoGpu {
+                        index,
+                        why: e.to_string(),
+                    })?
+            }
+        };
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads)?;
         }
@@ -148,9 +177,14 @@ impl OrtRuntime {
 
 /// Sessions in this process: what `herd bench --local` and the worker process use.
 impl Loader for OrtRuntime {
+    fn gpu_support(&self) -> Result<(), String> {
+        crate::execution::cuda_missing(&self.library).map_or(Ok(()), Err)
+    }
+
     fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
         let (spec, session) = self.open(
             &files.path,
+            Execution::from_gpu(files.gpu),
             files.settings.intra_op_threads,
             files.settings.memory_arena,
             files.settings.intra_op_spinning,

@@ -68,19 +68,39 @@ impl From<WorkerError> for SessionError {
 pub struct WorkerProgram {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Environment variables set for it (the CUDA libraries' search path).
+    pub env: Vec<(OsString, OsString)>,
+    /// The ONNX Runtime library it will load, when one is found.
+    pub library: Option<PathBuf>,
 }
 
 impl WorkerProgram {
-    /// The `worker` subcommand of the herd executable at `herd`.
+    /// The `worker` subcommand of the herd executable at `herd`. When the ONNX Runtime
+    /// it will load has CUDA libraries set up beside it, they come first in its
+    /// library search path.
     pub fn herd(herd: PathBuf, ort_lib: Option<&Path>) -> WorkerProgram {
         let mut args: Vec<OsString> = vec!["worker".into()];
         if let Some(lib) = ort_lib {
             args.push("--ort-lib".into());
             args.push(lib.into());
         }
+        let library = crate::onnx::candidates(ort_lib)
+            .into_iter()
+            .find(|p| p.is_file());
+        let env = library
+            .as_deref()
+            .and_then(crate::execution::cuda_library_dir)
+            .map(|dir| {
+                let existing = std::env::var_os("LD_LIBRARY_PATH");
+                let path = crate::execution::library_path(&dir, existing.as_deref());
+                vec![("LD_LIBRARY_PATH".into(), path)]
+            })
+            .unwrap_or_default();
         WorkerProgram {
             program: herd,
             args,
+            env,
+            library,
         }
     }
 
@@ -151,6 +171,13 @@ impl ProcessLoader {
 }
 
 impl Loader for ProcessLoader {
+    fn gpu_support(&self) -> Result<(), String> {
+        match &self.program.library {
+            Some(library) => crate::execution::cuda_missing(library).map_or(Ok(()), Err),
+            None => Err("no ONNX Runtime library found for the model workers".into()),
+        }
+    }
+
     fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError> {
         let (mut worker, _) = Worker::start(&self.program, self.watchdog)?;
         let load = worker_command::Command::Load(WorkerLoad {
@@ -158,6 +185,7 @@ impl Loader for ProcessLoader {
             intra_op_threads: u32::try_from(files.settings.intra_op_threads).unwrap_or(u32::MAX),
             memory_arena_off: !files.settings.memory_arena,
             intra_op_spinning_off: !files.settings.intra_op_spinning,
+            cuda_device: files.gpu,
         });
         match worker.call(load)? {
             worker_reply::Reply::Loaded(loaded) => {
@@ -202,6 +230,7 @@ impl Worker {
     fn start(program: &WorkerProgram, watchdog: Watchdog) -> Result<(Worker, String), LoadError> {
         let mut child = Command::new(&program.program)
             .args(&program.args)
+            .envs(program.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

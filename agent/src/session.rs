@@ -71,4 +71,9 @@ pub trait Session: Send + 'static {
 
 pub trait Loader: Send + Sync + 'static {
     fn load(&self, files: &ModelFiles) -> Result<(ModelSpec, Box<dyn Session>), LoadError>;
+
+    /// Whether it can run models on a GPU (`ModelFiles::gpu`); if not, why.
+    fn gpu_support(&self) -> Result<(), String> {
+        Err("this engine runs models on the CPU only".into())
+    }
 }

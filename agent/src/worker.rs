@@ -21,6 +21,7 @@ use herd_proto::herd::{
 
 use herd_proto::datatype::UnknownDataType;
 
+use crate::execution::Execution;
 use crate::onnx::{OnnxSession, OrtError, OrtRuntime};
 use crate::session::{Session, SessionError};
 use crate::wire::{read_frame, spec_to_wire, tensor_from_wire, tensor_to_wire, write_frame};
@@ -65,6 +66,7 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
                 match guarded(|| {
                     runtime.open(
                         Path::new(&load.path),
+                        execution(load.cuda_device),
                         load.intra_op_threads as usize,
                         !load.memory_arena_off,
                         !load.intra_op_spinning_off,
@@ -92,6 +94,15 @@ pub fn serve(ort_lib: Option<&Path>) -> io::Result<()> {
         write_frame(&mut output, &reply(answer))?;
     }
     Ok(())
+}
+
+/// Where a load runs: on its GPU, except on a node with fake GPUs (tests), where
+/// every replica runs on the CPU.
+fn execution(cuda_device: Option<u32>) -> Execution {
+    if std::env::var_os(crate::probe::FAKE_GPUS_ENV).is_some() {
+        return Execution::Cpu;
+    }
+    Execution::from_gpu(cuda_device)
 }
 
 fn run_batch(

@@ -87,6 +87,12 @@ pub struct BenchConfig {
     #[arg(long, value_delimiter = ',')]
     pub local_batch: Vec<usize>,
 
+    /// Run --local on this GPU (NVML index) through ONNX Runtime's CUDA execution
+    /// provider. Needs its GPU build (scripts/setup.sh on a machine with an NVIDIA
+    /// driver) and LD_LIBRARY_PATH=.cache/onnxruntime-gpu/cuda.
+    #[arg(long, value_name = "N", requires = "local")]
+    pub local_gpu: Option<u32>,
+
     /// libonnxruntime.so for --local (default as for `herd agent`).
     #[arg(long, env = "HERD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
@@ -520,6 +526,7 @@ pub async fn bench_local(
         path: path.to_path_buf(),
         policy: Default::default(),
         digest: None,
+        gpu: config.local_gpu,
     };
     let (spec, session) = ort
         .load(&files)

@@ -124,6 +124,7 @@ pub fn nodes(requests: u64) -> ListNodesResponse {
                         name: "RTX 3090".into(),
                         memory_total_bytes: 24 * GIB,
                         memory_used_bytes: 6 * GIB,
+                        ..Default::default()
                     }],
                     ..Default::default()
                 }),

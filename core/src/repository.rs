@@ -91,6 +91,8 @@ pub struct ModelFiles {
     pub policy: ClusterPolicy,
     /// sha256 of the file, when known (models the scheduler sent).
     pub digest: Option<String>,
+    /// The GPU (NVML index) placement chose to run it on; `None` runs it on the CPU.
+    pub gpu: Option<u32>,
 }
 
 impl Repository {
@@ -156,6 +158,7 @@ impl Repository {
             settings,
             policy,
             digest: None,
+            gpu: None,
         })
     }
 }

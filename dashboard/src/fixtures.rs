@@ -124,12 +124,14 @@ pub fn cluster(step: u64) -> ClusterUpdate {
                     name: "RTX 4090".to_string(),
                     memory_total_bytes: 24 * GIB,
                     memory_used_bytes: 18 * GIB,
+                    ..Default::default()
                 },
                 Gpu {
                     index: 1,
                     name: "RTX 3060".to_string(),
                     memory_total_bytes: 12 * GIB,
                     memory_used_bytes: 2 * GIB,
+                    ..Default::default()
                 },
             ],
             agent_rss_bytes: 300 * MIB,
@@ -431,6 +433,7 @@ pub fn large_cluster(nodes: usize, models: usize, step: u64, all_new: bool) -> C
                         name: "GPU".to_string(),
                         memory_total_bytes: 24 * GIB,
                         memory_used_bytes: (g as u64 + 4) * GIB,
+                        ..Default::default()
                     })
                     .collect(),
                 agent_rss_bytes: 200 * MIB,

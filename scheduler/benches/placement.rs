@@ -244,6 +244,7 @@ mod routing {
                     memory_hint: Some(m.memory),
                 },
                 digest: None,
+                gpu: None,
             };
             model.add_model(CatalogModel::new(files, m.digest.clone()), false);
             let _ = model.want_model(&m.name);
@@ -392,7 +393,16 @@ mod routing {
         runtime.block_on(async {
             for _ in 0..4 {
                 for model in &routed {
-                    drop(scheduler.pick(model, None, deadline).await);
+                    drop(
+                        scheduler
+                            .pick(
+                                model,
+                                None,
+                                deadline,
+                                herd_core::priority::Priority::Interactive,
+                            )
+                            .await,
+                    );
                 }
             }
         });
@@ -428,7 +438,14 @@ mod routing {
                     }
                     let model = &routed[rng.random_range(0..routed.len())];
                     let start = Instant::now();
-                    let picked = scheduler.pick(model, None, deadline).await;
+                    let picked = scheduler
+                        .pick(
+                            model,
+                            None,
+                            deadline,
+                            herd_core::priority::Priority::Interactive,
+                        )
+                        .await;
                     times.push(start.elapsed());
                     drop(picked);
                 }

@@ -149,7 +149,9 @@ pub async fn load(scheduler: &Arc<Scheduler>, model: &str) -> Result<Vec<String>
     scheduler.persist(model).await;
     scheduler.execute(actions);
     let deadline = Instant::now() + scheduler.settings.load_timeout;
-    drop(scheduler.pick(model, None, deadline).await?);
+    // A load asks for the model where it belongs: never a CPU stand-in.
+    let bulk = herd_core::priority::Priority::Bulk;
+    drop(scheduler.pick(model, None, deadline, bulk).await?);
     let c = scheduler.lock();
     Ok(c.ready_replicas(model)
         .into_iter()

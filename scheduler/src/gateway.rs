@@ -63,7 +63,12 @@ impl Gateway {
         request: Request<M>,
     ) -> Result<(InferenceRpc, Request<M>, Option<Picked>), Status> {
         let forwarded_here = was_forwarded(&request);
-        match self.scheduler.pick(name, None, self.deadline()).await {
+        let describe = herd_core::priority::Priority::Interactive;
+        match self
+            .scheduler
+            .pick(name, None, self.deadline(), describe)
+            .await
+        {
             Err(SchedulerError::ToLeader) if !forwarded_here => {
                 let Some(leader) = self.leader_of(false).await? else {
                     return Err(SchedulerError::ToLeader.into());

@@ -57,20 +57,30 @@ pub fn retry(e: &SendError) -> Option<Retry> {
 
 impl Scheduler {
     /// A ready replica of `model`, not on `avoid`; places and waits for one if needed.
+    /// An interactive request may use a CPU stand-in for a GPU-only model while its GPU
+    /// node wakes (see `model::stand_in`); a bulk one waits for the GPU.
     pub async fn pick(
         &self,
         model: &str,
         avoid: Option<&str>,
         deadline: Instant,
+        priority: Priority,
     ) -> Result<Picked, SchedulerError> {
         let mut changes = self.changes();
         let mut asked = false;
         let mut looked_on_disk = false;
         let mut waited_on_wake = false;
+        let interactive = priority == Priority::Interactive;
+        let mut stood_in = false;
         loop {
-            let pick = self
-                .lock()
-                .pick(model, avoid, asked, Instant::now(), &mut rand::rng());
+            let pick = self.lock().pick(
+                model,
+                avoid,
+                asked,
+                interactive,
+                Instant::now(),
+                &mut rand::rng(),
+            );
             // Only the leader places (or wakes): a follower with no ready replica hands
             // the call to it.
             if !self.role().is_leader()
@@ -97,6 +107,13 @@ impl Scheduler {
                 // join).
                 Err(e @ SchedulerError::Unplaceable(_)) => {
                     if self.wake_for(model).await {
+                        if interactive && !std::mem::replace(&mut stood_in, true) {
+                            let waking = self.lock().waking_names();
+                            if self.lock().stand_in(model, &waking) {
+                                asked = false;
+                                continue;
+                            }
+                        }
                         waited_on_wake = true;
                         Pick::Wait
                     } else if std::mem::take(&mut waited_on_wake) {
@@ -120,7 +137,13 @@ impl Scheduler {
                     self.changed_and_reconcile();
                     continue;
                 }
-                Pick::Wait => {}
+                Pick::Wait => {
+                    // Bulk work held off a CPU stand-in waits for the GPU node's wake,
+                    // and keeps it going.
+                    if !interactive && self.lock().model(model).is_some_and(|m| m.stand_in) {
+                        waited_on_wake |= self.wake_for(model).await;
+                    }
+                }
             }
             // A wake sends its packet again now and then, whether or not anything changes
             // meanwhile (a cluster whose only node sleeps hears nothing).
@@ -223,7 +246,7 @@ impl Scheduler {
     ) -> Result<ModelInferResponse, SendError> {
         let model = &attempt.request.model_name;
         let first = self
-            .pick(model, None, attempt.deadline)
+            .pick(model, None, attempt.deadline, attempt.priority)
             .await
             .map_err(SendError::Answer)?;
         debug!(node = %first.node, "routed");
@@ -259,7 +282,7 @@ impl Scheduler {
             Retry::Anywhere => None,
         };
         let second = self
-            .pick(model, avoid, attempt.deadline)
+            .pick(model, avoid, attempt.deadline, attempt.priority)
             .await
             .map_err(SendError::Answer)?;
         // The first replica's count of outstanding work goes before the retry.
@@ -279,7 +302,15 @@ impl Scheduler {
         let pick = {
             let mut c = self.lock();
             c.suspect(node, &why);
-            match c.pick(model, Some(node), true, Instant::now(), &mut rand::rng()) {
+            let stand_ins = true;
+            match c.pick(
+                model,
+                Some(node),
+                true,
+                stand_ins,
+                Instant::now(),
+                &mut rand::rng(),
+            ) {
                 // Every replica overdue is overload, not a dead link: a second copy of
                 // each request would only double it.
                 Ok(Pick::Ready { node, outstanding })

@@ -735,6 +735,7 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
                 file_bytes: 1,
                 settings: None,
                 immich: None,
+                device: String::new(),
             }),
         })
         .await
@@ -745,6 +746,28 @@ async fn bad_cluster_calls_get_clear_statuses_and_change_nothing() {
         "{}",
         load.message()
     );
+    // Nor does it take a device it does not have, or one that is no device.
+    for (device, says) in [
+        ("gpu:7", "this node has 0 GPU(s)"),
+        ("tpu", "expected \"cpu\" or \"gpu:N\""),
+    ] {
+        let load = agent
+            .load(LoadModelRequest {
+                model: Some(ModelSource {
+                    name: "x".into(),
+                    version: 1,
+                    digest: "0".repeat(64),
+                    file_bytes: 1,
+                    settings: None,
+                    immich: None,
+                    device: device.into(),
+                }),
+            })
+            .await
+            .expect_err("no such device");
+        assert_eq!(load.code(), Code::InvalidArgument, "{load:?}");
+        assert!(load.message().contains(says), "{}", load.message());
+    }
     infer_ok(&cluster, mlp_request(1, 0.0)).await;
 }
 

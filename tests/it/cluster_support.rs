@@ -200,6 +200,19 @@ impl TestCluster {
         token: &str,
         more: &[&str],
     ) -> AgentProcess {
+        self.spawn_agent_env(name, limit, token, more, &[]).await
+    }
+
+    /// As `spawn_agent_with`, with environment variables set for the agent (and so for
+    /// its model workers).
+    pub async fn spawn_agent_env(
+        &self,
+        name: &str,
+        limit: &str,
+        token: &str,
+        more: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let data_dir = self.data.path().join(format!("agent-{name}"));
         let mut child = Command::new(HERD)
             .args([
@@ -221,6 +234,7 @@ impl TestCluster {
             .arg(&data_dir)
             .args(more)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

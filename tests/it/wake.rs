@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use herd_core::wake::{magic_packet, Mac};
 use herd_scheduler::config::PolicyArg;
+use herd_scheduler::placement::Device;
 use tokio::net::UdpSocket;
 
 use crate::cluster_support::*;
@@ -168,4 +169,93 @@ async fn an_idle_agent_tells_the_scheduler_then_runs_its_sleep_command() {
         sleeping[0].message
     );
     assert_eq!(sleeping[0].node, "idle");
+}
+
+/// `model` with the `herd-priority` header set to `class`.
+fn with_class(class: &str) -> tonic::Request<herd_proto::inference::ModelInferRequest> {
+    let mut request = tonic::Request::new(mlp_request(1, 0.5));
+    request
+        .metadata_mut()
+        .insert("herd-priority", class.parse().expect("ascii"));
+    request
+}
+
+/// Where the scheduler has `model`'s ready replicas: (node, device).
+fn ready_at(cluster: &TestCluster, model: &str) -> Vec<(String, Device)> {
+    let c = cluster.scheduler.lock();
+    c.ready_replicas(model)
+        .into_iter()
+        .map(|(n, r)| (n, r.device.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_gpu_node_wakes_a_cpu_stands_in_for_interactive_requests_and_bulk_waits() {
+    // Node "a" has no GPU; node "gpu" has one (injected: its replicas run on the CPU).
+    let gpu_only = [("tiny_mlp", "device = \"gpu\"\n")];
+    let mut cluster = TestCluster::start(&["1GiB"], &gpu_only, PolicyArg::Spread).await;
+    let catcher = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let at = catcher.local_addr().expect("addr").to_string();
+    let flags = ["--wake-mac", MAC, "--wake-address", &at];
+    let fake_gpu = [("HERD_TEST_FAKE_GPUS", "4GiB")];
+    let gpu = cluster
+        .spawn_agent_env("gpu", "1GiB", TOKEN, &flags, &fake_gpu)
+        .await;
+    cluster.agents.push(gpu);
+    cluster.wait_for_nodes(2).await;
+
+    // The GPU node goes to sleep.
+    let mut asleep = cluster.agents.remove(1);
+    asleep.child.kill().await.expect("kill");
+    let s = cluster.scheduler.clone();
+    eventually("the GPU node is down", LONG, || {
+        s.lock().node("gpu").is_some_and(|n| n.down)
+    })
+    .await;
+
+    // Bulk work waits for the GPU; the first request wakes it.
+    let mut client = cluster.client().await;
+    let bulk = tokio::spawn(async move { client.model_infer(with_class("bulk")).await });
+    assert_eq!(next_packet(&catcher).await, expected_packet());
+
+    // A search meanwhile is answered by a CPU stand-in on node "a".
+    let mut client = cluster.client().await;
+    let answer = tokio::time::timeout(LONG, client.model_infer(with_class("interactive")))
+        .await
+        .expect("answered within 60 s")
+        .expect("an interactive request is served while the GPU node wakes");
+    assert_eq!(answer.into_inner().model_name, "tiny_mlp");
+    assert_eq!(ready_at(&cluster, "tiny_mlp"), [("a".into(), Device::Cpu)]);
+    let stand_in = cluster.events("stand-in", "tiny_mlp");
+    assert_eq!(stand_in.len(), 1, "{stand_in:?}");
+    assert!(
+        stand_in[0].message.contains("node 'gpu' is waking"),
+        "{}",
+        stand_in[0].message
+    );
+    assert!(!bulk.is_finished(), "bulk work does not use the stand-in");
+
+    // The GPU node wakes: the bulk request is served there, and the model moves back.
+    let woken = cluster
+        .spawn_agent_env("gpu", "1GiB", TOKEN, &flags, &fake_gpu)
+        .await;
+    cluster.agents.push(woken);
+    tokio::time::timeout(LONG, bulk)
+        .await
+        .expect("served within 60 s of the join")
+        .expect("the task")
+        .expect("the bulk request is served once the GPU node is back");
+    eventually("the model is back on the GPU alone", LONG, || {
+        ready_at(&cluster, "tiny_mlp") == [("gpu".to_string(), Device::Gpu(0))]
+    })
+    .await;
+    let ended = cluster.events("stand-in ended", "tiny_mlp");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let dropped = cluster.events("dropped", "tiny_mlp");
+    assert!(
+        dropped
+            .iter()
+            .any(|e| e.node == "a" && e.message.contains("its CPU replica goes")),
+        "{dropped:?}"
+    );
 }

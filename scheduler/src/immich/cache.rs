@@ -178,6 +178,7 @@ fn read(
             settings,
             policy,
             digest: Some(model_digest.clone()),
+            gpu: None,
         },
         model_digest,
     );

@@ -48,6 +48,9 @@ pub struct CatalogModel {
     pub load_error: Option<String>,
     /// A model of the Immich model cache: its processing and the files beside it.
     pub immich: Option<crate::immich::cache::ImmichSource>,
+    /// A GPU-only model that may run on a CPU stand-in while a GPU node wakes (see
+    /// `model::stand_in`).
+    pub stand_in: bool,
 }
 
 impl CatalogModel {
@@ -75,6 +78,7 @@ impl CatalogModel {
             short_logged: None,
             load_error: None,
             immich: None,
+            stand_in: false,
         }
     }
 
@@ -111,6 +115,15 @@ impl CatalogModel {
             herd_core::Device::Gpu => Want::Gpu,
             herd_core::Device::Any => Want::Any,
             herd_core::Device::Cpu => Want::Cpu,
+        }
+    }
+
+    /// What placement gives it now: a GPU-only model standing in on a CPU may be
+    /// placed in RAM while no GPU can take it.
+    pub fn placement_want(&self) -> Want {
+        match self.want() {
+            Want::Gpu if self.stand_in => Want::Any,
+            want => want,
         }
     }
 

@@ -18,6 +18,7 @@ mod plan;
 mod replicas;
 mod routing;
 mod scaling;
+mod stand_in;
 mod waking;
 pub use waking::{WakePlan, RESEND_EVERY};
 #[cfg(test)]

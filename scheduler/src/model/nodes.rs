@@ -39,6 +39,31 @@ impl Node {
         let capacity = r.memory_capacity_bytes.min(reachable.max(herd_used));
         capacity.saturating_sub((r.memory_capacity_bytes as f64 * headroom) as u64)
     }
+
+    /// The GPUs replicas can run on, each with the bytes herd may use there (see
+    /// [`gpu_budget`]); a GPU the node cannot run on is left out.
+    pub fn usable_gpus(&self, headroom: f64) -> Vec<crate::placement::GpuView> {
+        let Some(r) = &self.status.resources else {
+            return Vec::new();
+        };
+        r.gpus
+            .iter()
+            .filter(|g| g.unusable.is_empty())
+            .map(|g| crate::placement::GpuView {
+                index: g.index,
+                budget: gpu_budget(g, headroom),
+            })
+            .collect()
+    }
+}
+
+/// Bytes of one GPU's memory herd may use for replicas, headroom taken off: what other
+/// programs (and the driver) leave, plus what herd's own workers hold there.
+pub fn gpu_budget(g: &herd_proto::herd::Gpu, headroom: f64) -> u64 {
+    let others = g.memory_used_bytes.saturating_sub(g.herd_used_bytes);
+    g.memory_total_bytes
+        .saturating_sub(others)
+        .saturating_sub((g.memory_total_bytes as f64 * headroom) as u64)
 }
 
 /// Loads that fail in a row before a node rests.
@@ -108,6 +133,7 @@ impl ClusterModel {
         self.events
             .push("joined", name, "", format!("{what} from {address}"));
         self.woke(name, now);
+        self.gpu_node_back(name);
         Ok(vec![Action::Reconcile])
     }
 
@@ -137,6 +163,7 @@ impl ClusterModel {
         n.suspect = false;
         if was_down {
             self.events.push("up", name, "", "reports again");
+            self.gpu_node_back(name);
         }
         if falls_asleep {
             let how = if status.wake.as_ref().is_some_and(|w| !w.mac.is_empty()) {

@@ -18,8 +18,7 @@ use tokio::time::Instant;
 use super::replicas::{Replica, ReplicaState};
 use super::{Action, ClusterModel, Key};
 use crate::placement::{
-    Decision, Device, GpuView, ModelDemand, NodeView, Policy, Problem, Replica as PlacedReplica,
-    Solution,
+    Decision, Device, ModelDemand, NodeView, Policy, Problem, Replica as PlacedReplica, Solution,
 };
 
 /// The cluster as a placement problem, and the replicas it had then.
@@ -98,22 +97,7 @@ impl ClusterModel {
                 name: n.name.clone(),
                 schedulable: n.schedulable(),
                 ram_budget: n.ram_budget(headroom),
-                gpus: n
-                    .status
-                    .resources
-                    .as_ref()
-                    .map(|r| {
-                        r.gpus
-                            .iter()
-                            .map(|g| GpuView {
-                                index: g.index,
-                                budget: g.memory_total_bytes.saturating_sub(
-                                    (g.memory_total_bytes as f64 * headroom) as u64,
-                                ),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                gpus: n.usable_gpus(headroom),
                 files: n.status.file_digests.iter().cloned().collect(),
             })
             .collect();
@@ -172,7 +156,7 @@ impl ClusterModel {
                 name: m.name.clone(),
                 digest: m.digest.clone(),
                 memory: m.memory_needed(),
-                want: m.want(),
+                want: m.placement_want(),
                 min_replicas: m.policy.min_replicas,
                 max_replicas: m.policy.max_replicas,
                 desired_replicas: m.target(schedulable),
@@ -324,6 +308,7 @@ impl ClusterModel {
             file_bytes: m.file_bytes,
             settings: Some(super::catalog::settings_message(&settings)),
             immich: m.immich.as_ref().map(|i| i.stage.clone()),
+            device: crate::admin::device_name(&device),
         };
         self.replicas.insert(
             key.clone(),
@@ -347,6 +332,8 @@ impl ClusterModel {
                 "no node can hold model '{model}': no node is up and taking replicas ({} known)",
                 self.nodes.len()
             )
+        } else if let Some(why) = self.no_gpu_reason(model) {
+            why
         } else {
             unplaceable_reason(model, needed, largest_free, have, target)
         };
@@ -360,6 +347,30 @@ impl ClusterModel {
             m.short_logged = Some(why.clone());
             m.unplaceable = (have == 0).then_some(why);
         }
+    }
+}
+
+impl ClusterModel {
+    /// Why a model that runs only on a GPU cannot be placed, when no node up offers a
+    /// GPU it can run on (with a node's reason for GPUs it cannot use).
+    fn no_gpu_reason(&self, model: &str) -> Option<String> {
+        if self.models.get(model)?.want() != crate::placement::Want::Gpu {
+            return None;
+        }
+        let up = || self.nodes.values().filter(|n| n.schedulable());
+        if up().any(|n| !n.usable_gpus(0.0).is_empty()) {
+            return None;
+        }
+        let unusable = up().find_map(|n| {
+            let r = n.status.resources.as_ref()?;
+            let g = r.gpus.iter().find(|g| !g.unusable.is_empty())?;
+            Some(format!(" (node '{}': {})", n.name, g.unusable))
+        });
+        Some(format!(
+            "no node can hold model '{model}': it has device = \"gpu\" and no node up \
+             offers a GPU it can run on{}",
+            unusable.unwrap_or_default()
+        ))
     }
 }
 

@@ -84,7 +84,8 @@ impl ClusterModel {
                 }
                 Some(_) => {}
                 None => {
-                    let replica = Replica::new(ReplicaState::Ready, Device::Cpu, m.ttl_ms < 0, now);
+                    let device = reported_device(m);
+                    let replica = Replica::new(ReplicaState::Ready, device, m.ttl_ms < 0, now);
                     self.replicas.insert(key, replica);
                     self.events
                         .push("adopted", node, &m.name, "the node reports it ready");
@@ -110,7 +111,7 @@ impl ClusterModel {
         }
         for m in &status.models {
             if let Some(r) = self.replicas.get_mut(&(m.name.clone(), node.to_string())) {
-                r.memory = m.memory_bytes;
+                r.memory = pool_bytes(&r.device, m);
             }
         }
     }
@@ -238,5 +239,23 @@ impl ClusterModel {
     pub fn unload_failed(&mut self, model: &str, node: &str, message: &str) {
         self.events
             .push("unload_failed", node, model, message.to_string());
+    }
+}
+
+/// Where a node says a model runs ("gpu:N", else the CPU).
+fn reported_device(m: &herd_proto::herd::ModelStatus) -> Device {
+    m.device
+        .strip_prefix("gpu:")
+        .and_then(|i| i.parse().ok())
+        .map_or(Device::Cpu, Device::Gpu)
+}
+
+/// The bytes a replica holds in its pool: GPU memory for one on a GPU (its RAM is
+/// counted in the node's available memory), else its worker's RAM. A GPU replica whose
+/// GPU memory is not measured (yet) counts its RAM, the best guess at hand.
+fn pool_bytes(device: &Device, m: &herd_proto::herd::ModelStatus) -> u64 {
+    match device {
+        Device::Gpu(_) if m.gpu_memory_bytes > 0 => m.gpu_memory_bytes,
+        _ => m.memory_bytes,
     }
 }

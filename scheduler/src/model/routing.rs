@@ -74,12 +74,13 @@ impl ClusterModel {
 
     /// A ready replica of `model`, not on `avoid`. `asked` says whether this request
     /// has asked for the model already: then a reason it cannot be placed or loaded is
-    /// its answer.
+    /// its answer. `stand_ins`: whether a CPU stand-in of a GPU-only model may take it.
     pub fn pick(
         &mut self,
         model: &str,
         avoid: Option<&str>,
         asked: bool,
+        stand_ins: bool,
         now: Instant,
         rng: &mut impl Rng,
     ) -> Result<Pick, SchedulerError> {
@@ -98,6 +99,7 @@ impl ClusterModel {
             .ready_replicas(model)
             .into_iter()
             .filter(|(n, _)| Some(n.as_str()) != avoid)
+            .filter(|(_, r)| stand_ins || !self.is_stand_in(model, &r.device))
             .map(|(n, r)| (n, (r.outstanding.load(Ordering::Relaxed), r.last_used)))
             .collect();
         // A suspect node gets requests only when no other replica can take them.

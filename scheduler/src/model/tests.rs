@@ -33,6 +33,7 @@ fn catalog_model(name: &str, policy: ClusterPolicy) -> CatalogModel {
             ..policy
         },
         digest: None,
+        gpu: None,
     };
     CatalogModel::new(files, digest(name))
 }
@@ -391,7 +392,7 @@ fn a_restarted_scheduler_adopts_what_agents_report_and_loads_nothing_again() {
 fn a_replica_the_node_stops_reporting_goes_and_its_demand_ends() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
     assert!(matches!(
-        c.pick("m", None, false, now, &mut StdRng::seed_from_u64(1)),
+        c.pick("m", None, false, true, now, &mut StdRng::seed_from_u64(1)),
         Ok(Pick::Asked)
     ));
     place_and_load(&mut c, now);
@@ -445,7 +446,7 @@ fn a_busy_model_scales_up_after_the_delay_and_back_down_when_idle() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut guards = Vec::new();
     for _ in 0..3 {
-        match c.pick("m", None, true, now, &mut rng) {
+        match c.pick("m", None, true, true, now, &mut rng) {
             Ok(Pick::Ready { outstanding, .. }) => guards.push(outstanding),
             other => panic!("{other:?}"),
         }
@@ -460,7 +461,8 @@ fn a_busy_model_scales_up_after_the_delay_and_back_down_when_idle() {
     assert_eq!(ready_nodes(&c, "m").len(), 2);
     // max_replicas holds however busy it stays.
     for _ in 0..6 {
-        if let Ok(Pick::Ready { outstanding, .. }) = c.pick("m", None, true, later, &mut rng) {
+        if let Ok(Pick::Ready { outstanding, .. }) = c.pick("m", None, true, true, later, &mut rng)
+        {
             guards.push(outstanding);
         }
     }
@@ -485,11 +487,11 @@ fn a_request_asks_for_its_model_once_then_waits_and_learns_it_cannot_fit() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("big", big)]);
     let mut rng = StdRng::seed_from_u64(3);
     assert_eq!(
-        c.pick("none", None, false, now, &mut rng).map(|_| ()),
+        c.pick("none", None, false, true, now, &mut rng).map(|_| ()),
         Err(SchedulerError::UnknownModel("none".into()))
     );
     assert!(matches!(
-        c.pick("big", None, false, now, &mut rng),
+        c.pick("big", None, false, true, now, &mut rng),
         Ok(Pick::Asked)
     ));
     assert_eq!(
@@ -497,11 +499,11 @@ fn a_request_asks_for_its_model_once_then_waits_and_learns_it_cannot_fit() {
         Some((true, 1))
     );
     assert!(matches!(
-        c.pick("big", None, true, now, &mut rng),
+        c.pick("big", None, true, true, now, &mut rng),
         Ok(Pick::Wait)
     ));
     assert_eq!(round(&mut c, now), vec![]);
-    let refused = c.pick("big", None, true, now, &mut rng).map(|_| ());
+    let refused = c.pick("big", None, true, true, now, &mut rng).map(|_| ());
     match refused {
         Err(e @ SchedulerError::Unplaceable(_)) => {
             assert_eq!(e.code(), tonic::Code::ResourceExhausted);
@@ -518,13 +520,14 @@ fn a_request_asks_for_its_model_once_then_waits_and_learns_it_cannot_fit() {
 fn a_failed_load_is_the_answer_and_is_not_tried_again_until_asked() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
     let mut rng = StdRng::seed_from_u64(5);
-    c.pick("m", None, false, now, &mut rng).expect("asked");
+    c.pick("m", None, false, true, now, &mut rng)
+        .expect("asked");
     assert_eq!(loads(&round(&mut c, now)).len(), 1);
     assert_eq!(
         c.load_failed("m", "a", "not an onnx model", false, now),
         vec![]
     );
-    let answer = c.pick("m", None, true, now, &mut rng).map(|_| ());
+    let answer = c.pick("m", None, true, true, now, &mut rng).map(|_| ());
     assert_eq!(
         answer,
         Err(SchedulerError::LoadFailed(
@@ -532,7 +535,7 @@ fn a_failed_load_is_the_answer_and_is_not_tried_again_until_asked() {
         ))
     );
     assert_eq!(round(&mut c, now), vec![], "no retry loop");
-    c.pick("m", None, false, now, &mut rng)
+    c.pick("m", None, false, true, now, &mut rng)
         .expect("asked again");
     assert_eq!(
         loads(&round(&mut c, now)).len(),
@@ -572,7 +575,8 @@ fn what_changed_while_solve_ran_is_respected() {
         vec![catalog_model("m", ClusterPolicy::default())],
     );
     let mut rng = StdRng::seed_from_u64(9);
-    c.pick("m", None, false, now, &mut rng).expect("asked");
+    c.pick("m", None, false, true, now, &mut rng)
+        .expect("asked");
     let snapshot = c.snapshot(Policy::Spread, 0.0, now).expect("snapshot");
     let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
     // Meanwhile the model was unloaded on request: its demand ended.
@@ -581,7 +585,8 @@ fn what_changed_while_solve_ran_is_respected() {
     assert!(c.replicas_of("m").is_empty());
 
     // Meanwhile the chosen node went down: nothing is loaded there.
-    c.pick("m", None, false, now, &mut rng).expect("asked");
+    c.pick("m", None, false, true, now, &mut rng)
+        .expect("asked");
     let snapshot = c.snapshot(Policy::Spread, 0.0, now).expect("snapshot");
     let changes = snapshot.changes(solve(&snapshot.problem, &snapshot.previous));
     let chosen = changes.coming[0].0 .1.clone();
@@ -612,7 +617,7 @@ fn routing_prefers_the_replica_with_less_work() {
     busy.fetch_add(10, Ordering::Relaxed);
     let mut rng = StdRng::seed_from_u64(11);
     for _ in 0..20 {
-        match c.pick("m", None, true, now, &mut rng) {
+        match c.pick("m", None, true, true, now, &mut rng) {
             Ok(Pick::Ready { node, outstanding }) => {
                 assert_eq!(node, "b");
                 outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -621,7 +626,7 @@ fn routing_prefers_the_replica_with_less_work() {
         }
     }
     // A retry avoids the node that failed it, busy or not.
-    match c.pick("m", Some("b"), true, now, &mut rng) {
+    match c.pick("m", Some("b"), true, true, now, &mut rng) {
         Ok(Pick::Ready { node, .. }) => assert_eq!(node, "a"),
         other => panic!("{other:?}"),
     }
@@ -653,7 +658,7 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", pinned(2))]);
     let mut rng = StdRng::seed_from_u64(11);
     assert!(matches!(
-        c.pick("m", None, false, now, &mut rng),
+        c.pick("m", None, false, true, now, &mut rng),
         Ok(Pick::Asked)
     ));
     assert_eq!(loads(&round(&mut c, now)), vec![("m".into(), "a".into())]);
@@ -665,7 +670,7 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
         logged[0]
     );
     assert!(
-        matches!(c.pick("m", None, true, now, &mut rng), Ok(Pick::Wait)),
+        matches!(c.pick("m", None, true, true, now, &mut rng), Ok(Pick::Wait)),
         "a request waits for the loading replica instead of failing"
     );
     c.loaded("m", "a", 60 * MIB, true, Duration::from_millis(5), now);
@@ -674,7 +679,7 @@ fn a_model_short_of_min_replicas_is_served_by_the_replica_it_has_and_logged_once
     }
     assert_eq!(events(&c, "unplaceable"), 1, "not again every round");
     assert!(matches!(
-        c.pick("m", None, true, now, &mut rng),
+        c.pick("m", None, true, true, now, &mut rng),
         Ok(Pick::Ready { .. })
     ));
     // A second node makes it whole; a later shortage would be news again.
@@ -712,7 +717,7 @@ fn a_node_that_keeps_failing_loads_rests_then_takes_replicas_again() {
     let (mut c, now) = cluster(&["a"], vec![catalog_model("m", ClusterPolicy::default())]);
     let mut rng = StdRng::seed_from_u64(5);
     let mut ask_and_round = |c: &mut ClusterModel, at: Instant| {
-        c.pick("m", None, false, at, &mut rng).expect("asked");
+        c.pick("m", None, false, true, at, &mut rng).expect("asked");
         loads(&round(c, at))
     };
     for _ in 0..super::nodes::FAILURES_BEFORE_REST {
@@ -782,13 +787,13 @@ fn a_suspect_node_gets_requests_only_when_no_other_can_take_them() {
     assert_eq!(messages(&c, "suspect"), ["unanswered"]);
     let mut rng = StdRng::seed_from_u64(1);
     for _ in 0..20 {
-        match c.pick("m", None, false, now, &mut rng) {
+        match c.pick("m", None, false, true, now, &mut rng) {
             Ok(Pick::Ready { node, .. }) => assert_eq!(node, "b"),
             other => panic!("{other:?}"),
         }
     }
     // With "b" avoided, the suspect one still serves rather than nobody.
-    match c.pick("m", Some("b"), false, now, &mut rng) {
+    match c.pick("m", Some("b"), false, true, now, &mut rng) {
         Ok(Pick::Ready { node, .. }) => assert_eq!(node, "a"),
         other => panic!("{other:?}"),
     }

@@ -86,6 +86,16 @@ impl ClusterModel {
         plan
     }
 
+    /// The nodes being woken, for messages: "node 'gpu' is waking".
+    pub fn waking_names(&self) -> String {
+        let names: Vec<String> = self.waking.keys().map(|n| format!("'{n}'")).collect();
+        match names.len() {
+            0 => "no wake in progress".into(),
+            1 => format!("node {} is waking", names[0]),
+            _ => format!("nodes {} are waking", names.join(", ")),
+        }
+    }
+
     /// Whether a wake is in progress (a packet went, and no join yet).
     pub fn waking_now(&self) -> bool {
         !self.waking.is_empty()

@@ -358,6 +358,13 @@ impl<'a> State<'a> {
                     }
                 },
             };
+            // A GPU-only model's replica in RAM (a CPU stand-in whose GPU is back, a
+            // changed herd.toml) goes, for one on a GPU.
+            if slot == RAM && self.models[model].view.want == Want::Gpu {
+                let why = "the model runs on a GPU (device = \"gpu\"): its CPU replica goes";
+                self.drop_replica(replica, why.into());
+                continue;
+            }
             let memory = if replica.memory > 0 {
                 replica.memory
             } else {
@@ -522,7 +529,19 @@ impl<'a> State<'a> {
         let kinds = kinds(view.want);
         for &kind in kinds {
             if let Some(fit) = self.best_fit(model, kind) {
-                let reason = self.fit_reason(&fit);
+                let mut reason = self.fit_reason(&fit);
+                if view.want == Want::Any && kind == Kind::Ram {
+                    let why = if self.nodes.iter().all(|n| n.pools.len() == 1) {
+                        "no node up offers a GPU it can run on".to_string()
+                    } else {
+                        format!(
+                            "no GPU has room for it ({} needed, largest free GPU memory {})",
+                            bytes(view.memory),
+                            bytes(self.largest_free(Kind::Gpu))
+                        )
+                    };
+                    reason = format!("on the CPU: {why}; {reason}");
+                }
                 self.place(model, fit.node, fit.slot, reason);
                 return true;
             }
