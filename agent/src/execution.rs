@@ -80,6 +80,19 @@ pub fn cuda_missing(library: &Path) -> Option<String> {
     ))
 }
 
+/// ONNX Runtime's words for a CUDA provider that would not start, with what they
+/// mean when the cause is the machine's: libcuda.so.1 is the NVIDIA driver's.
+pub fn explain_cuda_failure(message: &str) -> String {
+    if message.contains("libcuda.so.1") {
+        format!(
+            "{message} (libcuda.so.1 comes with the NVIDIA driver: this machine has none \
+             loaded, or not one for CUDA 13, which needs driver 580 or newer)"
+        )
+    } else {
+        message.to_string()
+    }
+}
+
 /// The directory of CUDA and cuDNN libraries set up beside the ONNX Runtime at
 /// `library`, when there is one.
 pub fn cuda_library_dir(library: &Path) -> Option<PathBuf> {
@@ -143,6 +156,18 @@ mod tests {
         std::fs::create_dir(dir.path().join("cuda")).expect("write");
         assert_eq!(cuda_missing(&library), None);
         assert_eq!(cuda_library_dir(&library), Some(dir.path().join("cuda")));
+    }
+
+    #[test]
+    fn a_missing_driver_is_named_as_such() {
+        let raw = "Failed to load library libonnxruntime_providers_cuda.so with error: \
+                   libcuda.so.1: cannot open shared object file";
+        let told = explain_cuda_failure(raw);
+        assert!(
+            told.starts_with(raw) && told.contains("NVIDIA driver"),
+            "{told}"
+        );
+        assert_eq!(explain_cuda_failure("out of memory"), "out of memory");
     }
 
     #[test]

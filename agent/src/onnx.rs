@@ -144,7 +144,7 @@ impl OrtRuntime {
                     .with_execution_providers([cuda, cpu])
                     .map_err(|e| OrtError::NoGpu {
                         index,
-                        why: e.to_string(),
+                        why: crate::execution::explain_cuda_failure(&e.to_string()),
                     })?
             }
         };

@@ -22,6 +22,8 @@ mod stand_in;
 mod waking;
 pub use waking::{WakePlan, RESEND_EVERY};
 #[cfg(test)]
+mod gpu_tests;
+#[cfg(test)]
 mod tests;
 
 pub use actions::Action;

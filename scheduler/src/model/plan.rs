@@ -143,10 +143,13 @@ impl ClusterModel {
             while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm < m.name) {
                 previous.push(placed(key, r, 0, now));
             }
-            // Those on draining nodes are moving away: they do not count.
+            // Those on draining nodes are moving away: they do not count; nor do CPU
+            // stand-ins whose GPU is back (solve drops them).
             let mut schedulable = 0;
+            let want = m.placement_want();
             while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm == m.name) {
-                if schedulable_nodes.contains(key.1.as_str()) {
+                let moving = want == crate::placement::Want::Gpu && r.device == Device::Cpu;
+                if schedulable_nodes.contains(key.1.as_str()) && !moving {
                     schedulable += 1;
                 }
                 let hint = m.policy.memory_hint.unwrap_or(0);
@@ -156,7 +159,7 @@ impl ClusterModel {
                 name: m.name.clone(),
                 digest: m.digest.clone(),
                 memory: m.memory_needed(),
-                want: m.placement_want(),
+                want,
                 min_replicas: m.policy.min_replicas,
                 max_replicas: m.policy.max_replicas,
                 desired_replicas: m.target(schedulable),

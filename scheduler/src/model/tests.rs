@@ -16,12 +16,12 @@ use super::*;
 use crate::error::SchedulerError;
 use crate::placement::{solve, Policy};
 
-const REPORT: Duration = Duration::from_millis(100);
+pub(super) const REPORT: Duration = Duration::from_millis(100);
 /// Three missed reports.
-const DOWN_AFTER: Duration = Duration::from_millis(300);
-const MIB: u64 = 1 << 20;
+pub(super) const DOWN_AFTER: Duration = Duration::from_millis(300);
+pub(super) const MIB: u64 = 1 << 20;
 
-fn catalog_model(name: &str, policy: ClusterPolicy) -> CatalogModel {
+pub(super) fn catalog_model(name: &str, policy: ClusterPolicy) -> CatalogModel {
     let files = ModelFiles {
         name: name.to_string(),
         version: 1,
@@ -38,7 +38,7 @@ fn catalog_model(name: &str, policy: ClusterPolicy) -> CatalogModel {
     CatalogModel::new(files, digest(name))
 }
 
-fn digest(model: &str) -> String {
+pub(super) fn digest(model: &str) -> String {
     format!("sha-{model}")
 }
 
@@ -50,7 +50,7 @@ fn pinned(min_replicas: u32) -> ClusterPolicy {
 }
 
 /// A node with `ram` bytes, holding `ready` models ready.
-fn status(ram: u64, ready: &[&str]) -> AgentStatus {
+pub(super) fn status(ram: u64, ready: &[&str]) -> AgentStatus {
     AgentStatus {
         resources: Some(NodeResources {
             memory_total_bytes: ram,
@@ -74,7 +74,7 @@ fn status(ram: u64, ready: &[&str]) -> AgentStatus {
 
 /// A model with `models` in its catalog and `nodes` (of 200 MiB each) joined at `t0`;
 /// returns it with the time placement may start.
-fn cluster(nodes: &[&str], models: Vec<CatalogModel>) -> (ClusterModel, Instant) {
+pub(super) fn cluster(nodes: &[&str], models: Vec<CatalogModel>) -> (ClusterModel, Instant) {
     let t0 = Instant::now();
     let mut c = ClusterModel::new(t0, REPORT, 3);
     for m in models {
@@ -88,7 +88,7 @@ fn cluster(nodes: &[&str], models: Vec<CatalogModel>) -> (ClusterModel, Instant)
 }
 
 /// One placement round: snapshot, solve, apply.
-fn round(c: &mut ClusterModel, now: Instant) -> Vec<Action> {
+pub(super) fn round(c: &mut ClusterModel, now: Instant) -> Vec<Action> {
     let snapshot = c
         .snapshot(Policy::Spread, 0.0, now)
         .expect("past the learning period");
@@ -96,7 +96,7 @@ fn round(c: &mut ClusterModel, now: Instant) -> Vec<Action> {
     c.apply(&changes, now)
 }
 
-fn loads(actions: &[Action]) -> Vec<(String, String)> {
+pub(super) fn loads(actions: &[Action]) -> Vec<(String, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -106,7 +106,7 @@ fn loads(actions: &[Action]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn unloads(actions: &[Action]) -> Vec<(String, String)> {
+pub(super) fn unloads(actions: &[Action]) -> Vec<(String, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -117,7 +117,7 @@ fn unloads(actions: &[Action]) -> Vec<(String, String)> {
 }
 
 /// Places what the model wants and finishes every load.
-fn place_and_load(c: &mut ClusterModel, now: Instant) -> Vec<(String, String)> {
+pub(super) fn place_and_load(c: &mut ClusterModel, now: Instant) -> Vec<(String, String)> {
     let placed = loads(&round(c, now));
     for (m, n) in &placed {
         c.loaded(m, n, 60 * MIB, true, Duration::from_millis(5), now);
@@ -138,7 +138,7 @@ fn check_liveness_until(c: &mut ClusterModel, from: Instant, to: Instant) -> Vec
 }
 
 /// The messages of the recent events of `kind`, oldest first.
-fn messages(c: &ClusterModel, kind: &str) -> Vec<String> {
+pub(super) fn messages(c: &ClusterModel, kind: &str) -> Vec<String> {
     c.events()
         .recent(100)
         .into_iter()
@@ -155,7 +155,7 @@ fn events(c: &ClusterModel, kind: &str) -> usize {
         .count()
 }
 
-fn ready_nodes(c: &ClusterModel, model: &str) -> Vec<String> {
+pub(super) fn ready_nodes(c: &ClusterModel, model: &str) -> Vec<String> {
     c.ready_replicas(model)
         .into_iter()
         .map(|(n, _)| n)
