@@ -29,6 +29,9 @@ pub fn server_gone(status: &tonic::Status) -> bool {
 
 /// Whether tonic made `status` from the connection failing under the request. A status
 /// the server sent has no source; this client's deadline has one, but is an answer.
+/// The connection can fail in the transport ("transport error") or while the answer's
+/// body is read (UNKNOWN "h2 protocol error: error reading a body from connection", an
+/// I/O error or GOAWAY under HTTP/2).
 fn connection_lost(status: &tonic::Status) -> bool {
     let mut transport = false;
     let mut source = std::error::Error::source(status);
@@ -37,6 +40,9 @@ fn connection_lost(status: &tonic::Status) -> bool {
             return false;
         }
         transport |= error.is::<tonic::transport::Error>();
+        transport |= error
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|e| e.is_io() || e.is_go_away());
         source = error.source();
     }
     transport
@@ -296,6 +302,14 @@ mod tests {
         )
         .await;
         assert!(!server_gone(&status), "{status:?}");
+    }
+
+    #[test]
+    fn a_stream_the_server_reset_is_its_answer() {
+        // (h2 makes its I/O and GOAWAY errors only from a real connection: the server
+        // killed mid-request in tests/it/failover_client.rs is that case.)
+        let reset = Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+        assert!(!server_gone(&reset), "{reset:?}");
     }
 
     #[test]
