@@ -13,6 +13,7 @@ mod connections;
 mod dash;
 mod doors;
 mod failover_client;
+mod gpu;
 mod hosts;
 mod immich;
 mod kserve_http;

@@ -51,6 +51,9 @@ pub struct CatalogModel {
     /// A GPU-only model that may run on a CPU stand-in while a GPU node wakes (see
     /// `model::stand_in`).
     pub stand_in: bool,
+    /// Why a `device = "any"` model failed to load on a GPU: it runs on the CPU until a
+    /// node with a GPU joins again.
+    pub gpu_failed: Option<String>,
 }
 
 impl CatalogModel {
@@ -79,6 +82,7 @@ impl CatalogModel {
             load_error: None,
             immich: None,
             stand_in: false,
+            gpu_failed: None,
         }
     }
 
@@ -119,10 +123,12 @@ impl CatalogModel {
     }
 
     /// What placement gives it now: a GPU-only model standing in on a CPU may be
-    /// placed in RAM while no GPU can take it.
+    /// placed in RAM while no GPU can take it; a `device = "any"` model whose GPU load
+    /// failed goes to RAM.
     pub fn placement_want(&self) -> Want {
         match self.want() {
             Want::Gpu if self.stand_in => Want::Any,
+            Want::Any if self.gpu_failed.is_some() => Want::Cpu,
             want => want,
         }
     }

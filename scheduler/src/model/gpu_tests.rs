@@ -198,3 +198,62 @@ fn a_cpu_stands_in_for_interactive_requests_until_a_gpu_node_is_back() {
         "{dropped:?}"
     );
 }
+
+#[test]
+fn an_any_model_whose_gpu_load_fails_falls_back_to_the_cpu_with_the_reason() {
+    let any = catalog_model(
+        "m",
+        ClusterPolicy {
+            device: Wanted::Any,
+            ..Default::default()
+        },
+    );
+    let (mut c, t) = cluster(&[], vec![any]);
+    c.join("box", "box:8002", with_gpus(vec![gpu(0, 8 * GIB, 0, 0)]), t)
+        .expect("join");
+    c.want_model("m").expect("in the catalog");
+    assert_eq!(
+        loads(&round(&mut c, t)),
+        [("m".to_string(), "box".to_string())]
+    );
+    assert_eq!(
+        c.replica("m", "box").map(|r| r.device.clone()),
+        Some(Device::Gpu(0))
+    );
+
+    let actions = c.load_failed("m", "box", "cannot run on GPU 0: no driver", false, t);
+    assert!(matches!(actions[..], [Action::Reconcile]), "{actions:?}");
+    let fallback = messages(&c, "fallback");
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert!(
+        fallback[0]
+            .contains("loading it on GPU 0 of node 'box' failed: cannot run on GPU 0: no driver")
+            && fallback[0].contains("runs on the CPU"),
+        "{}",
+        fallback[0]
+    );
+    // The request that asked is not failed: it waits for the CPU replica.
+    let mut rng = StdRng::seed_from_u64(1);
+    assert!(matches!(
+        c.pick("m", None, true, true, t, &mut rng),
+        Ok(Pick::Wait)
+    ));
+    place_and_load(&mut c, t);
+    assert_eq!(where_ready(&c, "m"), [("box".into(), Device::Cpu)]);
+
+    // A GPU-only model has no such fallback: its failure is the answer.
+    let (mut c, t) = cluster(&[], vec![gpu_model("g")]);
+    c.join("box", "box:8002", with_gpus(vec![gpu(0, 8 * GIB, 0, 0)]), t)
+        .expect("join");
+    c.want_model("g").expect("in the catalog");
+    assert_eq!(
+        loads(&round(&mut c, t)),
+        [("g".to_string(), "box".to_string())]
+    );
+    c.load_failed("g", "box", "cannot run on GPU 0: no driver", false, t);
+    assert!(messages(&c, "fallback").is_empty());
+    assert!(matches!(
+        c.pick("g", None, true, true, t, &mut rng),
+        Err(SchedulerError::LoadFailed(_))
+    ));
+}

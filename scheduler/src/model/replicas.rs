@@ -188,7 +188,13 @@ impl ClusterModel {
         unreachable: bool,
         now: Instant,
     ) -> Vec<Action> {
-        self.replicas.remove(&(model.to_string(), node.to_string()));
+        let removed = self.replicas.remove(&(model.to_string(), node.to_string()));
+        if let Some(Device::Gpu(index)) = removed.map(|r| r.device) {
+            if !unreachable && self.gpu_failed(model, node, index, message) {
+                self.count_load_failure(node, message, now);
+                return vec![Action::Reconcile];
+            }
+        }
         // "transport error" or "http2 error" alone does not say that nothing arrived.
         let message = if unreachable {
             let at = self

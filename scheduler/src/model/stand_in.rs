@@ -48,8 +48,36 @@ impl ClusterModel {
                 .is_some_and(|m| m.want() == Want::Gpu)
     }
 
+    /// A load of `model` on GPU `index` of `node` failed with `message`. A model that
+    /// may run anywhere falls back to the CPU (placed again at once, the request that
+    /// asked for it waiting for that); whether it did.
+    pub(super) fn gpu_failed(
+        &mut self,
+        model: &str,
+        node: &str,
+        index: u32,
+        message: &str,
+    ) -> bool {
+        let Some(m) = self.models.get_mut(model) else {
+            return false;
+        };
+        if m.want() != Want::Any {
+            return false;
+        }
+        let why = format!("loading it on GPU {index} of node '{node}' failed: {message}");
+        m.gpu_failed = Some(why.clone());
+        m.unplaceable = None;
+        self.events.push(
+            "fallback",
+            node,
+            model,
+            format!("{why}; it runs on the CPU until a node with a GPU joins again"),
+        );
+        true
+    }
+
     /// `node` is up: if it has a GPU replicas can run on, stand-ins end and their models
-    /// go back to GPUs.
+    /// go back to GPUs, and models whose GPU load failed may try a GPU again.
     pub(super) fn gpu_node_back(&mut self, node: &str) {
         let has_gpu = self
             .nodes
@@ -57,6 +85,9 @@ impl ClusterModel {
             .is_some_and(|n| !n.usable_gpus(0.0).is_empty());
         if !has_gpu {
             return;
+        }
+        for m in self.models.values_mut() {
+            m.gpu_failed = None;
         }
         for m in self.models.values_mut().filter(|m| m.stand_in) {
             m.stand_in = false;
