@@ -84,21 +84,39 @@ impl BytesBudget {
 
     /// Takes `bytes` until the charge is dropped, or says why not (RESOURCE_EXHAUSTED).
     pub fn try_take(&self, bytes: usize) -> Result<Charge, Status> {
+        self.try_take_as(bytes, false)
+    }
+
+    /// As [`BytesBudget::try_take`], for a request of the bulk class when `bulk`: bulk
+    /// requests may hold three quarters of the budget, so that under overload they are
+    /// refused first and the last quarter stays for interactive ones.
+    pub fn try_take_as(&self, bytes: usize, bulk: bool) -> Result<Charge, Status> {
+        let limit = if bulk {
+            self.max - self.max / 4
+        } else {
+            self.max
+        };
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.max)
+                used.checked_add(bytes).filter(|total| *total <= limit)
             });
+        let max = bytesize::ByteSize(self.max as u64).display().iec();
         match taken {
             Ok(_) => Ok(Charge {
                 used: self.used.clone(),
                 bytes,
             }),
+            Err(used) if bulk => Err(Status::resource_exhausted(format!(
+                "the server holds {used} bytes of requests; this bulk request's {bytes} would \
+                 pass the {limit} bytes bulk requests may hold (three quarters of {max}, \
+                 --max-in-flight-bytes; the rest is kept for interactive requests); try again \
+                 later"
+            ))),
             Err(used) => Err(Status::resource_exhausted(format!(
                 "the server holds {used} bytes of requests; this one's {bytes} would pass its \
-                 limit of {} bytes ({}; --max-in-flight-bytes); try again later",
+                 limit of {} bytes ({max}; --max-in-flight-bytes); try again later",
                 self.max,
-                bytesize::ByteSize(self.max as u64).display().iec()
             ))),
         }
     }
@@ -164,9 +182,17 @@ where
         let held = SharedHeld::default();
         let budget = self.budget.clone();
         let counted = held.clone();
+        // The class from the header only: KServe's `priority` parameter is inside the
+        // message, which is not read yet.
+        let bulk = request
+            .headers()
+            .get(crate::priority::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("bulk"));
         let request = request.map(move |inner| {
             let counter = Counter {
                 budget,
+                bulk,
                 held: counted,
                 prefix: [0; PREFIX],
                 prefix_len: 0,
@@ -196,6 +222,8 @@ impl Drop for Release {
 /// Takes each message's bytes from the budget as its length prefix passes.
 struct Counter {
     budget: BytesBudget,
+    /// The call is of the bulk class (its `herd-priority` header).
+    bulk: bool,
     held: SharedHeld,
     prefix: [u8; PREFIX],
     prefix_len: usize,
@@ -231,7 +259,7 @@ impl Watcher for Counter {
             if held.ended || len > self.budget.max {
                 continue;
             }
-            held.charge = Some(self.budget.try_take(len)?);
+            held.charge = Some(self.budget.try_take_as(len, self.bulk)?);
         }
         Ok(())
     }
@@ -392,6 +420,45 @@ mod tests {
         let (mut request, _reply) = handle.next_request().await.expect("the call");
         assert_eq!(read(request.body_mut()).await.ok(), Some(155));
         assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn bulk_requests_are_refused_first_leaving_a_quarter_for_interactive_ones() {
+        let layer = InFlightBytesLayer::new(100);
+        let (mut service, mut handle) = mock::spawn_with(|mock: Mock| layer.layer(mock));
+        let bulk_call = |size| {
+            let (parts, ()) =
+                grpc_request(INFER, &[(crate::priority::HEADER, "bulk")]).into_parts();
+            http::Request::from_parts(parts, FrameBody::data(vec![message(size)]))
+        };
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _first = service.call(bulk_call(60));
+        let (mut request, _reply1) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(65));
+
+        // 60 + 20 passes the 75 bulk may hold: refused, saying so.
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _second = service.call(bulk_call(20));
+        let (mut request, _reply2) = handle.next_request().await.expect("the call");
+        let status = read(request.body_mut())
+            .await
+            .expect_err("past bulk's share");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .contains("this bulk request's 20 would pass the 75 bytes bulk")
+                && status.message().contains("kept for interactive requests"),
+            "{}",
+            status.message()
+        );
+
+        // An interactive one of the same size still fits the whole budget.
+        assert!(service.poll_ready::<http::Request<Frames>>().is_ready());
+        let _third = service.call(call_with(vec![message(30)]));
+        let (mut request, _reply3) = handle.next_request().await.expect("the call");
+        assert_eq!(read(request.body_mut()).await.ok(), Some(35));
+        assert_eq!(layer.in_flight(), 90);
     }
 
     #[tokio::test]
