@@ -104,6 +104,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             herd_cli::up::run(config, Arc::new(loader), grpc, http, shutdown_signal()).await
         }
         Command::Scheduler(config) => {
+            // The scheduler relays tensors too: one burst of large requests would
+            // otherwise leave it holding their peak for good.
+            herd_agent::return_large_allocations();
             let grpc = bind(config.listen).await?;
             let http = bind(config.http).await?;
             Ok(herd_scheduler::run(config, grpc, http, shutdown_signal()).await?)
