@@ -488,6 +488,9 @@ pub fn node_detail(n: &NodeView) -> String {
             g.name,
             used_of(g.memory_used_bytes, g.memory_total_bytes)
         );
+        if !g.unusable.is_empty() {
+            let _ = writeln!(s, "           no replica runs here: {}", g.unusable);
+        }
     }
     let _ = writeln!(
         s,
@@ -593,6 +596,15 @@ nas      10.0.0.2:8001  up        4.0 GiB / 16.0 GiB                   -   25% o
         let gpu = node_detail(&views[0]);
         assert!(
             gpu.contains("gpu 0      RTX 3090 6.0 GiB / 24.0 GiB"),
+            "{gpu}"
+        );
+        assert!(!gpu.contains("no replica runs here"), "{gpu}");
+        // A GPU the node cannot run on says why.
+        let mut cpu_build = views[0].clone();
+        cpu_build.gpus[0].unusable = "this node's ONNX Runtime is the CPU build".into();
+        let gpu = node_detail(&cpu_build);
+        assert!(
+            gpu.contains("no replica runs here: this node's ONNX Runtime is the CPU build"),
             "{gpu}"
         );
     }

@@ -395,6 +395,9 @@ pub struct GpuView {
     pub name: String,
     pub memory_total_bytes: u64,
     pub memory_used_bytes: u64,
+    /// Why no replica can run on it (the node's ONNX Runtime has no CUDA provider);
+    /// empty when they can.
+    pub unusable: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -489,6 +492,7 @@ pub fn nodes_of(nodes: &[NodeInfo], rates: &Rates, latency: &mut impl Quantiles)
                         name: g.name.clone(),
                         memory_total_bytes: g.memory_total_bytes,
                         memory_used_bytes: g.memory_used_bytes,
+                        unusable: g.unusable.clone(),
                     })
                     .collect(),
                 queue_length: held.iter().map(|m| u64::from(m.queue_length)).sum(),
