@@ -12,7 +12,7 @@ use ort::value::{
 use crate::execution::Execution;
 use crate::session::{LoadError, Loader, Session, SessionError};
 use herd_core::repository::ModelFiles;
-use herd_core::tensor::{decode, encode, Element, ModelSpec, Tensor, TensorSpec};
+use herd_core::tensor::{decode_vec, encode_slice, Element, ModelSpec, Tensor, TensorSpec};
 
 /// The ONNX Runtime version herd is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
@@ -278,7 +278,7 @@ fn data_type(ty: TensorElementType) -> Option<DataType> {
 fn to_ort(t: &Tensor) -> Result<DynValue, OrtError> {
     /// The bytes decode straight into the `Vec` ONNX Runtime takes over: one copy.
     fn value<T: OrtElement>(t: &Tensor) -> Result<DynValue, OrtError> {
-        let values: Vec<T> = decode(&t.data);
+        let values: Vec<T> = decode_vec(&t.data);
         Ok(OrtTensor::from_array((t.shape.clone(), values))?.into_dyn())
     }
     by_element!(t.dtype, value(t), other => Err(OrtError::UnsupportedInput(other)))
@@ -291,7 +291,7 @@ fn from_ort(v: &DynValue) -> Result<Tensor, OrtError> {
         Ok(Tensor {
             dtype: T::DTYPE,
             shape: shape.to_vec(),
-            data: Bytes::from(encode(data.iter().copied())),
+            data: Bytes::from(encode_slice(data)),
         })
     }
     let ty = match v.dtype() {
