@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::cluster_support::*;
 use crate::support::*;
 
-fn with_header(value: &str) -> tonic::Request<herd_proto::inference::ModelInferRequest> {
+pub(crate) fn with_header(value: &str) -> tonic::Request<herd_proto::inference::ModelInferRequest> {
     let mut request = tonic::Request::new(mlp_request(1, 0.5));
     request
         .metadata_mut()

@@ -11,6 +11,7 @@ use herd_scheduler::placement::Device;
 use tokio::net::UdpSocket;
 
 use crate::cluster_support::*;
+use crate::priority::with_header;
 use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -179,15 +180,6 @@ async fn an_idle_agent_tells_the_scheduler_then_runs_its_sleep_command() {
     assert_eq!(sleeping[0].node, "idle");
 }
 
-/// `model` with the `herd-priority` header set to `class`.
-fn with_class(class: &str) -> tonic::Request<herd_proto::inference::ModelInferRequest> {
-    let mut request = tonic::Request::new(mlp_request(1, 0.5));
-    request
-        .metadata_mut()
-        .insert("herd-priority", class.parse().expect("ascii"));
-    request
-}
-
 /// Where the scheduler has `model`'s ready replicas: (node, device).
 fn ready_at(cluster: &TestCluster, model: &str) -> Vec<(String, Device)> {
     let c = cluster.scheduler.lock();
@@ -223,12 +215,12 @@ async fn while_the_gpu_node_wakes_a_cpu_stands_in_for_interactive_requests_and_b
 
     // Bulk work waits for the GPU; the first request wakes it.
     let mut client = cluster.client().await;
-    let bulk = tokio::spawn(async move { client.model_infer(with_class("bulk")).await });
+    let bulk = tokio::spawn(async move { client.model_infer(with_header("bulk")).await });
     assert_eq!(next_packet(&catcher).await, expected_packet());
 
     // A search meanwhile is answered by a CPU stand-in on node "a".
     let mut client = cluster.client().await;
-    let answer = tokio::time::timeout(LONG, client.model_infer(with_class("interactive")))
+    let answer = tokio::time::timeout(LONG, client.model_infer(with_header("interactive")))
         .await
         .expect("answered within 60 s")
         .expect("an interactive request is served while the GPU node wakes");
