@@ -4,7 +4,8 @@
 # the release binary, serves the real magika model twice with `herd up` — magika_cpu
 # (device = "cpu") and magika_gpu (device = "gpu"), max_batch_size = 8 each — and prints one
 # table: the GPU model's outputs against the CPU model's on the same random inputs, throughput
-# and p50/p99 at concurrency 1 and 16 (herd bench), and GPU memory before load, loaded, after the
+# and p50/p99 at concurrency 1 and 16 (herd bench), raw ONNX Runtime in-process on each device
+# (herd bench --local, batch 1 and 8), and GPU memory before load, loaded, after the
 # benchmark and after unload (nvidia-smi). The table also goes to $OUT/gpu-check.txt when OUT
 # is set, else to target/gpu-check.txt. Exits non-zero, saying why, without a GPU or when a step
 # fails. Usage: scripts/gpu-check.sh   (DURATION=5s: how long each benchmark step measures)
@@ -124,6 +125,17 @@ for c in 1 16; do
 done
 mem_bench=$(gpu_mib) apps_bench=$(gpu_apps)
 
+# Raw ONNX Runtime in-process on each device, batch 1 and 8: the limit herd's figures compare with.
+raw() {
+  "$herd" bench magika --local .cache/models/magika/1/model.onnx --local-batch 1,8 --json \
+    --warmup 1s --duration "$duration" "$@" |
+    "$python" -c 'import json,sys; print(" ".join("%.0f" % json.loads(l)["items_per_s"] for l in sys.stdin))'
+}
+echo "gpu-check: raw ONNX Runtime on the CPU and on GPU 0" >&2
+raw_cpu=$(raw) || fail "raw ONNX Runtime on the CPU failed"
+raw_gpu=$(LD_LIBRARY_PATH=.cache/onnxruntime-gpu/cuda${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} raw --local-gpu 0) ||
+  fail "raw ONNX Runtime on GPU 0 failed (herd bench --local-gpu 0)"
+
 "$herd" models unload magika_gpu >&2 || fail "unloading magika_gpu failed"
 "$herd" models unload magika_cpu >&2 || fail "unloading magika_cpu failed"
 for _ in $(seq 300); do # the workers exit after unload; give them 30 s
@@ -148,6 +160,9 @@ mem_unloaded=$(gpu_mib) apps_unloaded=$(gpu_apps)
     printf '%-26s %16s %16s %8s\n' "c=$c p50 / p99 (ms)" "$cp50 / $cp99" "$gp50 / $gp99" -
     [ "$cerr$gerr" = 00 ] || printf '%-26s %16s %16s\n' "c=$c errors" "$cerr" "$gerr"
   done
+  read -r rc1 rc8 <<<"$raw_cpu"
+  read -r rg1 rg8 <<<"$raw_gpu"
+  printf '%-26s %16s %16s\n' "raw ORT items/s, b=1 / b=8" "$rc1 / $rc8" "$rg1 / $rg8"
   echo
   echo "GPU memory used (MiB)  [per process: pid:MiB]"
   printf '  %-22s %8s  [%s]\n' "before load" "$mem_before" "$apps_before" \
