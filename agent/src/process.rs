@@ -337,7 +337,7 @@ impl Worker {
 impl Session for Worker {
     /// A tensor's bytes on their way through a run, counted per request (issue 13):
     ///
-    /// in, 5 copies: tonic gathers the HTTP/2 frames into one buffer (1; the request's
+    /// in, 4 copies (5 when batched): tonic gathers the HTTP/2 frames into one buffer (1; the request's
     /// `raw_input_contents` are slices of it); requests batched together are stacked
     /// (`batch::concat`, 1, none for a request running alone); `write_frame` encodes the
     /// frame into a fresh `Vec` (1); the pipe (2: into the kernel, out of it); the
