@@ -337,19 +337,19 @@ impl Worker {
 impl Session for Worker {
     /// A tensor's bytes on their way through a run, counted per request (issue 13):
     ///
-    /// in, 4 copies (5 when batched): tonic gathers the HTTP/2 frames into one buffer (1; the request's
-    /// `raw_input_contents` are slices of it); requests batched together are stacked
-    /// (`batch::concat`, 1, none for a request running alone); `write_frame` encodes the
-    /// frame into a fresh `Vec` (1); the pipe (2: into the kernel, out of it); the
-    /// worker decodes into the `Vec` ONNX Runtime takes over (`decode_vec`, 1: a
-    /// memcpy). The frame is decoded without a copy (the tensors are slices of it).
+    /// in, 4 copies (5 when batched): tonic gathers the HTTP/2 frames into one buffer
+    /// (1; the request's `raw_input_contents` are slices of it); requests batched
+    /// together are stacked (`batch::concat`, 1; none for a request running alone);
+    /// `write_frame` encodes only the frame's heads and writes the bytes from where
+    /// they are (a vectored write); the pipe (2: into the kernel, and out of it into
+    /// the frame the worker decodes without a copy); the worker copies them into the
+    /// `Vec` ONNX Runtime takes over (`decode_vec`, 1: a memcpy).
     ///
-    /// out, 5 copies: the worker encodes ONNX Runtime's buffer (`encode_slice`, 1),
-    /// then into its frame (1); the pipe (2); the agent's frame is decoded and split
-    /// per request without a copy (`batch::split` slices it); tonic encodes the
-    /// response (1). Avoidable still: the frame `Vec` on both sides (a vectored write
-    /// of the tensors beside the encoded header would spare one copy each way) and the
-    /// pipe altogether (shared memory between agent and worker would spare three).
+    /// out, 4 copies: the worker encodes ONNX Runtime's buffer (`encode_slice`, 1); the
+    /// pipe (2; a vectored write again); the agent decodes and splits the frame per
+    /// request without a copy (`batch::split` slices it); tonic encodes the response
+    /// (1). Avoidable still: the pipe (shared memory between agent and worker would
+    /// spare two copies each way).
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, SessionError> {
         let run = worker_command::Command::Run(WorkerRun {
             inputs: inputs.into_iter().map(tensor_to_wire).collect(),
