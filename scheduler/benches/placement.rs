@@ -195,7 +195,7 @@ mod routing {
     use herd_core::{ModelFiles, ModelSettings};
     use herd_proto::herd::{AgentStatus, Gpu, ModelState, ModelStatus, NodeResources};
     use herd_scheduler::model::{CatalogModel, ClusterModel};
-    use herd_scheduler::placement::{solve, Device, Policy, Want};
+    use herd_scheduler::placement::{solve, Policy, Want};
     use herd_scheduler::state::Settings;
     use herd_scheduler::store::embedded::EmbeddedStore;
     use herd_scheduler::Scheduler;
@@ -285,10 +285,7 @@ mod routing {
                     memory_bytes: r.memory,
                     digest: digests.get(&r.model).cloned().unwrap_or_default(),
                     // Adopted where they are: a GPU-only model's replica in RAM would go.
-                    device: match r.device {
-                        Device::Cpu => "cpu".to_string(),
-                        Device::Gpu(i) => format!("gpu:{i}"),
-                    },
+                    device: r.device.name(),
                     ..Default::default()
                 })
                 .collect();

@@ -53,13 +53,6 @@ pub fn node_state(n: &crate::model::Node) -> NodeState {
     }
 }
 
-pub fn device_name(device: &crate::placement::Device) -> String {
-    match device {
-        crate::placement::Device::Cpu => "cpu".to_string(),
-        crate::placement::Device::Gpu(i) => format!("gpu:{i}"),
-    }
-}
-
 pub fn nodes(c: &ClusterModel, now: Instant) -> Vec<NodeInfo> {
     c.nodes()
         .map(|n| NodeInfo {
@@ -97,7 +90,7 @@ pub fn models(c: &ClusterModel) -> Vec<ModelInfo> {
                         mean_batch_size: status.mean_batch_size,
                         ttl_ms: status.ttl_ms,
                         idle_ms: status.idle_ms,
-                        device: device_name(&r.device),
+                        device: r.device.name(),
                     }
                 })
                 .collect();

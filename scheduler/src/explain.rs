@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use herd_proto::herd::{ExplainModelResponse, NodeState, PoolFit};
 use tokio::time::Instant;
 
-use crate::admin::{device_name, node_state};
+use crate::admin::node_state;
 use crate::error::SchedulerError;
 use crate::model::unplaceable_reason;
 use crate::placement::{explain, Decision, Policy};
@@ -44,7 +44,7 @@ pub fn explain_model(
             }
             PoolFit {
                 node: p.node.clone(),
-                device: device_name(&p.device),
+                device: p.device.name(),
                 state: state as i32,
                 budget_bytes: p.budget,
                 free_bytes: p.free.unwrap_or(0),
@@ -65,7 +65,7 @@ pub fn explain_model(
             ..
         }) => format!(
             "one more replica would go to {node} ({}): {reason}",
-            device_name(device)
+            device.name()
         ),
         Some(Decision::Unplaceable {
             needed,

@@ -108,8 +108,11 @@ impl Scheduler {
                 Err(e @ SchedulerError::Unplaceable(_)) => {
                     if self.wake_for(model).await {
                         if interactive && !std::mem::replace(&mut stood_in, true) {
-                            let waking = self.lock().waking_names();
-                            if self.lock().stand_in(model, &waking) {
+                            let mut cluster = self.lock();
+                            let waking = cluster.waking_names();
+                            let standing = cluster.stand_in(model, &waking);
+                            drop(cluster);
+                            if standing {
                                 asked = false;
                                 continue;
                             }

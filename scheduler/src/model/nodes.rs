@@ -40,6 +40,14 @@ impl Node {
         capacity.saturating_sub((r.memory_capacity_bytes as f64 * headroom) as u64)
     }
 
+    /// Whether it has a GPU replicas can run on.
+    pub fn has_usable_gpu(&self) -> bool {
+        self.status
+            .resources
+            .as_ref()
+            .is_some_and(|r| r.gpus.iter().any(|g| g.unusable.is_empty()))
+    }
+
     /// The GPUs replicas can run on, each with the bytes herd may use there (see
     /// [`gpu_budget`]); a GPU the node cannot run on is left out.
     pub fn usable_gpus(&self, headroom: f64) -> Vec<crate::placement::GpuView> {

@@ -148,7 +148,7 @@ impl ClusterModel {
             let mut schedulable = 0;
             let want = m.placement_want();
             while let Some((key, r)) = replicas.next_if(|((rm, _), _)| *rm == m.name) {
-                let moving = want == crate::placement::Want::Gpu && r.device == Device::Cpu;
+                let moving = want.misplaced(&r.device);
                 if schedulable_nodes.contains(key.1.as_str()) && !moving {
                     schedulable += 1;
                 }
@@ -311,7 +311,7 @@ impl ClusterModel {
             file_bytes: m.file_bytes,
             settings: Some(super::catalog::settings_message(&settings)),
             immich: m.immich.as_ref().map(|i| i.stage.clone()),
-            device: crate::admin::device_name(&device),
+            device: device.name(),
         };
         self.replicas.insert(
             key.clone(),
@@ -361,7 +361,7 @@ impl ClusterModel {
             return None;
         }
         let up = || self.nodes.values().filter(|n| n.schedulable());
-        if up().any(|n| !n.usable_gpus(0.0).is_empty()) {
+        if up().any(|n| n.has_usable_gpu()) {
             return None;
         }
         let unusable = up().find_map(|n| {

@@ -84,7 +84,7 @@ impl ClusterModel {
                 }
                 Some(_) => {}
                 None => {
-                    let device = reported_device(m);
+                    let device = Device::from_reported(&m.device);
                     let replica = Replica::new(ReplicaState::Ready, device, m.ttl_ms < 0, now);
                     self.replicas.insert(key, replica);
                     self.events
@@ -246,14 +246,6 @@ impl ClusterModel {
         self.events
             .push("unload_failed", node, model, message.to_string());
     }
-}
-
-/// Where a node says a model runs ("gpu:N", else the CPU).
-fn reported_device(m: &herd_proto::herd::ModelStatus) -> Device {
-    m.device
-        .strip_prefix("gpu:")
-        .and_then(|i| i.parse().ok())
-        .map_or(Device::Cpu, Device::Gpu)
 }
 
 /// The bytes a replica holds in its pool: GPU memory for one on a GPU (its RAM is

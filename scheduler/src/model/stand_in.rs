@@ -41,11 +41,9 @@ impl ClusterModel {
     /// Whether a replica of `model` on `device` is a CPU stand-in, which bulk requests
     /// leave alone.
     pub fn is_stand_in(&self, model: &str, device: &Device) -> bool {
-        *device == Device::Cpu
-            && self
-                .models
-                .get(model)
-                .is_some_and(|m| m.want() == Want::Gpu)
+        self.models
+            .get(model)
+            .is_some_and(|m| m.want().misplaced(device))
     }
 
     /// A load of `model` on GPU `index` of `node` failed with `message`. A model that
@@ -79,11 +77,7 @@ impl ClusterModel {
     /// `node` is up: if it has a GPU replicas can run on, stand-ins end and their models
     /// go back to GPUs, and models whose GPU load failed may try a GPU again.
     pub(super) fn gpu_node_back(&mut self, node: &str) {
-        let has_gpu = self
-            .nodes
-            .get(node)
-            .is_some_and(|n| !n.usable_gpus(0.0).is_empty());
-        if !has_gpu {
+        if !self.nodes.get(node).is_some_and(|n| n.has_usable_gpu()) {
             return;
         }
         for m in self.models.values_mut() {

@@ -27,6 +27,23 @@ pub enum Device {
     Gpu(u32),
 }
 
+impl Device {
+    /// As nodes, the CLI and the dashboard write it: "cpu" or "gpu:N".
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".to_string(),
+            Device::Gpu(i) => format!("gpu:{i}"),
+        }
+    }
+
+    /// From a node's report ("gpu:N"); anything else, none included, is the CPU.
+    pub fn from_reported(name: &str) -> Device {
+        name.strip_prefix("gpu:")
+            .and_then(|i| i.parse().ok())
+            .map_or(Device::Cpu, Device::Gpu)
+    }
+}
+
 /// What a model asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Want {
@@ -37,6 +54,15 @@ pub enum Want {
     Gpu,
     /// A GPU if one fits anywhere, else RAM.
     Any,
+}
+
+impl Want {
+    /// Whether a replica on `device` is out of place for a model that wants this: a
+    /// GPU-only model's replica in RAM (a CPU stand-in, or one from before its herd.toml
+    /// changed). A CPU model's replica adopted on a GPU stays.
+    pub fn misplaced(self, device: &Device) -> bool {
+        self == Want::Gpu && *device == Device::Cpu
+    }
 }
 
 /// How new replicas are laid out over the nodes that fit.

@@ -360,7 +360,7 @@ impl<'a> State<'a> {
             };
             // A GPU-only model's replica in RAM (a CPU stand-in whose GPU is back, a
             // changed herd.toml) goes, for one on a GPU.
-            if slot == RAM && self.models[model].view.want == Want::Gpu {
+            if self.models[model].view.want.misplaced(&replica.device) {
                 let why = "the model runs on a GPU (device = \"gpu\"): its CPU replica goes";
                 self.drop_replica(replica, why.into());
                 continue;
