@@ -55,13 +55,14 @@ cleanup() {
 trap cleanup EXIT
 
 # The models, each in a repository of its own with the same batch limit.
-nudenet=.cache/peers/models/nudenet.onnx
+cache=.cache
+# shellcheck source=lib.sh
+. scripts/lib.sh
+nudenet=$cache/peers/models/nudenet.onnx
 if [ ! -f "$nudenet" ]; then
   mkdir -p "$(dirname "$nudenet")"
-  "$python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-    -d "$work/wheels" nudenet==3.4.2
   "$python" -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("nudenet/320n.onnx"))' \
-    "$work"/wheels/nudenet-3.4.2-*.whl "$nudenet"
+    "$(wheel "$python" nudenet==3.4.2)" "$nudenet"
 fi
 declare -A file=(
   [magika]=.cache/models/magika/1/model.onnx

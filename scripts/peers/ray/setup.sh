@@ -3,7 +3,8 @@
 #   $HERD_CACHE/peers/ray/venv   (HERD_CACHE defaults to <repo>/.cache)
 # Ray Serve with its gRPC proxy, ONNX Runtime, and tritonclient[grpc] for the KServe v2 /
 # Triton protobuf stubs (tritonclient.grpc.service_pb2{,_grpc}: GRPCInferenceService).
-# Idempotent: a venv that already holds the pinned versions and imports them is kept.
+# Idempotent: a venv that already holds the pinned versions and imports them is kept
+# (scripts/lib.sh's pinned_venv).
 # Needs python3 (3.10-3.13: Ray 2.60's wheels) with venv, and PyPI.
 set -euo pipefail
 
@@ -25,36 +26,8 @@ pins=(
   "tritonclient[grpc]==2.73.0"
 )
 
-have() {
-  [ -x "$venv/bin/python" ] && "$venv/bin/python" - "${pins[@]}" <<'PY' 2>/dev/null
-import re, sys
-from importlib.metadata import version
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    if version(re.sub(r"\[.*\]", "", name)) != want:
-        sys.exit(1)
-import ray, ray.serve, onnxruntime, numpy, grpc  # noqa: F401
-from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: F401
-from ray.serve.config import gRPCOptions  # noqa: F401
-PY
-}
-
-if have; then
-  log "$venv is ready"
-  exit 0
-fi
-
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-  sudo=
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  log "installing python3-venv with apt"
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-fi
-
-log "creating $venv with ${pins[*]}"
-mkdir -p "$(dirname "$venv")"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "${pins[@]}"
-have || { log "the venv does not import the pinned packages"; exit 1; }
-log "$venv is ready"
+# shellcheck source=../../lib.sh
+. "$repo/scripts/lib.sh"
+pinned_venv "$venv" 'import ray, ray.serve, onnxruntime, numpy, grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from ray.serve.config import gRPCOptions' "${pins[@]}"
